@@ -1,0 +1,1 @@
+"""The Clarion operator (kopf): deploys WebSocketGateways, scales them, sweeps dead pods' queues."""

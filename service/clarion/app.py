@@ -1,0 +1,414 @@
+"""One gateway pod as a Starlette app.
+
+``Gateway`` holds the pod's state (settings, broker, hub, metrics); ``create_app``
+wires it to routes. Nothing is module-global, so several pods can share one
+process (``clarion dev``) and tests build as many as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from importlib import resources
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .auth import Authenticator, AuthError, Identity, JwtAuth, NoAuth, api_key_ok, token_ok
+from .broker import Broker, BrokerUnavailable, MemoryExchange, create_broker
+from .config import Settings
+from .hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_RESTART,
+    CLOSE_TRY_AGAIN,
+    Connection,
+    Hub,
+)
+from .metrics import Metrics
+from .protocol import (
+    Envelope,
+    ProtocolError,
+    Target,
+    encode,
+    error_frame,
+    parse_client_frame,
+    parse_publish_body,
+)
+
+log = logging.getLogger("clarion.gateway")
+
+
+class Gateway:
+    """The state of one pod."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        memory_exchange: MemoryExchange | None = None,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.pod_name = settings.pod_name
+        self.metrics = Metrics()
+        self.hub = Hub(self.metrics, self.pod_name)
+        self.broker = broker or create_broker(
+            settings.amqp_url,
+            settings.pod_name,
+            memory_exchange=memory_exchange,
+            exchange=settings.exchange,
+            queue_prefix=settings.queue_prefix,
+            queue_max_length=settings.queue_max_length,
+            queue_message_ttl_ms=settings.queue_message_ttl_ms,
+            queue_expires_ms=settings.queue_expires_ms,
+        )
+        self.auth: Authenticator
+        if settings.auth == "none":
+            self.auth = NoAuth()
+        else:
+            self.auth = JwtAuth(
+                settings.jwt_secret,
+                settings.jwt_public_key,
+                settings.jwks_file,
+                settings.jwt_audience,
+            )
+        self.draining = False
+        self.started = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.auth == "none":
+            log.warning(
+                "pod=%s AUTH IS OFF (--auth none): any client can claim any user id; "
+                "use --auth jwt in production",
+                self.pod_name,
+            )
+        await self.broker.start(self.hub.deliver, self._on_broker_state)
+        self.metrics.broker_connected.set(1 if self.broker.ready else 0)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down", "drain")
+        await self.broker.stop()
+
+    def _on_broker_state(self, up: bool) -> None:
+        self.metrics.broker_connected.set(1 if up else 0)
+        log.info("pod=%s broker %s", self.pod_name, "up" if up else "DOWN")
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.broker.ready
+
+    async def drain(self, delay: float | None = None, window: float | None = None) -> None:
+        """Graceful shutdown: unready at once, wait, then close sockets spread over a window."""
+        delay = self.settings.drain_delay if delay is None else delay
+        window = self.settings.drain_window if window is None else window
+        self.draining = True
+        log.info(
+            "pod=%s draining: %d sockets, delay %.1fs, window %.1fs",
+            self.pod_name,
+            len(self.hub),
+            delay,
+            window,
+        )
+        await asyncio.sleep(delay)
+        conns = list(self.hub.connections.values())
+        random.shuffle(conns)
+        started = time.monotonic()
+        for i, conn in enumerate(conns):
+            due = started + window * i / max(1, len(conns))
+            pause = due - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            conn.close(CLOSE_GOING_AWAY, "draining: reconnect", "drain")
+        # Give the close frames a moment to go out.
+        deadline = time.monotonic() + 2.0
+        while self.hub.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(self, items: list[tuple[Target, Any]], source: str) -> list[str]:
+        envelopes = [Envelope.create(t, d) for t, d in items]
+        await self.broker.publish(envelopes)
+        for env in envelopes:
+            self.metrics.published.labels(source=source, target=env.target.kind).inc()
+        return [e.id for e in envelopes]
+
+    # -- sockets -------------------------------------------------------------
+
+    def shed(self, count: int) -> int:
+        """Close up to ``count`` sockets with 1012 so the load balancer spreads them."""
+        conns = [c for c in self.hub.connections.values() if not c.closing]
+        random.shuffle(conns)
+        for conn in conns[:count]:
+            conn.close(CLOSE_RESTART, "rebalance: reconnect", "shed")
+        return min(count, len(conns))
+
+
+def _origin_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
+    if not allowed or "*" in allowed:
+        return True
+    origin = headers.get("origin")
+    return origin is None or origin in allowed
+
+
+class _RateLimiter:
+    """Token bucket: ``rate`` frames per second, bursts up to twice that."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * 2)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    s = gw.settings
+    headers = websocket.headers
+    query = websocket.query_params
+
+    async def refuse(code: int, reason: str, metric: str) -> None:
+        await websocket.accept()
+        await websocket.close(code, reason)
+        gw.metrics.closed.labels(reason=metric).inc()
+
+    if not _origin_allowed(headers, s.allowed_origins):
+        return await refuse(CLOSE_POLICY, "origin not allowed", "policy")
+    if gw.draining:
+        return await refuse(CLOSE_GOING_AWAY, "draining: reconnect", "drain")
+    if len(gw.hub) >= s.max_connections:
+        return await refuse(CLOSE_TRY_AGAIN, "pod full: try again later", "overload")
+    try:
+        ident: Identity = gw.auth.authenticate(query, headers)
+    except AuthError as exc:
+        log.info("pod=%s auth refused: %s", gw.pod_name, exc)
+        return await refuse(CLOSE_POLICY, str(exc)[:120], "policy")
+
+    await websocket.accept()
+    conn = Connection(
+        gw.hub.new_id(),
+        ident.user,
+        websocket.send,
+        gw.metrics,
+        s.send_buffer_messages,
+        s.send_buffer_bytes,
+    )
+    await websocket.send_text(
+        encode({"type": "welcome", "pod": gw.pod_name, "conn": conn.id, "user": ident.user})
+    )
+    gw.hub.add(conn)
+    conn.start()
+    expiry: asyncio.TimerHandle | None = None
+    if ident.expires_at is not None:
+        delay = max(0.0, ident.expires_at - time.time())
+        expiry = asyncio.get_running_loop().call_later(
+            delay, conn.close, CLOSE_POLICY, "token expired", "token_expired"
+        )
+    log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
+    limiter = _RateLimiter(s.max_frames_per_second)
+    reason = "client"
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if conn.closing:
+                continue
+            if not limiter.allow():
+                gw.metrics.dropped.labels(reason="rate_limited").inc()
+                conn.push(error_frame("rate_limited", "too many frames per second"), 0)
+                continue
+            text = message.get("text")
+            if text is None:
+                conn.push(error_frame("binary_unsupported", "binary frames are not supported"), 0)
+                continue
+            await _handle_text(gw, conn, ident, text)
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        reason = "error"
+        log.exception("pod=%s conn=%s user=%s session error", gw.pod_name, conn.id, conn.user)
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        gw.hub.remove(conn, reason)
+        await conn.stop()
+        log.debug("pod=%s conn=%s closed (%s)", gw.pod_name, conn.id, conn.close_reason or reason)
+
+
+async def _handle_text(gw: Gateway, conn: Connection, ident: Identity, text: str) -> None:
+    s = gw.settings
+    try:
+        frame = parse_client_frame(text)
+    except ProtocolError as exc:
+        conn.push(error_frame(exc.code, exc.message), 0)
+        return
+    if frame.type == "ping":
+        conn.push(encode({"type": "pong"}) if text.strip() != "ping" else "pong", 0)
+        return
+    if frame.type == "subscribe":
+        assert frame.channel is not None
+        if not ident.may_subscribe(frame.channel):
+            conn.push(error_frame("forbidden", f"not allowed to subscribe to {frame.channel!r}"), 0)
+            return
+        if frame.channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
+            conn.push(
+                error_frame(
+                    "too_many_subscriptions",
+                    f"at most {s.max_subscriptions} subscriptions per socket",
+                ),
+                0,
+            )
+            return
+        gw.hub.subscribe(conn, frame.channel)
+        conn.push(encode({"type": "subscribed", "channel": frame.channel}), 0)
+        return
+    if frame.type == "unsubscribe":
+        assert frame.channel is not None
+        gw.hub.unsubscribe(conn, frame.channel)
+        conn.push(encode({"type": "unsubscribed", "channel": frame.channel}), 0)
+        return
+    # publish frame or bare text
+    if not s.allow_client_publish:
+        conn.push(error_frame("forbidden", "client publishing is disabled on this gateway"), 0)
+        return
+    if frame.type == "text":
+        items = [(Target("broadcast"), {"from": conn.user, "text": frame.raw_text})]
+    else:
+        assert frame.target is not None
+        items = [(frame.target, frame.data)]
+    try:
+        ids = await gw.publish(items, source="client")
+    except BrokerUnavailable:
+        conn.push(error_frame("unavailable", "broker unavailable, message not sent"), 0)
+        return
+    conn.push(encode({"type": "published", "id": ids[0]}), 0)
+
+
+def _json_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def publish_endpoint(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    s = gw.settings
+    if not api_key_ok(request.headers, s.api_keys):
+        return _json_error(
+            401, "unauthorized", "missing or invalid API key (Authorization: Bearer)"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+        return _json_error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > s.max_body_bytes:
+            return _json_error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+    try:
+        items, batch = parse_publish_body(bytes(body))
+    except ProtocolError as exc:
+        return _json_error(400, exc.code, exc.message)
+    try:
+        ids = await gw.publish(items, source="api")
+    except BrokerUnavailable as exc:
+        return _json_error(503, "unavailable", f"broker unavailable: {exc}")
+    if batch:
+        return JSONResponse({"ids": ids}, status_code=202)
+    return JSONResponse({"id": ids[0]}, status_code=202)
+
+
+async def shed_endpoint(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    if not token_ok(request.headers, gw.settings.admin_token):
+        return _json_error(401, "unauthorized", "missing or invalid admin token")
+    try:
+        obj = orjson.loads(await request.body())
+        count = obj["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return _json_error(400, "bad_body", 'body must be {"count": N} with N >= 0')
+    shed = gw.shed(count)
+    return JSONResponse({"shed": shed, "connections": len(gw.hub)})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "pod": request.app.state.gateway.pod_name})
+
+
+async def readyz(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    body = {
+        "ready": gw.ready,
+        "pod": gw.pod_name,
+        "broker": gw.broker.ready,
+        "draining": gw.draining,
+        "connections": len(gw.hub),
+    }
+    return JSONResponse(body, status_code=200 if gw.ready else 503)
+
+
+def _demo_page() -> str:
+    return resources.files("clarion").joinpath("static/index.html").read_text()
+
+
+async def index(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    if not gw.settings.demo:
+        return JSONResponse({"service": "clarion", "pod": gw.pod_name})
+    return HTMLResponse(_demo_page())
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            WebSocketRoute("/ws", websocket_endpoint),
+            Route("/api/publish", publish_endpoint, methods=["POST"]),
+            Route("/admin/shed", shed_endpoint, methods=["POST"]),
+            Route("/metrics", metrics_endpoint),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,155 @@
+"""Who is on the other end of a socket.
+
+Two authenticators behind one seam: ``NoAuth`` (development: ``?user=ID``) and
+``JwtAuth`` (HS256 shared secret, or RS256 with a PEM public key or a JWKS
+file). Browsers cannot set headers on a WebSocket, so the token may come in
+``?token=``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from .protocol import MAX_NAME_LENGTH
+
+
+class AuthError(Exception):
+    """Refused: the socket is closed with 1008 and this reason."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    channel_patterns: tuple[str, ...] | None = None  # None: any channel
+    expires_at: float | None = None  # unix seconds
+
+    def may_subscribe(self, channel: str) -> bool:
+        if self.channel_patterns is None:
+            return True
+        return any(fnmatch.fnmatchcase(channel, p) for p in self.channel_patterns)
+
+
+class Authenticator(Protocol):
+    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Identity: ...
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+class NoAuth:
+    """Clients say who they are. For development only."""
+
+    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Identity:
+        user = query.get("user") or f"anon-{secrets.token_hex(4)}"
+        if len(user) > MAX_NAME_LENGTH:
+            raise AuthError(f"user id longer than {MAX_NAME_LENGTH} characters")
+        return Identity(user=user)
+
+
+class JwtAuth:
+    def __init__(
+        self,
+        secret: str | None = None,
+        public_key_file: str | None = None,
+        jwks_file: str | None = None,
+        audience: str | None = None,
+    ) -> None:
+        self.audience = audience
+        self._keys: list[tuple[Any, str]] = []
+        if secret:
+            self._keys.append((secret, "HS256"))
+        if public_key_file:
+            self._keys.append((Path(public_key_file).read_text(), "RS256"))
+        if jwks_file:
+            jwks = jwt.PyJWKSet.from_json(Path(jwks_file).read_text())
+            self._jwks = {k.key_id: k for k in jwks.keys}
+        else:
+            self._jwks = {}
+        if not self._keys and not self._jwks:
+            raise ValueError("JWT auth needs a secret, a public key or a JWKS file")
+
+    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Identity:
+        token = query.get("token") or bearer(headers)
+        if not token:
+            raise AuthError("missing token (?token= or Authorization: Bearer)")
+        claims = self._decode(token)
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_NAME_LENGTH:
+            raise AuthError("token has no valid 'sub' claim")
+        patterns = claims.get("channels")
+        if patterns is not None and (
+            not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns)
+        ):
+            raise AuthError("'channels' claim must be a list of strings")
+        exp = claims.get("exp")
+        return Identity(
+            user=sub,
+            channel_patterns=tuple(patterns) if patterns is not None else None,
+            expires_at=float(exp) if isinstance(exp, int | float) else None,
+        )
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        options: Any = {"require": ["sub"], "verify_aud": self.audience is not None}
+        candidates: Sequence[tuple[Any, str]] = self._keys
+        if self._jwks:
+            try:
+                kid = jwt.get_unverified_header(token).get("kid")
+            except jwt.PyJWTError as exc:
+                raise AuthError(f"invalid token: {exc}") from None
+            key = self._jwks.get(kid) if kid else None
+            if key is None and len(self._jwks) == 1:
+                key = next(iter(self._jwks.values()))
+            if key is not None:
+                candidates = [*candidates, (key.key, key.algorithm_name or "RS256")]
+        last: Exception | None = None
+        for key, alg in candidates:
+            try:
+                return jwt.decode(
+                    token, key, algorithms=[alg], audience=self.audience, options=options
+                )
+            except jwt.ExpiredSignatureError:
+                raise AuthError("token expired") from None
+            except jwt.InvalidSignatureError as exc:
+                last = exc
+            except jwt.PyJWTError as exc:
+                last = exc
+        raise AuthError(f"invalid token: {last}")
+
+
+def api_key_ok(headers: Mapping[str, str], keys: Sequence[str]) -> bool:
+    """Constant-time check of ``Authorization: Bearer KEY`` against every valid key."""
+    if not keys:
+        return True
+    token = bearer(headers)
+    if token is None:
+        return False
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.encode(), key.encode())
+    return ok
+
+
+def token_ok(headers: Mapping[str, str], token: str | None) -> bool:
+    """The admin token check; without a configured token the endpoint is closed."""
+    if not token:
+        return False
+    given = bearer(headers)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+def load_json(path: str) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,42 @@
+"""Broker backends, chosen by URL scheme (after encode/broadcaster).
+
+``memory://`` (or no URL) is the embedded in-process broker; ``amqp://`` and
+``amqps://`` are RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .base import Broker, BrokerUnavailable, Consumer
+from .memory import MemoryBroker, MemoryExchange
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Consumer",
+    "MemoryBroker",
+    "MemoryExchange",
+    "create_broker",
+]
+
+
+def create_broker(
+    url: str | None,
+    pod_name: str,
+    *,
+    memory_exchange: MemoryExchange | None = None,
+    **options: object,
+) -> Broker:
+    """The backend for ``url``; ``memory_exchange`` is shared by in-process pods."""
+    scheme = urlsplit(url).scheme if url else "memory"
+    if scheme == "memory":
+        return MemoryBroker(memory_exchange or MemoryExchange(), pod_name)
+    if scheme in ("amqp", "amqps"):
+        from .rabbitmq import RabbitBroker
+
+        assert url is not None
+        return RabbitBroker(url, pod_name, **options)  # type: ignore[arg-type]
+    raise ValueError(
+        f"unsupported broker URL scheme {scheme!r} (use amqp://, amqps:// or memory://)"
+    )

@@ -1,0 +1,47 @@
+"""The broker seam: one small interface, two implementations."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+
+from ..protocol import Envelope
+
+#: Called for every message consumed from the pod's queue. Must not block.
+Consumer = Callable[[Envelope], object]
+#: Called when the broker connection goes up (True) or down (False).
+StateListener = Callable[[bool], None]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot take or confirm a message right now (HTTP 503)."""
+
+
+class Broker(abc.ABC):
+    """Fan-out transport shared by all pods.
+
+    ``publish`` returns only once the broker has taken responsibility for every
+    message (publisher confirms), else raises BrokerUnavailable. Consumed
+    messages are handed to the consumer given to ``start``.
+    """
+
+    pod_name: str
+
+    @abc.abstractmethod
+    async def start(self, consumer: Consumer, on_state: StateListener | None = None) -> None:
+        """Connect, declare the topology and consume this pod's queue.
+
+        Returns once the first connection attempt finished; keeps reconnecting
+        in the background until ``stop``.
+        """
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, envelopes: Sequence[Envelope]) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Connected and consuming this pod's queue."""

@@ -1,0 +1,249 @@
+"""RabbitMQ backend: one fanout exchange, one durable queue per pod.
+
+The pod owns its reconnect loop (rather than aio-pika's robust connection) so
+that readiness reflects exactly "connected and consuming", and so a publish
+during an outage fails fast with BrokerUnavailable instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from ..names import EXCHANGE, QUEUE_PREFIX, queue_name
+from ..protocol import Envelope, Target
+from .base import Broker, BrokerUnavailable, Consumer, StateListener
+
+log = logging.getLogger("clarion.broker")
+
+HDR_KIND = "clarion-target"
+HDR_NAME = "clarion-name"
+
+
+def envelope_to_message(env: Envelope) -> aio_pika.Message:
+    headers: dict[str, Any] = {HDR_KIND: env.target.kind}
+    if env.target.name is not None:
+        headers[HDR_NAME] = env.target.name
+    return aio_pika.Message(
+        env.body,
+        message_id=env.id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers,
+    )
+
+
+def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, Any]) -> Envelope:
+    kind = headers.get(HDR_KIND)
+    name = headers.get(HDR_NAME)
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if isinstance(name, bytes):
+        name = name.decode()
+    if kind not in ("user", "channel", "broadcast"):
+        raise ValueError(f"message without a valid {HDR_KIND} header")
+    ts = 0
+    if message_id:
+        with contextlib.suppress(ValueError):
+            ts = int(message_id.replace("-", "")[:12], 16)
+    return Envelope(id=message_id or "", target=Target(kind, name), ts=ts, body=body)  # type: ignore[arg-type]
+
+
+class RabbitBroker(Broker):
+    def __init__(
+        self,
+        url: str,
+        pod_name: str,
+        *,
+        exchange: str = EXCHANGE,
+        queue_prefix: str = QUEUE_PREFIX,
+        prefetch: int = 1024,
+        queue_max_length: int = 100_000,
+        queue_message_ttl_ms: int = 300_000,
+        queue_expires_ms: int = 1_800_000,
+        publish_timeout: float = 5.0,
+        reconnect_max_delay: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.pod_name = pod_name
+        self.exchange_name = exchange
+        self.queue_name = queue_name(pod_name, queue_prefix)
+        self.prefetch = prefetch
+        self.queue_arguments: dict[str, Any] = {
+            "x-max-length": queue_max_length,
+            "x-overflow": "drop-head",
+            "x-message-ttl": queue_message_ttl_ms,
+            "x-expires": queue_expires_ms,
+        }
+        self.publish_timeout = publish_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self._consumer: Consumer | None = None
+        self._on_state: StateListener | None = None
+        self._conn: AbstractConnection | None = None
+        self._pub_exchange: AbstractExchange | None = None
+        self._consuming = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._first_attempt = asyncio.Event()
+        self._ack_raw_channel: Any = None
+        self._ack_tag: int | None = None
+        self._ack_scheduled = False
+
+    @property
+    def ready(self) -> bool:
+        return self._consuming and self._conn is not None and not self._conn.is_closed
+
+    async def start(self, consumer: Consumer, on_state: StateListener | None = None) -> None:
+        self._consumer = consumer
+        self._on_state = on_state
+        self._task = asyncio.create_task(self._run(), name=f"broker-{self.pod_name}")
+        await self._first_attempt.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            closed = asyncio.Event()
+            try:
+                conn = await aio_pika.connect(self.url, timeout=10)
+                conn.close_callbacks.add(lambda *_, ev=closed: ev.set())
+                self._conn = conn
+                await self._setup(conn)
+                delay = 0.2
+                log.info("broker connected, consuming %s", self.queue_name)
+                self._set_state(True)
+                self._first_attempt.set()
+                await closed.wait()
+                log.warning("broker connection lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("broker connection failed: %s", exc)
+            finally:
+                was = self._consuming
+                self._consuming = False
+                self._pub_exchange = None
+                self._ack_tag = None
+                if was:
+                    self._set_state(False)
+                if self._conn is not None and not self._conn.is_closed:
+                    with contextlib.suppress(Exception):
+                        await self._conn.close()
+                self._first_attempt.set()
+            if self._stopping:
+                break
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _set_state(self, up: bool) -> None:
+        if self._on_state is not None:
+            try:
+                self._on_state(up)
+            except Exception:  # pragma: no cover - listener bugs must not kill the loop
+                log.exception("broker state listener failed")
+
+    async def _setup(self, conn: AbstractConnection) -> None:
+        pub = await conn.channel(publisher_confirms=True)
+        exchange = await pub.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        sub = await conn.channel(publisher_confirms=False)
+        await sub.set_qos(prefetch_count=self.prefetch)
+        queue = await self._declare_queue(conn, sub)
+        await queue.bind(self.exchange_name, routing_key="")
+        self._pub_exchange = exchange
+        await queue.consume(self._on_message, no_ack=False)
+        self._consuming = True
+
+    async def _declare_queue(self, conn: AbstractConnection, sub: AbstractChannel) -> AbstractQueue:
+        try:
+            return await sub.declare_queue(
+                self.queue_name,
+                durable=True,
+                exclusive=False,
+                auto_delete=False,
+                arguments=self.queue_arguments,
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            # The queue exists with other arguments (an upgrade changed them):
+            # use it as it is rather than fail; it is replaced when the pod is.
+            log.warning(
+                "queue %s exists with other arguments, using it as is: %s", self.queue_name, exc
+            )
+        again = await conn.channel(publisher_confirms=False)
+        await again.set_qos(prefetch_count=self.prefetch)
+        return await again.declare_queue(self.queue_name, passive=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            env = message_to_envelope(message.body, message.message_id, dict(message.headers or {}))
+        except Exception as exc:
+            log.warning("dropping malformed broker message %s: %s", message.message_id, exc)
+        else:
+            assert self._consumer is not None
+            try:
+                self._consumer(env)
+            except Exception:
+                log.exception("consumer failed on message %s", env.id)
+        self._schedule_ack(message)
+
+    def _schedule_ack(self, message: AbstractIncomingMessage) -> None:
+        # Batch acks: everything delivered in one loop iteration is acked by
+        # one basic.ack(multiple=True).
+        self._ack_tag = message.delivery_tag
+        self._ack_raw_channel = message.channel
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_ack)
+
+    def _flush_ack(self) -> None:
+        self._ack_scheduled = False
+        tag, self._ack_tag = self._ack_tag, None
+        channel = self._ack_raw_channel
+        if tag is None or channel is None or channel.is_closed:
+            return
+        fut = asyncio.ensure_future(channel.basic_ack(delivery_tag=tag, multiple=True))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        exchange = self._pub_exchange
+        if exchange is None or self._conn is None or self._conn.is_closed:
+            raise BrokerUnavailable("not connected to the broker")
+        try:
+            results = await asyncio.gather(
+                *(
+                    exchange.publish(
+                        envelope_to_message(e), routing_key="", timeout=self.publish_timeout
+                    )
+                    for e in envelopes
+                ),
+                return_exceptions=True,
+            )
+        except Exception as exc:  # pragma: no cover
+            raise BrokerUnavailable(str(exc)) from exc
+        for r in results:
+            if isinstance(r, BaseException):
+                raise BrokerUnavailable(f"broker did not confirm: {r!r}") from r

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one gateway pod.
+
+Each pod (an app instance) has its own registry, so ``clarion dev`` can run
+several pods in one process and each ``/metrics`` shows only its own numbers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import names
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(names.M_CONNECTIONS, "Open WebSocket connections", registry=r)
+        self.opened = Counter(
+            names.M_CONNECTIONS_OPENED, "WebSocket connections accepted", registry=r
+        )
+        self.closed = Counter(
+            names.M_CONNECTIONS_CLOSED,
+            "WebSocket connections closed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.subscriptions = Gauge(
+            names.M_SUBSCRIPTIONS, "Channel subscriptions held by open sockets", registry=r
+        )
+        self.published = Counter(
+            names.M_PUBLISHED,
+            "Messages published to the broker by this pod, by source (api|client) and target",
+            ["source", "target"],
+            registry=r,
+        )
+        self.consumed = Counter(
+            names.M_CONSUMED, "Messages consumed from this pod's queue", registry=r
+        )
+        self.delivered = Counter(names.M_DELIVERED, "Message frames written to sockets", registry=r)
+        self.dropped = Counter(
+            names.M_DROPPED, "Messages not delivered to a socket, by reason", ["reason"], registry=r
+        )
+        self.latency = Histogram(
+            names.M_DELIVERY_LATENCY,
+            "Time from publish to socket write",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.broker_connected = Gauge(
+            names.M_BROKER_CONNECTED,
+            "1 while connected to the broker and consuming this pod's queue",
+            registry=r,
+        )
+        # Pre-create the label sets the dashboard queries, so they exist at 0.
+        for reason in ("client", "slow_client", "drain", "shed", "error", "policy", "too_big"):
+            self.closed.labels(reason=reason)
+        for reason in ("slow_client", "rate_limited"):
+            self.dropped.labels(reason=reason)
+        for source in ("api", "client"):
+            for target in ("user", "channel", "broadcast"):
+                self.published.labels(source=source, target=target)

@@ -1,0 +1,64 @@
+"""Names shared by the gateway, the operator, the chart and the dashboard.
+
+Everything that two parts of Clarion must spell the same way lives here, once:
+the broker topology, the Kubernetes labels and the metric names.
+"""
+
+from __future__ import annotations
+
+#: The fanout exchange every message is published to.
+EXCHANGE = "clarion.fanout"
+#: Prefix of the per-pod queue; the pod name follows it.
+QUEUE_PREFIX = "clarion.pod."
+#: The stream queue that keeps recent history for missed-message recovery.
+HISTORY_QUEUE = "clarion.history"
+
+#: Kubernetes label keys put on everything the operator makes, pods included.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_GATEWAY = "clarion.dev/gateway"
+APP_NAME = "clarion"
+#: The name of the gateway container's HTTP port.
+HTTP_PORT_NAME = "http"
+
+#: Custom resource coordinates.
+CRD_GROUP = "clarion.dev"
+CRD_VERSION = "v1alpha1"
+CRD_PLURAL = "websocketgateways"
+CRD_KIND = "WebSocketGateway"
+
+# Gateway metrics (Prometheus names, without the _total suffix that
+# prometheus_client appends to counters).
+M_CONNECTIONS = "clarion_connections"
+M_CONNECTIONS_OPENED = "clarion_connections_opened"
+M_CONNECTIONS_CLOSED = "clarion_connections_closed"
+M_SUBSCRIPTIONS = "clarion_subscriptions"
+M_PUBLISHED = "clarion_messages_published"
+M_CONSUMED = "clarion_messages_consumed"
+M_DELIVERED = "clarion_messages_delivered"
+M_DROPPED = "clarion_messages_dropped"
+M_DELIVERY_LATENCY = "clarion_delivery_latency_seconds"
+M_BROKER_CONNECTED = "clarion_broker_connected"
+
+# Operator metrics.
+M_OP_DESIRED = "clarion_operator_desired_replicas"
+M_OP_OBSERVED = "clarion_operator_observed_connections"
+M_OP_SCALE_EVENTS = "clarion_operator_scale_events"
+M_OP_ORPHANS_DELETED = "clarion_operator_orphan_queues_deleted"
+
+
+def queue_name(pod_name: str, prefix: str = QUEUE_PREFIX) -> str:
+    """The queue a pod consumes: one per pod, named after it."""
+    return f"{prefix}{pod_name}"
+
+
+def pod_of_queue(queue: str, prefix: str = QUEUE_PREFIX) -> str | None:
+    """The pod name a queue belongs to, or None if it is not a pod queue."""
+    if not queue.startswith(prefix) or len(queue) == len(prefix):
+        return None
+    return queue[len(prefix) :]
+
+
+def gateway_labels(gateway: str) -> dict[str, str]:
+    """The labels every object of one gateway carries."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: gateway, LABEL_GATEWAY: gateway}

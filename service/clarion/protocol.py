@@ -1,0 +1,214 @@
+"""The wire protocol: message ids, envelopes, and validation of client frames.
+
+Everything here is pure (no I/O), so it is unit-tested and fuzzed directly.
+A message is serialized once, where it is published; pods forward the encoded
+bytes to their sockets unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+TargetKind = Literal["user", "channel", "broadcast"]
+
+#: Maximum length of a user id or channel name.
+MAX_NAME_LENGTH = 256
+
+
+class ProtocolError(ValueError):
+    """A client frame or publish body that cannot be accepted.
+
+    ``code`` is the machine-readable error code sent in the error frame.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def new_message_id(now_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort by publish time."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def id_timestamp_ms(message_id: str) -> int:
+    """The millisecond timestamp inside a UUIDv7 message id."""
+    return int(message_id.replace("-", "")[:12], 16)
+
+
+def is_message_id(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        int(value.replace("-", ""), 16)
+    except ValueError:
+        return False
+    return value[14] == "7"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: TargetKind
+    name: str | None = None  # user id or channel name; None for broadcast
+
+    def as_json(self) -> dict[str, Any]:
+        if self.kind == "broadcast":
+            return {"broadcast": True}
+        return {self.kind: self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One published message as it travels through the broker.
+
+    ``body`` is the exact frame pushed to sockets, encoded once at publish time.
+    The target is carried beside it (AMQP headers) so a pod routes without
+    parsing the body.
+    """
+
+    id: str
+    target: Target
+    ts: int
+    body: bytes
+
+    @classmethod
+    def create(cls, target: Target, data: Any, source: str = "api") -> Envelope:
+        ts = int(time.time() * 1000)
+        mid = new_message_id(ts)
+        frame = {"type": "message", "id": mid, "target": target.as_json(), "data": data, "ts": ts}
+        return cls(id=mid, target=target, ts=ts, body=orjson.dumps(frame))
+
+
+def _check_name(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("bad_field", f"'{field}' must be a string")
+    if not value or len(value) > MAX_NAME_LENGTH:
+        raise ProtocolError("bad_field", f"'{field}' must be 1..{MAX_NAME_LENGTH} characters")
+    return value
+
+
+def parse_target(obj: dict[str, Any]) -> Target:
+    """The target of a publish body or publish frame: exactly one of user/channel/broadcast."""
+    present = [k for k in ("user", "channel", "broadcast") if k in obj]
+    if len(present) != 1:
+        raise ProtocolError(
+            "bad_target", "exactly one of 'user', 'channel' or 'broadcast' must be given"
+        )
+    key = present[0]
+    if key == "broadcast":
+        if obj["broadcast"] is not True:
+            raise ProtocolError("bad_field", "'broadcast' must be true")
+        return Target("broadcast")
+    return Target("user" if key == "user" else "channel", _check_name(obj[key], key))
+
+
+def parse_publish(obj: object) -> tuple[Target, Any]:
+    """Validate one message of the publish API (or a client publish frame)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_body", "a message must be a JSON object")
+    target = parse_target(obj)
+    if "data" not in obj:
+        raise ProtocolError("missing_field", "'data' is required")
+    return target, obj["data"]
+
+
+def parse_publish_body(raw: bytes) -> tuple[list[tuple[Target, Any]], bool]:
+    """Validate a whole ``POST /api/publish`` body; a batch is all or nothing.
+
+    Returns the messages and whether the body was a batch.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_body", "body must be a JSON object")
+    if "messages" in obj:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ProtocolError("bad_body", "'messages' must be a non-empty list")
+        out = []
+        for i, m in enumerate(messages):
+            try:
+                out.append(parse_publish(m))
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"messages[{i}]: {exc.message}") from None
+        return out, True
+    return [parse_publish(obj)], False
+
+
+CLIENT_TYPES = ("subscribe", "unsubscribe", "publish", "ping")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    type: str
+    channel: str | None = None
+    since: str | None = None
+    target: Target | None = None
+    data: Any = None
+    raw_text: str | None = None  # bare text (not JSON): chat demo
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    """Parse one text frame from a client; raise ProtocolError with a clear reason."""
+    stripped = text.strip()
+    if stripped == "ping":
+        return ClientFrame(type="ping")
+    if not stripped.startswith(("{", "[", '"')) and not _looks_like_json_scalar(stripped):
+        return ClientFrame(type="text", raw_text=text)
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        if stripped.startswith(("{", "[")):
+            raise ProtocolError("bad_json", "frame is not valid JSON") from None
+        return ClientFrame(type="text", raw_text=text)
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_frame", "frame must be a JSON object")
+    ftype = obj.get("type")
+    if "type" not in obj:
+        raise ProtocolError("missing_field", "'type' is required")
+    if not isinstance(ftype, str):
+        raise ProtocolError("bad_field", "'type' must be a string")
+    if ftype == "ping":
+        return ClientFrame(type="ping")
+    if ftype in ("subscribe", "unsubscribe"):
+        if "channel" not in obj:
+            raise ProtocolError("missing_field", "'channel' is required")
+        channel = _check_name(obj["channel"], "channel")
+        since = obj.get("since")
+        if since is not None and not is_message_id(since):
+            raise ProtocolError("bad_field", "'since' must be a message id")
+        return ClientFrame(type=ftype, channel=channel, since=since)
+    if ftype == "publish":
+        target, data = parse_publish(obj)
+        return ClientFrame(type="publish", target=target, data=data)
+    raise ProtocolError("unknown_type", f"unknown frame type {ftype[:64]!r}")
+
+
+def _looks_like_json_scalar(s: str) -> bool:
+    if s in ("true", "false", "null"):
+        return True
+    return bool(s) and (s[0].isdigit() or (s[0] == "-" and s[1:2].isdigit()))
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def error_frame(code: str, message: str) -> str:
+    return encode({"type": "error", "code": code, "message": message})

@@ -1,0 +1,98 @@
+"""Running pods under uvicorn, with Clarion's own signal handling.
+
+uvicorn installs its own SIGTERM handler per server; Clarion replaces it so that
+SIGTERM drains first (readiness 503 at once, then closes spread over a window)
+and so that several servers in one process (``clarion dev``) stop together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from .app import Gateway, create_app
+
+log = logging.getLogger("clarion.server")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are handled by run_pods
+
+
+@dataclass
+class PodSpec:
+    gateway: Gateway
+    host: str
+    port: int
+
+
+def _config(spec: PodSpec, log_level: str) -> uvicorn.Config:
+    s = spec.gateway.settings
+    return uvicorn.Config(
+        create_app(spec.gateway),
+        host=spec.host,
+        port=spec.port,
+        log_level=log_level,
+        access_log=False,
+        ws_max_size=s.max_frame_bytes,
+        ws_per_message_deflate=s.compression,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+        proxy_headers=True,
+    )
+
+
+async def run_pods(specs: list[PodSpec], log_level: str = "info") -> None:
+    servers = [_Server(_config(spec, log_level)) for spec in specs]
+    loop = asyncio.get_running_loop()
+    stopping = False
+    tasks: list[asyncio.Task[None]] = []
+
+    async def shutdown(drain: bool) -> None:
+        if drain:
+            await asyncio.gather(*(spec.gateway.drain() for spec in specs))
+        for server in servers:
+            server.should_exit = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal stopping
+        if stopping:
+            log.warning("second %s: exiting now", sig.name)
+            for server in servers:
+                server.force_exit = True
+                server.should_exit = True
+            return
+        stopping = True
+        log.info("%s received: draining", sig.name)
+        # SIGTERM (Kubernetes) drains; Ctrl-C on a laptop does not wait.
+        tasks.append(loop.create_task(shutdown(drain=sig == signal.SIGTERM)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if any(not server.started for server in servers):
+        raise SystemExit(1)
+
+
+def run(specs: list[PodSpec], log_level: str = "info") -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run  # type: ignore[assignment]
+    runner(run_pods(specs, log_level))

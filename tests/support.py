@@ -1,0 +1,235 @@
+"""Helpers that start real components for the tests: gateway processes, vhosts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+RABBIT_HOST = os.environ.get("CLARION_TEST_RABBIT_HOST", "127.0.0.1")
+RABBIT_PORT = int(os.environ.get("CLARION_TEST_RABBIT_PORT", "5672"))
+MGMT_URL = os.environ.get("CLARION_TEST_MGMT_URL", f"http://{RABBIT_HOST}:15672")
+MGMT_AUTH = ("guest", "guest")
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll until ``predicate`` returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+                value = await value  # type: ignore[misc]
+            if value:
+                return value  # type: ignore[return-value]
+        except Exception as exc:  # keep polling through transient errors
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
+        time.sleep(interval)
+
+
+class Vhost:
+    """A RabbitMQ vhost of one test (module), so tests never see each other's queues."""
+
+    def __init__(self, name: str | None = None, mgmt_url: str = MGMT_URL) -> None:
+        self.name = name or f"clarion-test-{uuid.uuid4().hex[:10]}"
+        self.mgmt_url = mgmt_url
+        self.quoted = quote(self.name, safe="")
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{self.quoted}"
+
+    def create(self) -> Vhost:
+        with httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c:
+            c.put(f"/api/vhosts/{self.quoted}").raise_for_status()
+            c.put(
+                f"/api/permissions/{self.quoted}/guest",
+                json={"configure": ".*", "write": ".*", "read": ".*"},
+            ).raise_for_status()
+        return self
+
+    def delete(self) -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c,
+        ):
+            c.delete(f"/api/vhosts/{self.quoted}")
+
+    def api(self, path: str) -> Any:
+        with httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c:
+            r = c.get(path.replace("{vhost}", self.quoted))
+            r.raise_for_status()
+            return r.json()
+
+    def queues(self) -> list[dict[str, Any]]:
+        return list(self.api("/api/queues/{vhost}"))
+
+    def connections(self) -> list[dict[str, Any]]:
+        return [c for c in self.api("/api/connections") if c.get("vhost") == self.name]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class GatewayProcess:
+    """A real ``clarion serve`` process (one 'pod') on a loopback address."""
+
+    def __init__(
+        self,
+        pod_name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        amqp_url: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.pod_name = pod_name
+        self.host = host
+        self.port = port or free_port(host)
+        self.amqp_url = amqp_url
+        self.args = args if args is not None else ["--auth", "none"]
+        self.env = env or {}
+        self.log_path = (log_dir or Path("/tmp")) / f"gateway-{pod_name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    def start(self) -> GatewayProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "clarion",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--pod-name",
+            self.pod_name,
+            "--log-level",
+            "info",
+            *self.args,
+        ]
+        if self.amqp_url:
+            cmd += ["--amqp-url", self.amqp_url]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+        env.update(self.env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"gateway {self.pod_name} exited {self.proc.returncode}: " + self.log()
+            )
+        try:
+            return httpx.get(f"{self.http_url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 20.0) -> GatewayProcess:
+        wait_for_sync(self.ready, timeout, 0.1, f"gateway {self.pod_name} ready")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The value of one sample on /metrics (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.http_url}/metrics", timeout=5).text
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                    total += s.value
+        return total
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
