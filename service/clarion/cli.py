@@ -190,6 +190,17 @@ def _add_pod_options(p: argparse.ArgumentParser, *, dev: bool) -> None:
         help="unused pod queue expiry (x-expires), a safety net behind the operator",
     )
     e.opt(
+        "--history-max-age",
+        default=d["history_max_age"].default,
+        help="how far back since= recovery reaches (clarion.history stream x-max-age)",
+    )
+    e.opt(
+        "--history-max-bytes",
+        type=int,
+        default=d["history_max_bytes"].default,
+        help="size bound of the clarion.history stream (x-max-length-bytes)",
+    )
+    e.opt(
         "--drain-delay",
         type=float,
         default=d["drain_delay"].default,
@@ -236,6 +247,8 @@ def _settings(
         queue_max_length=args.queue_max_length,
         queue_message_ttl_ms=args.queue_message_ttl_ms,
         queue_expires_ms=args.queue_expires_ms,
+        history_max_age=args.history_max_age,
+        history_max_bytes=args.history_max_bytes,
         drain_delay=args.drain_delay,
         drain_window=args.drain_window,
         compression=args.compression,

@@ -41,6 +41,7 @@ class Connection:
         "_buf",
         "_buf_bytes",
         "_closing",
+        "_pending",
         "_send",
         "_wake",
         "_writer",
@@ -78,6 +79,8 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self._writer: asyncio.Task[None] | None = None
+        # While a history replay runs, live messages wait here: (id, text, nbytes, ts).
+        self._pending: list[tuple[str, str, int, int]] | None = None
         self.opened_at = time.monotonic()
 
     @property
@@ -86,6 +89,33 @@ class Connection:
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+
+    def pause(self) -> None:
+        """Hold live messages back while a history replay is read."""
+        if self._pending is None:
+            self._pending = []
+
+    def resume(self, replayed: list[tuple[str, str, int, int]]) -> None:
+        """Send the replay, then the held live messages it did not already contain."""
+        pending, self._pending = self._pending or [], None
+        sent = set()
+        for mid, text, nbytes, ts in replayed:
+            sent.add(mid)
+            if not self.push(text, nbytes, ts):
+                return
+        for mid, text, nbytes, ts in pending:
+            if mid not in sent and not self.push(text, nbytes, ts):
+                return
+
+    def push_message(self, mid: str, text: str, nbytes: int, ts_ms: int) -> bool:
+        """Queue a pushed message (held back while a replay runs)."""
+        if self._pending is not None and not self._closing:
+            if len(self._pending) >= self.max_buffer_messages:
+                self._pending = []
+                return self.push(text, self.max_buffer_bytes + 1, ts_ms)  # overflow: close
+            self._pending.append((mid, text, nbytes, ts_ms))
+            return True
+        return self.push(text, nbytes, ts_ms)
 
     def push(self, text: str, nbytes: int, ts_ms: int = 0) -> bool:
         """Queue a frame without waiting; False if the socket is closing or overflowed."""
@@ -141,7 +171,8 @@ class Connection:
                 await self._send({"type": "websocket.send", "text": text})
                 if ts_ms:
                     metrics.delivered.inc()
-                    metrics.latency.observe(max(0.0, time.time() - ts_ms / 1000.0))
+                    if ts_ms > 0:  # replayed messages (ts -1) would skew live latency
+                        metrics.latency.observe(max(0.0, time.time() - ts_ms / 1000.0))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -233,8 +264,9 @@ class Hub:
         text = env.body.decode()
         nbytes = len(env.body)
         n = 0
+        mid = env.id
         for conn in targets:
-            if conn.push(text, nbytes, env.ts):
+            if conn.push_message(mid, text, nbytes, env.ts):
                 n += 1
         return n
 

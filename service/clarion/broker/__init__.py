@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerUnavailable, Consumer
+from .base import Broker, BrokerUnavailable, Consumer, Replay
 from .memory import MemoryBroker, MemoryExchange
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Consumer",
     "MemoryBroker",
     "MemoryExchange",
+    "Replay",
     "create_broker",
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from ..protocol import Envelope
 
@@ -15,6 +16,20 @@ StateListener = Callable[[bool], None]
 
 class BrokerUnavailable(RuntimeError):
     """The broker cannot take or confirm a message right now (HTTP 503)."""
+
+
+@dataclass
+class Replay:
+    """What a reconnecting client missed, oldest first.
+
+    ``complete`` is False when the ``since`` message is no longer in the history
+    window (or the history could not be read): then ``messages`` holds what the
+    window still has after ``since``'s timestamp, and the client may have lost
+    something older.
+    """
+
+    messages: list[Envelope] = field(default_factory=list)
+    complete: bool = True
 
 
 class Broker(abc.ABC):
@@ -40,6 +55,12 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, envelopes: Sequence[Envelope]) -> None: ...
+
+    @abc.abstractmethod
+    async def replay(
+        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
+    ) -> Replay:
+        """Messages after the message ``since`` that ``match`` accepts, from history."""
 
     @property
     @abc.abstractmethod

@@ -1,22 +1,27 @@
 """The embedded in-memory broker: a fanout exchange inside one process.
 
 It gives ``clarion dev`` the same delivery semantics as RabbitMQ (every pod
-sees every message) without any server to install.
+sees every message, and a bounded history serves ``since`` recovery) without
+any server to install.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
-from ..protocol import Envelope
-from .base import Broker, Consumer, StateListener
+from ..protocol import Envelope, id_timestamp_ms
+from .base import Broker, Consumer, Replay, StateListener
 
 
 class MemoryExchange:
     """The shared part: every bound pod's consumer receives every message."""
 
-    def __init__(self) -> None:
+    def __init__(self, history_max_messages: int = 10_000, history_max_age: float = 3600) -> None:
         self._consumers: dict[str, Consumer] = {}
+        self.history: deque[Envelope] = deque(maxlen=history_max_messages)
+        self.history_max_age = history_max_age
 
     def bind(self, pod_name: str, consumer: Consumer) -> None:
         if pod_name in self._consumers:
@@ -27,8 +32,29 @@ class MemoryExchange:
         self._consumers.pop(pod_name, None)
 
     def publish(self, envelope: Envelope) -> None:
+        self.history.append(envelope)
+        horizon = (time.time() - self.history_max_age) * 1000
+        while self.history and self.history[0].ts < horizon:
+            self.history.popleft()
         for consumer in list(self._consumers.values()):
             consumer(envelope)
+
+    def replay(self, since: str, match: Callable[[Envelope], bool]) -> Replay:
+        found = False
+        after: list[Envelope] = []
+        since_ts = id_timestamp_ms(since)
+        fallback: list[Envelope] = []
+        for env in self.history:
+            if found:
+                if match(env):
+                    after.append(env)
+            elif env.id == since:
+                found = True
+            elif env.ts >= since_ts and match(env):
+                fallback.append(env)
+        if found:
+            return Replay(after, complete=True)
+        return Replay(fallback, complete=False)
 
 
 class MemoryBroker(Broker):
@@ -50,6 +76,11 @@ class MemoryBroker(Broker):
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         for env in envelopes:
             self.exchange.publish(env)
+
+    async def replay(
+        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
+    ) -> Replay:
+        return self.exchange.replay(since, match)
 
     @property
     def ready(self) -> bool:

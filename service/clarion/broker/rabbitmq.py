@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -24,14 +25,20 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from ..names import EXCHANGE, QUEUE_PREFIX, queue_name
-from ..protocol import Envelope, Target
-from .base import Broker, BrokerUnavailable, Consumer, StateListener
+from ..names import EXCHANGE, HISTORY_QUEUE, QUEUE_PREFIX, queue_name
+from ..protocol import Envelope, Target, id_timestamp_ms, new_message_id
+from .base import Broker, BrokerUnavailable, Consumer, Replay, StateListener
 
 log = logging.getLogger("clarion.broker")
 
 HDR_KIND = "clarion-target"
 HDR_NAME = "clarion-name"
+#: A marker a replaying pod publishes to learn where "now" is in the history stream.
+KIND_MARKER = "marker"
+
+
+class _Marker(Exception):
+    """Raised for a marker message: not a message for sockets."""
 
 
 def envelope_to_message(env: Envelope) -> aio_pika.Message:
@@ -54,6 +61,8 @@ def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, 
         kind = kind.decode()
     if isinstance(name, bytes):
         name = name.decode()
+    if kind == KIND_MARKER:
+        raise _Marker(message_id)
     if kind not in ("user", "channel", "broadcast"):
         raise ValueError(f"message without a valid {HDR_KIND} header")
     ts = 0
@@ -77,6 +86,9 @@ class RabbitBroker(Broker):
         queue_expires_ms: int = 1_800_000,
         publish_timeout: float = 5.0,
         reconnect_max_delay: float = 5.0,
+        history: bool = True,
+        history_max_age: str = "1h",
+        history_max_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         self.url = url
         self.pod_name = pod_name
@@ -88,6 +100,12 @@ class RabbitBroker(Broker):
             "x-overflow": "drop-head",
             "x-message-ttl": queue_message_ttl_ms,
             "x-expires": queue_expires_ms,
+        }
+        self.history = history
+        self.history_arguments: dict[str, Any] = {
+            "x-queue-type": "stream",
+            "x-max-age": history_max_age,
+            "x-max-length-bytes": history_max_bytes,
         }
         self.publish_timeout = publish_timeout
         self.reconnect_max_delay = reconnect_max_delay
@@ -174,6 +192,8 @@ class RabbitBroker(Broker):
         await sub.set_qos(prefetch_count=self.prefetch)
         queue = await self._declare_queue(conn, sub)
         await queue.bind(self.exchange_name, routing_key="")
+        if self.history:
+            await self._declare_history(conn)
         self._pub_exchange = exchange
         await queue.consume(self._on_message, no_ack=False)
         self._consuming = True
@@ -197,9 +217,105 @@ class RabbitBroker(Broker):
         await again.set_qos(prefetch_count=self.prefetch)
         return await again.declare_queue(self.queue_name, passive=True)
 
+    async def _declare_history(self, conn: AbstractConnection) -> None:
+        """The stream every message also lands in, for ``since`` recovery."""
+        ch = await conn.channel(publisher_confirms=False)
+        try:
+            for attempt in range(5):
+                try:
+                    history = await ch.declare_queue(
+                        HISTORY_QUEUE, durable=True, arguments=self.history_arguments
+                    )
+                    await history.bind(self.exchange_name, routing_key="")
+                    return
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    log.warning(
+                        "%s exists with other arguments, using it as is: %s", HISTORY_QUEUE, exc
+                    )
+                    return
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    raise
+                except aiormq.exceptions.AMQPError as exc:
+                    # Right after a broker restart a durable queue can briefly
+                    # answer "home node is down": retry on a fresh channel.
+                    log.info("declaring %s failed (%s), retrying", HISTORY_QUEUE, exc)
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    if ch.is_closed:
+                        ch = await conn.channel(publisher_confirms=False)
+        finally:
+            if not ch.is_closed:
+                await ch.close()
+
+    async def replay(
+        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
+    ) -> Replay:
+        """Read the history stream from just before ``since`` up to a fresh marker.
+
+        The stream has no end-of-stream marker, so the pod publishes one (a tiny
+        message all pods ignore): everything published before the replay began
+        is in the stream before it. Timestamps are per chunk with 1 s
+        resolution, so the read starts a little early and skips by id.
+        """
+        conn = self._conn
+        exchange = self._pub_exchange
+        if not self.history or conn is None or conn.is_closed or exchange is None:
+            return Replay([], complete=False)
+        start = datetime.fromtimestamp(max(0, id_timestamp_ms(since) / 1000 - 2), tz=UTC)
+        marker_id = new_message_id()
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        ch = await conn.channel(publisher_confirms=False)
+        try:
+            await ch.set_qos(prefetch_count=500)
+            queue = await ch.get_queue(HISTORY_QUEUE, ensure=False)
+            tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
+            marker = aio_pika.Message(b"", message_id=marker_id, headers={HDR_KIND: KIND_MARKER})
+            await exchange.publish(marker, routing_key="", timeout=self.publish_timeout)
+            found = False
+            after: list[Envelope] = []
+            fallback: list[Envelope] = []
+            since_ts = id_timestamp_ms(since)
+            seen: set[str] = set()
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await inbox.get()
+                    if inbox.empty() or len(seen) % 200 == 0:
+                        await msg.ack(multiple=True)
+                    if msg.message_id == marker_id:
+                        break
+                    try:
+                        env = message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {}))
+                    except (_Marker, ValueError):
+                        continue
+                    if env.id in seen:
+                        continue
+                    seen.add(env.id)
+                    if found:
+                        if match(env):
+                            after.append(env)
+                    elif env.id == since:
+                        found = True
+                    elif env.ts >= since_ts and match(env):
+                        fallback.append(env)
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+            return Replay(after, True) if found else Replay(fallback, False)
+        except (
+            TimeoutError,
+            aiormq.exceptions.AMQPError,
+            aio_pika.exceptions.AMQPException,
+        ) as exc:
+            log.warning("history replay since %s failed: %r", since, exc)
+            return Replay([], complete=False)
+        finally:
+            if not ch.is_closed:
+                with contextlib.suppress(Exception):
+                    await ch.close()
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             env = message_to_envelope(message.body, message.message_id, dict(message.headers or {}))
+        except _Marker:
+            pass
         except Exception as exc:
             log.warning("dropping malformed broker message %s: %s", message.message_id, exc)
         else:
