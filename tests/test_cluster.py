@@ -1,0 +1,344 @@
+"""Cross-pod delivery: three real `clarion serve` pods on one real RabbitMQ.
+
+The pods listen on 127.0.0.2, .3 and .4 on the same port, as pods with their
+own IPs would. Each test checks what a user sees on real WebSocket sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, free_port, wait_for, wait_for_sync
+from .wsclient import Client
+
+pytestmark = pytest.mark.timeout(60)
+
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+def _common_port() -> int:
+    while True:
+        port = free_port(HOSTS[0])
+        if all(_port_free(h, port) for h in HOSTS[1:]):
+            return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Cluster:
+    def __init__(self, vhost: Vhost, pods: list[GatewayProcess]) -> None:
+        self.vhost = vhost
+        self.pods = pods
+        self.a, self.b, self.c = pods
+
+    def publish(self, pod: GatewayProcess, body: dict[str, object]) -> str:
+        r = httpx.post(f"{pod.http_url}/api/publish", json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    async def connect(self, pod: GatewayProcess, user: str) -> Client:
+        client = await Client.connect(f"{pod.ws_url}?user={quote(user)}", f"{user}@{pod.pod_name}")
+        await client.wait_welcome()
+        return client
+
+
+@pytest.fixture(scope="module")
+def cluster(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    # Pod b connects as its own RabbitMQ user, so the blip test can keep it out.
+    with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
+        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        mgmt.put(
+            f"/api/permissions/{module_vhost.quoted}/clarion-test-podb",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        ).raise_for_status()
+    port = _common_port()
+    logs = Path(tmp_path_factory.mktemp("logs"))
+    args = ["--auth", "none", "--allow-client-publish"]
+    pods = []
+    for i, host in enumerate(HOSTS):
+        url = module_vhost.amqp_url
+        if i == 1:
+            url = url.replace("guest:guest@", "clarion-test-podb:podb@")
+        pods.append(
+            GatewayProcess(
+                f"pod-{'abc'[i]}-{uuid.uuid4().hex[:6]}",
+                host=host,
+                port=port,
+                amqp_url=url,
+                args=args,
+                log_dir=logs,
+            ).start()
+        )
+    try:
+        for pod in pods:
+            pod.wait_ready()
+        yield Cluster(module_vhost, pods)
+    finally:
+        for pod in pods:
+            pod.stop()
+        httpx.delete(f"{MGMT_URL}/api/users/clarion-test-podb", auth=MGMT_AUTH, timeout=10)
+
+
+async def _sentinel(cluster: Cluster, clients: list[Client]) -> None:
+    """Broadcast a marker and wait until every client has it: everything sent
+    before it has arrived, so a missing message is really missing."""
+    marker = f"sentinel-{uuid.uuid4().hex}"
+    cluster.publish(cluster.a, {"broadcast": True, "data": marker})
+    for client in clients:
+        await client.wait_data(marker)
+
+
+def _count(client: Client, value: object) -> int:
+    return sum(1 for d in client.data() if d == value)
+
+
+async def test_user_message_reaches_every_socket_of_that_user_on_every_pod(
+    cluster: Cluster,
+) -> None:
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    u_a = await cluster.connect(cluster.a, user)
+    u_c = await cluster.connect(cluster.c, user)
+    other_a = await cluster.connect(cluster.a, "someone-else")
+    other_b = await cluster.connect(cluster.b, "someone-else-2")
+    everyone = [u_a, u_c, other_a, other_b]
+    try:
+        cluster.publish(cluster.a, {"user": user, "data": {"order": 42}})
+        await _sentinel(cluster, everyone)
+        assert _count(u_a, {"order": 42}) == 1
+        assert _count(u_c, {"order": 42}) == 1
+        assert _count(other_a, {"order": 42}) == 0
+        assert _count(other_b, {"order": 42}) == 0
+        msg = next(m for m in u_c.messages if m["data"] == {"order": 42})
+        assert msg["target"] == {"user": user}
+        assert isinstance(msg["ts"], int) and len(msg["id"]) == 36
+    finally:
+        for c in everyone:
+            await c.close()
+
+
+async def test_broadcast_reaches_every_socket_on_every_pod_exactly_once(cluster: Cluster) -> None:
+    clients = [await cluster.connect(pod, f"b{i}") for i, pod in enumerate(cluster.pods * 2)]
+    try:
+        cluster.publish(cluster.b, {"broadcast": True, "data": "hello all"})
+        await _sentinel(cluster, clients)
+        assert [_count(c, "hello all") for c in clients] == [1] * len(clients)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_channel_subscribe_and_unsubscribe_across_pods(cluster: Cluster) -> None:
+    sub_a = await cluster.connect(cluster.a, "s1")
+    sub_c = await cluster.connect(cluster.c, "s2")
+    bystander = await cluster.connect(cluster.b, "s3")
+    clients = [sub_a, sub_c, bystander]
+    try:
+        for c in (sub_a, sub_c):
+            await c.send({"type": "subscribe", "channel": "news"})
+            await c.wait_frame(lambda f: f == {"type": "subscribed", "channel": "news"})
+        cluster.publish(cluster.b, {"channel": "news", "data": "n1"})
+        await _sentinel(cluster, clients)
+        assert (_count(sub_a, "n1"), _count(sub_c, "n1"), _count(bystander, "n1")) == (1, 1, 0)
+
+        await sub_c.send({"type": "unsubscribe", "channel": "news"})
+        await sub_c.wait_frame(lambda f: f == {"type": "unsubscribed", "channel": "news"})
+        cluster.publish(cluster.c, {"channel": "news", "data": "n2"})
+        await _sentinel(cluster, clients)
+        assert (_count(sub_a, "n2"), _count(sub_c, "n2"), _count(bystander, "n2")) == (1, 0, 0)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_bare_text_from_a_client_reaches_everyone(cluster: Cluster) -> None:
+    typist = await cluster.connect(cluster.a, "typist")
+    readers = [await cluster.connect(pod, f"reader{i}") for i, pod in enumerate(cluster.pods)]
+    try:
+        await typist.send("hi there")
+        for c in [typist, *readers]:
+            frame = await c.wait_data({"from": "typist", "text": "hi there"})
+            assert frame["target"] == {"broadcast": True}
+        published = await typist.wait_frame(
+            lambda f: isinstance(f, dict) and f.get("type") == "published"
+        )
+        assert len(published["id"]) == 36
+    finally:
+        for c in [typist, *readers]:
+            await c.close()
+
+
+async def test_batch_publish_is_delivered_and_returns_ids(cluster: Cluster) -> None:
+    c = await cluster.connect(cluster.b, "batchy")
+    try:
+        r = httpx.post(
+            f"{cluster.a.http_url}/api/publish",
+            json={"messages": [{"user": "batchy", "data": i} for i in range(5)]},
+        )
+        assert r.status_code == 202
+        ids = r.json()["ids"]
+        assert len(ids) == 5 and len(set(ids)) == 5
+        await wait_for(lambda: len(c.messages) >= 5, 10, message="5 batch messages")
+        assert sorted(m["data"] for m in c.messages) == [0, 1, 2, 3, 4]
+        assert {m["id"] for m in c.messages} == set(ids)
+    finally:
+        await c.close()
+
+
+def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(cluster: Cluster) -> None:
+    v = cluster.vhost
+    expected = {f"clarion.pod.{p.pod_name}" for p in cluster.pods}
+
+    def queues_with_consumers() -> dict[str, dict[str, object]] | None:
+        qs = {q["name"]: q for q in v.queues() if q["name"].startswith("clarion.pod.")}
+        if set(qs) == expected and all(q.get("consumers") == 1 for q in qs.values()):
+            return qs
+        return None
+
+    queues = wait_for_sync(queues_with_consumers, 20, 0.5, "one consumer on each pod queue")
+    for q in queues.values():
+        assert q["exclusive"] is False and q["durable"] is True
+        args = q["arguments"]
+        assert args["x-overflow"] == "drop-head"
+        assert {"x-max-length", "x-message-ttl", "x-expires"} <= set(args)
+    bindings = v.api("/api/exchanges/{vhost}/clarion.fanout/bindings/source")
+    bound = {b["destination"] for b in bindings}
+    assert expected <= bound
+    assert "clarion.history" in bound
+    exchange = v.api("/api/exchanges/{vhost}/clarion.fanout")
+    assert exchange["type"] == "fanout" and exchange["durable"] is True
+
+
+async def test_broker_blip_pod_delivers_what_its_queue_buffered(cluster: Cluster) -> None:
+    """Pod b loses its AMQP connection and cannot get back in for a while;
+    messages published through pod a meanwhile wait in b's queue and reach
+    b's sockets once it reconnects, with no restart of the pod."""
+    b = cluster.b
+    listener = await cluster.connect(b, "blip-user")
+    mgmt = httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10)
+    try:
+        # Keep pod b out: change its password, then force-close its connection.
+        mgmt.put("/api/users/clarion-test-podb", json={"password": "locked", "tags": ""})
+        conns = await wait_for(
+            lambda: [c for c in cluster.vhost.connections() if c["user"] == "clarion-test-podb"],
+            15,
+            0.5,
+            "pod b's AMQP connection in the management API",
+        )
+        for conn in conns:
+            mgmt.delete(f"/api/connections/{quote(conn['name'], safe='')}")
+        await wait_for(lambda: not b.ready(), 10, message="pod b /readyz 503")
+        assert b.metric("clarion_broker_connected") == 0
+        ids = [
+            cluster.publish(cluster.a, {"user": "blip-user", "data": f"m{i}"}) for i in range(10)
+        ]
+        assert not b.ready()  # still out while we published
+        assert not listener.closed  # the socket stayed open through the outage
+        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        await wait_for(b.ready, 20, 0.2, "pod b ready again")
+        await wait_for(lambda: len(listener.messages) >= 10, 15, message="buffered messages")
+        assert [m["id"] for m in listener.messages] == ids
+        assert b.metric("clarion_broker_connected") == 1
+    finally:
+        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        mgmt.close()
+        await listener.close()
+
+
+def test_health_and_metrics_endpoints(cluster: Cluster) -> None:
+    pod = cluster.c
+    assert httpx.get(f"{pod.http_url}/healthz").status_code == 200
+    r = httpx.get(f"{pod.http_url}/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    text = httpx.get(f"{pod.http_url}/metrics").text
+    for name in (
+        "clarion_connections",
+        "clarion_connections_opened_total",
+        "clarion_connections_closed_total",
+        "clarion_subscriptions",
+        "clarion_messages_published_total",
+        "clarion_messages_consumed_total",
+        "clarion_messages_delivered_total",
+        "clarion_messages_dropped_total",
+        "clarion_delivery_latency_seconds_bucket",
+        "clarion_broker_connected",
+    ):
+        assert f"\n{name}" in text, name
+
+
+async def test_connection_gauge_follows_sockets(cluster: Cluster) -> None:
+    pod = cluster.c
+    before = pod.metric("clarion_connections")
+    clients = [await cluster.connect(pod, f"g{i}") for i in range(3)]
+    await wait_for(lambda: pod.metric("clarion_connections") == before + 3, 10, message="gauge +3")
+    for c in clients:
+        await c.close()
+    await wait_for(lambda: pod.metric("clarion_connections") == before, 10, message="gauge back")
+
+
+async def test_cli_listen_and_publish(cluster: Cluster) -> None:
+    import sys
+
+    listen = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clarion",
+        "listen",
+        cluster.b.ws_url,
+        "--user",
+        "cli-user",
+        "--channel",
+        "cli-news",
+        "--once",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # Wait until the listener's socket is on pod b, then publish from the CLI.
+        await wait_for(
+            lambda: cluster.b.metric("clarion_subscriptions") >= 1,
+            15,
+            message="listener subscribed",
+        )
+        pub = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "clarion",
+            "publish",
+            "--url",
+            cluster.a.http_url,
+            "--channel",
+            "cli-news",
+            '{"hello": "cli"}',
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(pub.communicate(), 20)
+        assert pub.returncode == 0, err
+        mid = out.decode().strip()
+        assert len(mid) == 36
+        assert listen.stdout is not None
+        line = await asyncio.wait_for(listen.stdout.readline(), 15)
+        import json
+
+        msg = json.loads(line)
+        assert msg["id"] == mid and msg["data"] == {"hello": "cli"}
+        assert msg["target"] == {"channel": "cli-news"}
+    finally:
+        listen.kill()
+        await listen.wait()

@@ -1,0 +1,102 @@
+"""The hub's fan-out never waits for a client; a slow one is cut off and counted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from clarion.broker import MemoryBroker, MemoryExchange
+from clarion.hub import CLOSE_TRY_AGAIN, Connection, Hub
+from clarion.metrics import Metrics
+from clarion.protocol import Envelope, Target
+
+
+class FakeSocket:
+    """An ASGI send that records frames; ``stalled`` makes every send hang."""
+
+    def __init__(self, stalled: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.stalled = stalled
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.stalled and message["type"] == "websocket.send":
+            await asyncio.Event().wait()
+        self.sent.append(message)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+async def test_slow_client_is_closed_1013_and_others_keep_receiving() -> None:
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    slow_sock, fast_sock = FakeSocket(stalled=True), FakeSocket()
+    slow = Connection("c1", "u", slow_sock, metrics, max_buffer_messages=5)
+    fast = Connection("c2", "u", fast_sock, metrics, max_buffer_messages=5)
+    for c in (slow, fast):
+        hub.add(c)
+        c.start()
+    for i in range(20):
+        hub.deliver(Envelope.create(Target("broadcast"), i))
+        await asyncio.sleep(0)  # let writers run, as the event loop would
+    await asyncio.sleep(0.01)
+    assert slow.closing and slow.close_code == CLOSE_TRY_AGAIN
+    closes = [m for m in slow_sock.sent if m["type"] == "websocket.close"]
+    assert closes and closes[0]["code"] == 1013
+    assert len([m for m in fast_sock.sent if m["type"] == "websocket.send"]) == 20
+    assert sample(metrics, "clarion_messages_dropped_total", reason="slow_client") >= 1
+    await slow.stop()
+    await fast.stop()
+
+
+async def test_byte_bound_also_cuts_off() -> None:
+    metrics = Metrics()
+    conn = Connection("c", "u", FakeSocket(stalled=True), metrics, max_buffer_bytes=100)
+    conn.start()
+    assert conn.push("x" * 60, 60)
+    await asyncio.sleep(0)
+    assert conn.push("y" * 60, 60)  # the first is in flight, this one is buffered
+    assert not conn.push("z" * 60, 60)  # 120 bytes buffered > 100
+    assert conn.closing
+    await conn.stop()
+
+
+async def test_deliver_targets_only_matching_sockets() -> None:
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    socks = {name: FakeSocket() for name in ("u1a", "u1b", "u2")}
+    conns = {
+        "u1a": Connection("1", "u1", socks["u1a"], metrics),
+        "u1b": Connection("2", "u1", socks["u1b"], metrics),
+        "u2": Connection("3", "u2", socks["u2"], metrics),
+    }
+    for c in conns.values():
+        hub.add(c)
+        c.start()
+    hub.subscribe(conns["u2"], "news")
+    assert hub.deliver(Envelope.create(Target("user", "u1"), "a")) == 2
+    assert hub.deliver(Envelope.create(Target("channel", "news"), "b")) == 1
+    assert hub.deliver(Envelope.create(Target("channel", "nobody"), "c")) == 0
+    await asyncio.sleep(0.01)
+    assert [len(s.sent) for s in socks.values()] == [1, 1, 1]
+    hub.remove(conns["u2"], "client")
+    assert sample(metrics, "clarion_subscriptions") == 0
+    for c in conns.values():
+        await c.stop()
+
+
+async def test_memory_broker_replay_since() -> None:
+    exchange = MemoryExchange()
+    got: list[Envelope] = []
+    broker = MemoryBroker(exchange, "p")
+    await broker.start(got.append)
+    envs = [Envelope.create(Target("user", "u" if i % 2 else "v"), i) for i in range(6)]
+    await broker.publish(envs)
+    assert len(got) == 6
+    replay = await broker.replay(envs[1].id, lambda e: e.target.name == "u")
+    assert replay.complete
+    assert [e.id for e in replay.messages] == [envs[3].id, envs[5].id]
+    unknown = await broker.replay("01a00000-0000-7000-8000-000000000000", lambda e: True)
+    assert not unknown.complete
