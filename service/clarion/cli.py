@@ -171,6 +171,12 @@ def _add_pod_options(p: argparse.ArgumentParser, *, dev: bool) -> None:
         default=d["send_buffer_bytes"].default,
         help="per-socket send buffer in bytes; overflow closes 1013",
     )
+    e.opt("--exchange", default=d["exchange"].default, help="the fanout exchange")
+    e.opt(
+        "--queue-prefix",
+        default=d["queue_prefix"].default,
+        help="prefix of this pod's queue (the pod name follows)",
+    )
     e.opt(
         "--queue-max-length",
         type=int,
@@ -244,6 +250,8 @@ def _settings(
         max_frames_per_second=args.max_frames_per_second,
         send_buffer_messages=args.send_buffer_messages,
         send_buffer_bytes=args.send_buffer_bytes,
+        exchange=args.exchange,
+        queue_prefix=args.queue_prefix,
         queue_max_length=args.queue_max_length,
         queue_message_ttl_ms=args.queue_message_ttl_ms,
         queue_expires_ms=args.queue_expires_ms,
