@@ -100,3 +100,23 @@ async def test_memory_broker_replay_since() -> None:
     assert [e.id for e in replay.messages] == [envs[3].id, envs[5].id]
     unknown = await broker.replay("01a00000-0000-7000-8000-000000000000", lambda e: True)
     assert not unknown.complete
+
+
+async def test_a_redelivered_message_is_not_pushed_twice() -> None:
+    import dataclasses
+
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    sock = FakeSocket()
+    conn = Connection("1", "u", sock, metrics)
+    hub.add(conn)
+    conn.start()
+    env = Envelope.create(Target("user", "u"), "once")
+    assert hub.deliver(env) == 1
+    assert hub.deliver(dataclasses.replace(env, redelivered=True)) == 0
+    other = Envelope.create(Target("user", "u"), "first time, but redelivered")
+    assert hub.deliver(dataclasses.replace(other, redelivered=True)) == 1
+    await asyncio.sleep(0.01)
+    assert len(sock.sent) == 2
+    assert sample(metrics, "clarion_messages_dropped_total", reason="duplicate") == 1
+    await conn.stop()

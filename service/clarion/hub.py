@@ -201,6 +201,11 @@ class Hub:
         self.by_user: dict[str, set[Connection]] = {}
         self.by_channel: dict[str, set[Connection]] = {}
         self._ids = itertools.count(1)
+        # Ids of recently consumed messages: a message the broker redelivers
+        # (its ack was lost when the connection dropped) is not pushed twice.
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
+        self.recent_limit = 50_000
         self._prefix = f"{pod_name}-{int(time.time() * 1000) % 1_000_000:06d}-"
 
     def new_id(self) -> str:
@@ -258,6 +263,10 @@ class Hub:
     def deliver(self, env: Envelope) -> int:
         """Queue one consumed message for every matching local socket."""
         self.metrics.consumed.inc()
+        if env.redelivered and env.id in self._recent:
+            self.metrics.dropped.labels(reason="duplicate").inc()
+            return 0
+        self._remember(env.id)
         targets = self.targets(env)
         if not targets:
             return 0
@@ -269,6 +278,12 @@ class Hub:
             if conn.push_message(mid, text, nbytes, env.ts):
                 n += 1
         return n
+
+    def _remember(self, mid: str) -> None:
+        self._recent.add(mid)
+        self._recent_order.append(mid)
+        if len(self._recent_order) > self.recent_limit:
+            self._recent.discard(self._recent_order.popleft())
 
     def close_all(self, code: int, message: str, reason: str) -> None:
         for conn in list(self.connections.values()):

@@ -72,7 +72,7 @@ class Metrics:
         # Pre-create the label sets the dashboard queries, so they exist at 0.
         for reason in ("client", "slow_client", "drain", "shed", "error", "policy", "too_big"):
             self.closed.labels(reason=reason)
-        for reason in ("slow_client", "rate_limited"):
+        for reason in ("slow_client", "rate_limited", "duplicate"):
             self.dropped.labels(reason=reason)
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):

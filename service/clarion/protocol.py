@@ -84,6 +84,8 @@ class Envelope:
     target: Target
     ts: int
     body: bytes
+    #: The broker delivered it before (e.g. its ack was lost in a connection blip).
+    redelivered: bool = False
 
     @classmethod
     def create(cls, target: Target, data: Any, source: str = "api") -> Envelope:

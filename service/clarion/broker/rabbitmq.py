@@ -54,7 +54,9 @@ def envelope_to_message(env: Envelope) -> aio_pika.Message:
     )
 
 
-def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, Any]) -> Envelope:
+def message_to_envelope(
+    body: bytes, message_id: str | None, headers: dict[str, Any], redelivered: bool = False
+) -> Envelope:
     kind = headers.get(HDR_KIND)
     name = headers.get(HDR_NAME)
     if isinstance(kind, bytes):
@@ -69,7 +71,13 @@ def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, 
     if message_id:
         with contextlib.suppress(ValueError):
             ts = int(message_id.replace("-", "")[:12], 16)
-    return Envelope(id=message_id or "", target=Target(kind, name), ts=ts, body=body)  # type: ignore[arg-type]
+    return Envelope(
+        id=message_id or "",
+        target=Target(kind, name),  # type: ignore[arg-type]
+        ts=ts,
+        body=body,
+        redelivered=redelivered,
+    )
 
 
 class RabbitBroker(Broker):
@@ -313,7 +321,12 @@ class RabbitBroker(Broker):
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            env = message_to_envelope(message.body, message.message_id, dict(message.headers or {}))
+            env = message_to_envelope(
+                message.body,
+                message.message_id,
+                dict(message.headers or {}),
+                bool(message.redelivered),
+            )
         except _Marker:
             pass
         except Exception as exc:
