@@ -1,0 +1,198 @@
+"""A one-minute soak: hundreds of sockets, a steady publish stream, a broker
+restart and a pod kill in the middle. Asserts what a user would notice: every
+message that got a 202 reaches every matching socket exactly once, and the
+surviving pods' memory does not run away. (A longer version: bench/soak.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .private_broker import PrivateBroker
+from .support import GatewayProcess, wait_for
+from .wsclient import Client
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+SOCKETS = int(os.environ.get("CLARION_SOAK_SOCKETS", "300"))
+RATE = float(os.environ.get("CLARION_SOAK_RATE", "60"))  # publishes per second
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    b = PrivateBroker().start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+class User:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ids: list[str] = []  # received message ids, in arrival order
+        self.last_id: str | None = None
+        self.client: Client | None = None
+        self._seen = 0
+        self.reconnects = 0
+
+    async def connect(self, pod: GatewayProcess) -> None:
+        url = f"{pod.ws_url}?user={self.name}"
+        if self.last_id:
+            url += f"&since={self.last_id}"
+            self.reconnects += 1
+        self.client = await Client.connect(url, self.name)
+        await self.client.wait_welcome(20)
+        self._seen = 0
+
+    def drain(self) -> None:
+        if self.client is None:
+            return
+        msgs = self.client.messages
+        for m in msgs[self._seen :]:
+            self.ids.append(m["id"])
+            self.last_id = m["id"]
+        self._seen = len(msgs)
+
+
+async def test_soak_broker_restart_and_pod_kill_lose_nothing(
+    broker: PrivateBroker, tmp_path: Path
+) -> None:
+    pods = [
+        GatewayProcess(
+            f"soak-{i}-{uuid.uuid4().hex[:6]}",
+            host=f"127.0.0.{30 + i}",
+            amqp_url=broker.amqp_url,
+            args=["--auth", "none", "--max-frames-per-second", "1000"],
+            log_dir=tmp_path,
+        ).start()
+        for i in range(3)
+    ]
+    try:
+        for p in pods:
+            p.wait_ready(30)
+        a, b, victim = pods
+        users = [User(f"s{i}") for i in range(SOCKETS)]
+        for i, u in enumerate(users):
+            await u.connect(pods[i % 3])
+
+        # accepted[id] = the users that must get it (None: everyone)
+        accepted: dict[str, str | None] = {}
+        refused = 0
+        stop = asyncio.Event()
+        rng = random.Random(11)
+
+        async def publisher() -> None:
+            nonlocal refused
+            async with httpx.AsyncClient(timeout=10) as api:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    pod = rng.choice([a, b])  # the victim is not an entry point
+                    broadcast = n % 10 == 0
+                    user = None if broadcast else rng.choice(users).name
+                    body = {"broadcast": True} if broadcast else {"user": user}
+                    body["data"] = n  # type: ignore[assignment]
+                    try:
+                        r = await api.post(f"{pod.http_url}/api/publish", json=body)
+                    except httpx.HTTPError:
+                        refused += 1
+                    else:
+                        if r.status_code == 202:
+                            accepted[r.json()["id"]] = user
+                        else:
+                            assert r.status_code == 503, r.text
+                            refused += 1
+                    await asyncio.sleep(1 / RATE)
+
+        # Every socket has a first message: a `since` to come back with.
+        async with httpx.AsyncClient(timeout=10) as api:
+            r = await api.post(f"{a.http_url}/api/publish", json={"broadcast": True, "data": 0})
+            accepted[r.json()["id"]] = None
+        for u in users:
+            assert u.client is not None
+            await wait_for(lambda u=u: u.client.messages, 20, message="first broadcast")
+
+        rss_before = {p.pod_name: rss_kib(p.proc.pid) for p in (a, b)}  # type: ignore[union-attr]
+        task = asyncio.create_task(publisher())
+        t0 = time.monotonic()
+        await wait_for(lambda: len(accepted) > 150, 30, message="steady publishing")
+
+        # 1. The broker restarts: publishing answers 503 meanwhile, sockets stay.
+        broker.stop()
+        await wait_for(lambda: not a.ready() and not b.ready(), 15, message="pods unready")
+        # The publisher is sequential: once it saw a refusal, nothing older is in flight.
+        refused_before = refused
+        await wait_for(lambda: refused > refused_before, 15, message="a 503 from the API")
+        outage_accepted = len(accepted)
+        await asyncio.sleep(1.0)  # a real outage lasts: keep publishing into it
+        assert len(accepted) == outage_accepted, "a publish was accepted while the broker was down"
+        broker.start()
+        await wait_for(lambda: all(p.ready() for p in pods), 40, 0.2, "pods ready again")
+        assert all(u.client is not None and not u.client.closed for u in users)
+        await wait_for(lambda: len(accepted) > outage_accepted + 150, 30, message="resumed")
+
+        # 2. A pod is killed: its users come back on the others with since=.
+        victim.signal(signal.SIGKILL)
+        orphans = [u for i, u in enumerate(users) if i % 3 == 2]
+        for u in orphans:
+            assert u.client is not None
+            await u.client.wait_closed(15)
+            u.drain()
+        for i, u in enumerate(orphans):
+            await u.connect(a if i % 2 else b)
+        await wait_for(lambda: len(accepted) > outage_accepted + 400, 40, message="more traffic")
+        stop.set()
+        await task
+        elapsed = time.monotonic() - t0
+
+        def expected(u: User) -> list[str]:
+            return [mid for mid, who in accepted.items() if who is None or who == u.name]
+
+        def complete() -> bool:
+            for u in users:
+                u.drain()
+            return all(set(expected(u)) <= set(u.ids) for u in users)
+
+        await wait_for(complete, 40, 0.2, "every accepted message delivered")
+        duplicates = sum(len(u.ids) - len(set(u.ids)) for u in users)
+        lost = sum(len(set(expected(u)) - set(u.ids)) for u in users)
+        deliveries = sum(len(expected(u)) for u in users)
+        rss_after = {p.pod_name: rss_kib(p.proc.pid) for p in (a, b)}  # type: ignore[union-attr]
+        print(
+            f"\nsoak: {elapsed:.0f}s, {SOCKETS} sockets, {len(accepted)} messages accepted (202), "
+            f"{refused} refused (503 during the outage), {deliveries} deliveries expected, "
+            f"lost {lost}, duplicates {duplicates}, "
+            f"{sum(u.reconnects for u in users)} reconnects with since=; "
+            f"RSS KiB before {rss_before} after {rss_after}"
+        )
+        assert lost == 0
+        assert duplicates == 0
+        assert refused > 0, "the outage was not observed by the publisher"
+        for name, before in rss_before.items():
+            assert rss_after[name] < before + 64 * 1024, (
+                f"{name} grew {before} -> {rss_after[name]}"
+            )
+        for u in users:
+            assert u.client is not None
+            await u.client.close()
+    finally:
+        for p in pods:
+            p.kill()
