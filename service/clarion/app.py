@@ -31,6 +31,7 @@ from .hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
     CLOSE_RESTART,
+    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     Connection,
     Hub,
@@ -270,6 +271,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == CLOSE_TOO_BIG:  # the server refused an oversized frame
+                    reason = "too_big"
                 break
             if conn.closing:
                 continue
