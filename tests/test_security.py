@@ -1,0 +1,513 @@
+"""Who may connect, subscribe, publish and administer, and the limits on each.
+
+Real ``clarion serve`` processes with ``--auth jwt``; tokens are signed here with
+PyJWT (HS256 secret, RS256 from a PEM public key file and from a JWKS file).
+Each refusal is checked as a client sees it: a close code with a reason and no
+half-open session (no welcome frame, not counted as a connection), an error
+frame, or an HTTP status with a JSON error, and the metric that counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import websockets
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from .support import GatewayProcess, wait_for, wait_for_sync
+
+SECRET = "s3cret-" + uuid.uuid4().hex
+API_KEYS = ("key-old-" + uuid.uuid4().hex[:8], "key-new-" + uuid.uuid4().hex[:8])
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
+ORIGIN = "https://app.example.com"
+MAX_SUBSCRIPTIONS = 3
+MAX_FRAMES_PER_SECOND = 5
+MAX_FRAME_BYTES = 4096
+MAX_BODY_BYTES = 2048
+MAX_CONNECTIONS = 3
+
+
+class Session:
+    """A WebSocket client that records frames until the server closes it."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[Any] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, **kw: Any) -> Session:
+        return cls(await websockets.connect(url, open_timeout=10, max_size=None, **kw))
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.frames.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason or ""
+
+    @property
+    def closed(self) -> bool:
+        return self._task.done()
+
+    def of_type(self, ftype: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if isinstance(f, dict) and f.get("type") == ftype]
+
+    async def welcome(self) -> dict[str, Any]:
+        """The welcome frame, or {} if the server closed the socket instead."""
+        await wait_for(lambda: self.of_type("welcome") or self.closed, 10, message="welcome")
+        return (self.of_type("welcome") or [{}])[0]
+
+    async def until_closed(self, timeout: float = 10) -> tuple[int | None, str]:
+        await wait_for(lambda: self.closed, timeout, message="server closes the socket")
+        return self.close_code, self.close_reason
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def reply(self, ftype: str, count: int = 1, timeout: float = 5) -> dict[str, Any]:
+        frames = await wait_for(
+            lambda: len(self.of_type(ftype)) >= count and self.of_type(ftype),
+            timeout,
+            message=f"{ftype} frame #{count}",
+        )
+        return frames[count - 1]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 3)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, 3)
+
+
+async def refused(url: str, **kw: Any) -> tuple[int | None, str, list[Any]]:
+    """Connect and return how the server closed the socket, and what it sent before."""
+    s = await Session.open(url, **kw)
+    code, reason = await s.until_closed()
+    return code, reason, s.frames
+
+
+def hs256(sub: str, secret: str = SECRET, **claims: Any) -> str:
+    claims.setdefault("exp", int(time.time()) + 300)
+    return jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")
+
+
+def _hmac_token(claims: dict[str, Any], secret: bytes) -> str:
+    """An HS256 JWT built by hand (PyJWT rightly refuses a PEM as an HMAC secret)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> dict[str, rsa.RSAPrivateKey]:
+    return {"pem": _rsa_key(), "jwks": _rsa_key(), "stranger": _rsa_key()}
+
+
+@pytest.fixture(scope="module")
+def pods(
+    tmp_path_factory: pytest.TempPathFactory, rsa_keys: dict[str, rsa.RSAPrivateKey]
+) -> Iterator[dict[str, GatewayProcess]]:
+    """Three pods, started in parallel: HS256 with every limit, RS256 (PEM + JWKS), a tiny pod."""
+    d: Path = tmp_path_factory.mktemp("security")
+    tag = uuid.uuid4().hex[:6]
+    (d / "public.pem").write_bytes(_pem(rsa_keys["pem"]))
+    jwk = RSAAlgorithm.to_jwk(rsa_keys["jwks"].public_key(), as_dict=True)
+    jwk.update(kid="key-2", alg="RS256", use="sig")
+    (d / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    hs = GatewayProcess(
+        f"sec-hs-{tag}",
+        args=[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            SECRET,
+            *("--api-key", API_KEYS[0], "--api-key", API_KEYS[1]),
+            *("--admin-token", ADMIN_TOKEN),
+            *("--allowed-origins", f"{ORIGIN},https://other.example.com"),
+            *("--max-subscriptions", str(MAX_SUBSCRIPTIONS)),
+            *("--max-frames-per-second", str(MAX_FRAMES_PER_SECOND)),
+            *("--max-frame-bytes", str(MAX_FRAME_BYTES)),
+            *("--max-body-bytes", str(MAX_BODY_BYTES)),
+        ],
+        log_dir=d,
+    )
+    rs = GatewayProcess(
+        f"sec-rs-{tag}",
+        args=[
+            "--auth",
+            "jwt",
+            *("--jwt-public-key", str(d / "public.pem")),
+            *("--jwks-file", str(d / "jwks.json")),
+        ],
+        log_dir=d,
+    )
+    # Configured through the environment, as a Kubernetes Deployment does.
+    tiny = GatewayProcess(
+        f"sec-tiny-{tag}",
+        args=["--auth", "none"],
+        env={"CLARION_MAX_CONNECTIONS": str(MAX_CONNECTIONS)},
+        log_dir=d,
+    )
+    all_pods = {"hs": hs, "rs": rs, "tiny": tiny}
+    try:
+        for pod in all_pods.values():
+            pod.start()
+        for pod in all_pods.values():
+            pod.wait_ready(30)
+        yield all_pods
+    finally:
+        for pod in all_pods.values():
+            pod.stop()
+
+
+@pytest.fixture
+def hs(pods: dict[str, GatewayProcess]) -> GatewayProcess:
+    # Every test starts from a pod without sockets of earlier tests.
+    pod = pods["hs"]
+    wait_for_sync(lambda: pod.metric("clarion_connections") == 0, 10)
+    return pod
+
+
+def _metric(pod: GatewayProcess, name: str, **labels: str) -> float:
+    return pod.metric(name, labels or None)
+
+
+# -- JWT -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_hs256_token_in_query_and_header(hs: GatewayProcess) -> None:
+    s = await Session.open(f"{hs.ws_url}?token={hs256('alice')}")
+    assert (await s.welcome())["user"] == "alice"
+    hdr = await Session.open(
+        hs.ws_url, additional_headers={"Authorization": f"Bearer {hs256('bob')}"}
+    )
+    assert (await hdr.welcome())["user"] == "bob"
+    # The session works: the user's messages arrive.
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{hs.http_url}/api/publish",
+            json={"user": "bob", "data": "hi bob"},
+            headers={"Authorization": f"Bearer {API_KEYS[0]}"},
+        )
+    assert r.status_code == 202
+    assert (await hdr.reply("message"))["data"] == "hi bob"
+    await s.close()
+    await hdr.close()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(
+    ("case", "reason_part"),
+    [
+        ("missing", "missing token"),
+        ("bad_signature", "invalid token"),
+        ("expired", "expired"),
+        ("garbage", "invalid token"),
+        ("no_sub", "invalid token"),
+        ("bad_header", "missing token"),
+    ],
+)
+async def test_bad_tokens_are_closed_1008(hs: GatewayProcess, case: str, reason_part: str) -> None:
+    kw: dict[str, Any] = {}
+    url = hs.ws_url
+    if case == "bad_signature":
+        url += f"?token={hs256('mallory', secret='not-the-secret-' + uuid.uuid4().hex)}"
+    elif case == "expired":
+        url += f"?token={hs256('alice', exp=int(time.time()) - 60)}"
+    elif case == "garbage":
+        url += "?token=not.a.jwt"
+    elif case == "no_sub":
+        url += "?token=" + jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    elif case == "bad_header":
+        kw["additional_headers"] = {"Authorization": f"Basic {hs256('alice')}"}
+    policy0 = _metric(hs, "clarion_connections_closed_total", reason="policy")
+    opened0 = _metric(hs, "clarion_connections_opened_total")
+    code, reason, frames = await refused(url, **kw)
+    assert code == 1008, (code, reason)
+    assert reason_part in reason, reason
+    assert frames == [], f"a refused socket got frames: {frames}"  # never a half-open session
+    assert _metric(hs, "clarion_connections_closed_total", reason="policy") == policy0 + 1
+    assert _metric(hs, "clarion_connections_opened_total") == opened0
+
+
+@pytest.mark.timeout(30)
+async def test_rs256_with_pem_and_jwks(
+    pods: dict[str, GatewayProcess], rsa_keys: dict[str, rsa.RSAPrivateKey]
+) -> None:
+    rs = pods["rs"]
+    exp = int(time.time()) + 300
+    pem_token = jwt.encode({"sub": "pem-user", "exp": exp}, rsa_keys["pem"], algorithm="RS256")
+    jwks_token = jwt.encode(
+        {"sub": "jwks-user", "exp": exp},
+        rsa_keys["jwks"],
+        algorithm="RS256",
+        headers={"kid": "key-2"},
+    )
+    for token, user in ((pem_token, "pem-user"), (jwks_token, "jwks-user")):
+        s = await Session.open(f"{rs.ws_url}?token={token}")
+        assert (await s.welcome()).get("user") == user, (s.close_code, s.close_reason)
+        await s.close()
+    stranger = jwt.encode(
+        {"sub": "eve", "exp": exp},
+        rsa_keys["stranger"],
+        algorithm="RS256",
+        headers={"kid": "key-2"},
+    )
+    code, reason, frames = await refused(f"{rs.ws_url}?token={stranger}")
+    assert (code, frames) == (1008, []) and "invalid token" in reason, reason
+    # Algorithm confusion: an HS256 token "signed" with the public PEM as the secret.
+    confused = _hmac_token({"sub": "eve", "exp": exp}, _pem(rsa_keys["pem"]))
+    code, reason, frames = await refused(f"{rs.ws_url}?token={confused}")
+    assert (code, frames) == (1008, []), (code, reason)
+
+
+@pytest.mark.timeout(30)
+async def test_channels_claim_limits_subscriptions(hs: GatewayProcess) -> None:
+    s = await Session.open(f"{hs.ws_url}?token={hs256('carol', channels=['orders.*', 'news'])}")
+    await s.welcome()
+    await s.send({"type": "subscribe", "channel": "orders.eu"})
+    assert (await s.reply("subscribed"))["channel"] == "orders.eu"
+    await s.send({"type": "subscribe", "channel": "billing.eu"})
+    err = await s.reply("error")
+    assert err["code"] == "forbidden" and "billing.eu" in err["message"]
+    await s.send({"type": "subscribe", "channel": "news"})
+    assert (await s.reply("subscribed", 2))["channel"] == "news"
+    assert not s.closed  # a forbidden subscribe is an error frame, not a disconnect
+    await s.close()
+
+
+@pytest.mark.timeout(30)
+async def test_token_expiring_while_connected_closes_1008(hs: GatewayProcess) -> None:
+    expired0 = _metric(hs, "clarion_connections_closed_total", reason="token_expired")
+    s = await Session.open(f"{hs.ws_url}?token={hs256('dave', exp=int(time.time()) + 2)}")
+    assert (await s.welcome())["user"] == "dave"
+    t0 = time.monotonic()
+    code, reason = await s.until_closed(8)
+    assert (code, reason) == (1008, "token expired")
+    assert time.monotonic() - t0 < 4
+    await wait_for(
+        lambda: (
+            _metric(hs, "clarion_connections_closed_total", reason="token_expired") == expired0 + 1
+        ),
+        5,
+    )
+
+
+# -- API keys and the admin endpoint ----------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_api_keys_rotation_and_refusal(hs: GatewayProcess) -> None:
+    url = f"{hs.http_url}/api/publish"
+    body = {"broadcast": True, "data": "x"}
+    async with httpx.AsyncClient() as http:
+        for key in API_KEYS:  # old and new key both work during a rotation
+            r = await http.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 202 and "id" in r.json()
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-key"},
+            {"Authorization": f"Bearer {API_KEYS[0]}x"},
+            {"Authorization": f"Basic {API_KEYS[0]}"},
+            {"Authorization": f"Bearer {API_KEYS[0][:-1]}"},
+        ):
+            r = await http.post(url, json=body, headers=headers)
+            assert r.status_code == 401, (headers, r.status_code)
+            assert r.json()["error"] == "unauthorized" and r.json()["message"]
+
+
+@pytest.mark.timeout(30)
+async def test_admin_shed_needs_its_token(hs: GatewayProcess) -> None:
+    sessions = [await Session.open(f"{hs.ws_url}?token={hs256(f'shed{i}')}") for i in range(3)]
+    for s in sessions:
+        await s.welcome()
+    url = f"{hs.http_url}/admin/shed"
+    async with httpx.AsyncClient() as http:
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {API_KEYS[0]}"},  # an API key is not the admin token
+            {"Authorization": "Bearer nope"},
+        ):
+            r = await http.post(url, json={"count": 2}, headers=headers)
+            assert r.status_code == 401, (headers, r.status_code)
+        assert not any(s.closed for s in sessions)
+        shed0 = _metric(hs, "clarion_connections_closed_total", reason="shed")
+        r = await http.post(
+            url, json={"count": 2}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert r.status_code == 200 and r.json()["shed"] == 2, r.text
+        r = await http.post(
+            url, json={"count": -1}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert r.status_code == 400
+    await wait_for(lambda: sum(s.closed for s in sessions) == 2, 5)
+    closed = [s for s in sessions if s.closed]
+    assert all(s.close_code == 1012 and "reconnect" in s.close_reason for s in closed)
+    assert _metric(hs, "clarion_connections_closed_total", reason="shed") == shed0 + 2
+    for s in sessions:
+        await s.close()
+
+
+# -- Origin allowlist ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_origin_allowlist(hs: GatewayProcess) -> None:
+    token = hs256("olga")
+    s = await Session.open(f"{hs.ws_url}?token={token}", origin=ORIGIN)
+    assert (await s.welcome())["user"] == "olga"
+    await s.close()
+    code, reason, frames = await refused(
+        f"{hs.ws_url}?token={token}", origin="https://evil.example.net"
+    )
+    assert (code, frames) == (1008, []) and "origin" in reason, (code, reason)
+    # Non-browser clients send no Origin and are let in.
+    s = await Session.open(f"{hs.ws_url}?token={token}")
+    assert (await s.welcome())["user"] == "olga"
+    await s.close()
+
+
+# -- limits --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]) -> None:
+    tiny = pods["tiny"]
+    overload0 = _metric(tiny, "clarion_connections_closed_total", reason="overload")
+    held = [await Session.open(f"{tiny.ws_url}?user=u{i}") for i in range(MAX_CONNECTIONS)]
+    for s in held:
+        await s.welcome()
+    code, reason, frames = await refused(f"{tiny.ws_url}?user=one-too-many")
+    assert (code, frames) == (1013, []) and "try again" in reason, (code, reason)
+    assert _metric(tiny, "clarion_connections") == MAX_CONNECTIONS
+    assert _metric(tiny, "clarion_connections_closed_total", reason="overload") == overload0 + 1
+    await held[0].close()
+    await wait_for(lambda: _metric(tiny, "clarion_connections") == MAX_CONNECTIONS - 1, 5)
+    s = await Session.open(f"{tiny.ws_url}?user=next")  # room again
+    assert (await s.welcome())["user"] == "next"
+    for h in [*held, s]:
+        await h.close()
+
+
+@pytest.mark.timeout(30)
+async def test_max_subscriptions(hs: GatewayProcess) -> None:
+    s = await Session.open(f"{hs.ws_url}?token={hs256('sub-user')}")
+    await s.welcome()
+    for i in range(MAX_SUBSCRIPTIONS):
+        await s.send({"type": "subscribe", "channel": f"c{i}"})
+        await s.reply("subscribed", i + 1)
+    await s.send({"type": "subscribe", "channel": "one-more"})
+    err = await s.reply("error")
+    assert err["code"] == "too_many_subscriptions", err
+    assert _metric(hs, "clarion_subscriptions") == MAX_SUBSCRIPTIONS
+    await s.send({"type": "subscribe", "channel": "c0"})  # already held: still fine
+    await s.reply("subscribed", MAX_SUBSCRIPTIONS + 1)
+    await s.send({"type": "unsubscribe", "channel": "c1"})
+    await s.reply("unsubscribed")
+    await s.send({"type": "subscribe", "channel": "one-more"})
+    assert (await s.reply("subscribed", MAX_SUBSCRIPTIONS + 2))["channel"] == "one-more"
+    assert not s.closed
+    await s.close()
+    await wait_for(lambda: _metric(hs, "clarion_subscriptions") == 0, 5)
+
+
+@pytest.mark.timeout(30)
+async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
+    limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
+    s = await Session.open(f"{hs.ws_url}?token={hs256('flooder')}")
+    await s.welcome()
+    flood = 60
+    for _ in range(flood):
+        await s.send({"type": "ping"})
+    await wait_for(lambda: len(s.of_type("pong")) + len(s.of_type("error")) >= flood, 5)
+    pongs, errors = s.of_type("pong"), s.of_type("error")
+    assert all(e["code"] == "rate_limited" for e in errors), errors[:3]
+    # Bursts of twice the rate get through; the rest is refused, not queued.
+    assert 2 * MAX_FRAMES_PER_SECOND <= len(pongs) <= 2 * MAX_FRAMES_PER_SECOND + 3, len(pongs)
+    limited = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited") - limited0
+    assert limited == len(errors)
+    # The socket stays usable once the client slows down.
+    await asyncio.sleep(2.0 / MAX_FRAMES_PER_SECOND)  # the bucket refills at the rate
+    await s.send({"type": "ping"})
+    await wait_for(lambda: len(s.of_type("pong")) == len(pongs) + 1, 5)
+    assert not s.closed
+    await s.close()
+
+
+@pytest.mark.timeout(30)
+async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
+    too_big0 = _metric(hs, "clarion_connections_closed_total", reason="too_big")
+    s = await Session.open(f"{hs.ws_url}?token={hs256('big')}")
+    await s.welcome()
+    await s.send({"type": "ping", "pad": "x" * (MAX_FRAME_BYTES - 100)})  # just under: fine
+    await s.reply("pong")
+    await s.send({"type": "ping", "pad": "x" * MAX_FRAME_BYTES})
+    code, _ = await s.until_closed(5)
+    assert code == 1009
+    await wait_for(
+        lambda: _metric(hs, "clarion_connections_closed_total", reason="too_big") == too_big0 + 1,
+        5,
+    )
+    # Only that socket: the pod is fine.
+    other = await Session.open(f"{hs.ws_url}?token={hs256('after-big')}")
+    assert (await other.welcome())["user"] == "after-big"
+    await other.close()
+
+
+@pytest.mark.timeout(30)
+async def test_publish_body_limit_413(hs: GatewayProcess) -> None:
+    url = f"{hs.http_url}/api/publish"
+    headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
+    async with httpx.AsyncClient() as http:
+        small = {"broadcast": True, "data": "x" * (MAX_BODY_BYTES - 100)}
+        assert (await http.post(url, json=small, headers=headers)).status_code == 202
+        big = {"broadcast": True, "data": "x" * MAX_BODY_BYTES}
+        r = await http.post(url, json=big, headers=headers)
+        assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+
+        async def chunks() -> Any:  # no Content-Length: the limit holds while streaming
+            for _ in range(8):
+                yield b" " * 512
+
+        r = await http.post(url, content=chunks(), headers=headers)
+        assert r.status_code == 413, r.text
+        # The key is checked before the body is read.
+        r = await http.post(url, json=big)
+        assert r.status_code == 401
