@@ -1,0 +1,378 @@
+"""k8s/ (kind config, dev kustomization), the Tiltfile and the Dockerfiles.
+
+kind, Tilt and a container engine cannot run here: these tests check what can
+be checked without them (schemas, real paths, kustomize's output, promtool).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support import REPO
+
+from .conftest import (
+    DASHBOARD,
+    DEV_DIR,
+    DEV_VALUES,
+    Doc,
+    find,
+    kubernetes_validate,
+    load_docs,
+    one,
+    policy_violations,
+    render,
+    run,
+    tool,
+)
+
+KIND_CONFIG = REPO / "k8s" / "kind" / "cluster.yaml"
+TILTFILE = REPO / "Tiltfile"
+
+
+def kustomize() -> list[Doc]:
+    return load_docs(run([tool("kubectl"), "kustomize", str(DEV_DIR)]).stdout)
+
+
+# -- the dev kustomization ----------------------------------------------------------
+
+
+def test_dev_kustomization_renders_and_validates() -> None:
+    docs = kustomize()
+    kubernetes_validate(docs)
+    assert policy_violations(docs) == []
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} <= {
+        "monitoring",
+        None,  # cluster-scoped RBAC
+    }
+    assert {f"{d['kind']}/{d['metadata']['name']}" for d in docs} >= {
+        "Deployment/prometheus",
+        "Deployment/grafana",
+        "Service/prometheus",
+        "Service/grafana",
+    }
+
+
+def test_dashboard_copies_are_the_same_file() -> None:
+    copy = DEV_DIR / "grafana" / "clarion.json"
+    assert copy.read_bytes() == DASHBOARD.read_bytes(), (
+        "k8s/dev/grafana/clarion.json differs from the chart's dashboard: "
+        "cp charts/clarion/dashboards/clarion.json k8s/dev/grafana/clarion.json"
+    )
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    docs = kustomize()
+    grafana = one(docs, "Deployment", "grafana")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in grafana["volumes"]}
+    mounts = {m["mountPath"]: m for m in grafana["containers"][0]["volumeMounts"]}
+    configmaps = {d["metadata"]["name"]: d for d in find(docs, "ConfigMap")}
+
+    dash_mount = mounts["/etc/grafana/dashboards"]
+    dash_cm = configmaps[volumes[dash_mount["name"]]["configMap"]["name"]]
+    assert json.loads(dash_cm["data"]["clarion.json"]) == json.loads(DASHBOARD.read_text())
+
+    prov = configmaps[volumes["provisioning"]["configMap"]["name"]]["data"]
+    providers = yaml.safe_load(prov["dashboards.yaml"])["providers"]
+    assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
+    (ds,) = yaml.safe_load(prov["datasources.yaml"])["datasources"]
+    prom_svc = one(docs, "Service", "prometheus")
+    port = prom_svc["spec"]["ports"][0]["port"]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == f"http://prometheus.{prom_svc['metadata']['namespace']}.svc:{port}"
+    # The dashboard's datasource variable picks Prometheus data sources.
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    assert variables["datasource"]["query"] == ds["type"]
+
+
+def test_prometheus_config(tmp_path: Path) -> None:
+    """promtool checks the dev Prometheus config; it keeps the labels the dashboard uses."""
+    source = DEV_DIR / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(source.read_text())
+    (job,) = config["scrape_configs"]
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    assert {"namespace", "pod", "gateway", "__address__", "__metrics_path__"} <= targets
+    proc = run([tool("promtool"), "check", "config", str(source)], check=False)
+    if proc.returncode != 0:
+        # Debian's Prometheus is built without Kubernetes discovery: check everything
+        # else with the discovery swapped for a static target.
+        assert "kubernetes_sd_configs not found" in proc.stdout + proc.stderr, proc
+        job.pop("kubernetes_sd_configs")
+        job["static_configs"] = [{"targets": ["127.0.0.1:8080"]}]
+        swapped = tmp_path / "prometheus.yml"
+        swapped.write_text(yaml.safe_dump(config))
+        run([tool("promtool"), "check", "config", str(swapped)])
+    rules = one(kustomize(), "ClusterRole", "clarion-dev-prometheus")["rules"]
+    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+# -- the kind cluster config ---------------------------------------------------------
+
+_STR = {"type": "string"}
+_PATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["group", "version", "kind", "patch"],
+    "properties": {"group": _STR, "version": _STR, "kind": _STR, "patch": _STR},
+}
+#: kind's v1alpha4 Cluster (sigs.k8s.io/kind pkg/apis/config/v1alpha4/types.go) as a schema.
+KIND_CLUSTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "apiVersion"],
+    "properties": {
+        "kind": {"const": "Cluster"},
+        "apiVersion": {"const": "kind.x-k8s.io/v1alpha4"},
+        "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "nodes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "role": {"enum": ["control-plane", "worker"]},
+                    "image": _STR,
+                    "labels": {"type": "object", "additionalProperties": _STR},
+                    "extraMounts": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "containerPath": _STR,
+                                "hostPath": _STR,
+                                "readOnly": {"type": "boolean"},
+                                "selinuxRelabel": {"type": "boolean"},
+                                "propagation": {
+                                    "enum": ["None", "HostToContainer", "Bidirectional"]
+                                },
+                            },
+                        },
+                    },
+                    "extraPortMappings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "containerPort": {"type": "integer"},
+                                "hostPort": {"type": "integer"},
+                                "listenAddress": _STR,
+                                "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                            },
+                        },
+                    },
+                    "gpus": _STR,
+                    "kubeadmConfigPatches": {"type": "array", "items": _STR},
+                    "kubeadmConfigPatchesJSON6902": {"type": "array", "items": _PATCH},
+                },
+            },
+        },
+        "networking": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ipFamily": {"enum": ["ipv4", "ipv6", "dual"]},
+                "apiServerPort": {"type": "integer"},
+                "apiServerAddress": _STR,
+                "podSubnet": _STR,
+                "serviceSubnet": _STR,
+                "disableDefaultCNI": {"type": "boolean"},
+                "kubeProxyMode": {"enum": ["iptables", "ipvs", "nftables", "none"]},
+                "dnsSearch": {"type": "array", "items": _STR},
+            },
+        },
+        "featureGates": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "runtimeConfig": {"type": "object", "additionalProperties": _STR},
+        "kubeadmConfigPatches": {"type": "array", "items": _STR},
+        "kubeadmConfigPatchesJSON6902": {"type": "array", "items": _PATCH},
+        "containerdConfigPatches": {"type": "array", "items": _STR},
+        "containerdConfigPatchesJSON6902": {"type": "array", "items": _STR},
+    },
+}
+
+
+def test_kind_config_matches_the_v1alpha4_schema() -> None:
+    config = yaml.safe_load(KIND_CONFIG.read_text())
+    jsonschema.Draft202012Validator(KIND_CLUSTER_SCHEMA).validate(config)
+    roles = [n.get("role", "control-plane") for n in config["nodes"]]
+    assert roles.count("control-plane") == 1 and roles.count("worker") >= 1
+    # The Tiltfile only deploys to this cluster's context.
+    assert f"allow_k8s_contexts('kind-{config['name']}')" in TILTFILE.read_text()
+    broken = {**config, "nodes": [{"role": "worker", "extraPortMapping": []}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(KIND_CLUSTER_SCHEMA).validate(broken)
+
+
+# -- the Tiltfile -----------------------------------------------------------------------
+
+PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$")
+
+
+def _tilt_tree() -> ast.Module:
+    # Starlark's syntax is a subset of Python's: the Tiltfile parses as Python.
+    return ast.parse(TILTFILE.read_text(), filename="Tiltfile")
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    return {
+        node.targets[0].id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
+
+
+def _calls(tree: ast.Module, name: str) -> list[ast.Call]:
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name
+    ]
+
+
+def test_tiltfile_names_only_paths_that_exist() -> None:
+    tree = _tilt_tree()
+    optional = {  # literals only used behind os.path.exists(...)
+        a.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "os.path.exists"
+        for a in n.args
+        if isinstance(a, ast.Constant)
+    }
+    literals = {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    paths = {
+        s
+        for s in literals
+        if PATH_RE.match(s) and ("/" in s or Path(s).suffix) and not s.startswith("/")
+    } - optional
+    # Dotted names that are not files (API groups, CRD names, domains) are not paths.
+    paths = {p for p in paths if "/" in p or (REPO / p).suffix in {".toml", ".yaml", ".json"}}
+    missing = sorted(p for p in paths if not (REPO / p).exists())
+    assert missing == []
+    assert paths >= {
+        "charts/clarion",
+        "k8s/dev",
+        "k8s/dev/values-dev.yaml",
+        "service/Dockerfile",
+        "operator/Dockerfile",
+        "service/clarion",
+        "operator/clarion_operator",
+        "pyproject.toml",
+    }
+
+
+def test_tiltfile_live_update_targets_the_images_site_packages() -> None:
+    tree = _tilt_tree()
+    site = _constants(tree)["SITE"]
+    pyver = re.search(r"python(3\.\d+)", site)
+    assert pyver
+    for dockerfile in ("service/Dockerfile", "operator/Dockerfile"):
+        text = (REPO / dockerfile).read_text()
+        assert re.search(rf"python:{re.escape(pyver.group(1))}\.\d+-slim", text), dockerfile
+        assert "/opt/venv" in text and site.startswith("/opt/venv/")
+    builds = _calls(tree, "docker_build")
+    refs = {ast.literal_eval(b.args[0]) for b in builds}
+    dev = yaml.safe_load(DEV_VALUES.read_text())
+    assert refs == {dev["image"]["repository"], dev["operator"]["image"]["repository"]}
+    for b in builds:
+        kw = {k.arg: k.value for k in b.keywords}
+        assert ast.literal_eval(kw["target"]) == "dev"
+        dockerfile = ast.literal_eval(kw["dockerfile"])
+        assert re.search(r"^FROM base AS dev$", (REPO / dockerfile).read_text(), re.M)
+
+
+def test_tiltfile_resources_exist_in_the_manifests() -> None:
+    """Every k8s_resource names a workload the chart (dev values) or k8s/dev renders."""
+    tree = _tilt_tree()
+    consts = _constants(tree)
+    docs = render(values=[DEV_VALUES], include_crds=True) + kustomize()
+    workloads = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet", "WebSocketGateway")
+    }
+    objects = {f"{d['metadata']['name']}:{d['kind'].lower()}" for d in docs}
+    for call in _calls(tree, "k8s_resource"):
+        kw = {k.arg: k.value for k in call.keywords}
+        if call.args:
+            arg = call.args[0]
+            name = consts[arg.id] if isinstance(arg, ast.Name) else ast.literal_eval(arg)
+            assert name in workloads, f"k8s_resource({name!r}): no such workload"
+        else:
+            assert "new_name" in kw
+        if "objects" in kw:
+            for element in kw["objects"].elts:  # type: ignore[attr-defined]
+                selector = (
+                    consts[element.left.id] + ast.literal_eval(element.right)
+                    if isinstance(element, ast.BinOp)
+                    else ast.literal_eval(element)
+                )
+                assert selector in objects, f"object {selector!r} is not rendered"
+
+
+# -- images --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "package", "cmd"),
+    [
+        ("service/Dockerfile", "clarion", '["clarion", "serve"]'),
+        ("operator/Dockerfile", '"clarion[operator]"', '["clarion-operator"]'),
+    ],
+)
+def test_dockerfile(dockerfile: str, package: str, cmd: str) -> None:
+    text = (REPO / dockerfile).read_text()
+    stages: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        m = re.match(r"^FROM\s+(\S+)\s+AS\s+(\S+)", line)
+        if m:
+            current = m.group(2)
+            stages[current] = ""
+        elif current:
+            stages[current] += line + "\n"
+    assert list(stages) == ["builder", "base", "dev", "runtime"]
+    # The default (last) stage is the runtime image, built on base.
+    assert re.search(r"^FROM base AS runtime$", text, re.M)
+    image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert image and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image.group(1)), "pin the base"
+    assert "build-essential" in stages["builder"]
+    assert "apt-get" not in stages["base"], "no build tools in the final image"
+    assert f"--find-links /wheels {package}" in stages["base"]
+    user = re.search(r"^USER (\d+):(\d+)$", stages["base"], re.M)
+    assert user and int(user.group(1)) > 0
+    chart_values = yaml.safe_load((REPO / "charts/clarion/values.yaml").read_text())
+    assert int(user.group(1)) == chart_values["operator"]["securityContext"]["runAsUser"]
+    assert f"CMD {cmd}" in stages["base"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert json.loads(cmd)[0] in scripts
+    if dockerfile.startswith("service"):
+        assert "EXPOSE 8080" in stages["base"]
+    for src in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
+        if "[" not in src:
+            assert (REPO / src).exists(), f"{dockerfile} copies {src}, which does not exist"
+
+
+def test_dockerignore_keeps_only_what_the_images_need() -> None:
+    lines = [
+        s
+        for s in (REPO / ".dockerignore").read_text().splitlines()
+        if s.strip() and not s.startswith("#")
+    ]
+    assert lines[0] == "*"
+    allowed = {s[1:].rstrip("/") for s in lines if s.startswith("!")}
+    assert allowed >= {"pyproject.toml", "service", "operator"}
