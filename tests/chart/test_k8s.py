@@ -376,3 +376,23 @@ def test_dockerignore_keeps_only_what_the_images_need() -> None:
     assert lines[0] == "*"
     allowed = {s[1:].rstrip("/") for s in lines if s.startswith("!")}
     assert allowed >= {"pyproject.toml", "service", "operator"}
+
+
+def test_kubernetes_docs_name_real_paths_and_the_notes_commands() -> None:
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S))
+    for path in re.findall(r"(?<![\w/.-])((?:charts|k8s|service|operator)/[\w./-]*\w)", blocks):
+        assert (REPO / path).exists(), f"docs/kubernetes.md names {path}, which does not exist"
+    dev = yaml.safe_load(DEV_VALUES.read_text())
+    assert f"-t {dev['image']['repository']}:{dev['image']['tag']} ." in blocks
+    assert f"-t {dev['operator']['image']['repository']}:{dev['operator']['image']['tag']} ." in (
+        blocks
+    )
+    for line in (
+        "kubectl -n clarion port-forward pod/$POD0 8080:http &",
+        "kubectl -n clarion port-forward pod/$POD1 8081:http &",
+        "clarion listen ws://localhost:8080/ws --user u1 &",
+        'clarion publish --url http://localhost:8081 --user u1 --api-key "$API_KEY"',
+        "kind create cluster --config k8s/kind/cluster.yaml",
+    ):
+        assert line in blocks, line
