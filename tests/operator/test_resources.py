@@ -1,0 +1,91 @@
+"""The Deployment and Service built from a spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion import names
+from clarion_operator import resources
+from clarion_operator.spec import GatewaySpec
+
+OWNER = {"metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"}}
+
+
+def build(spec: dict[str, Any], replicas: int | None = 2) -> dict[str, Any]:
+    return resources.deployment("gw", "ns", GatewaySpec.parse(spec), OWNER, replicas)
+
+
+def env_of(dep: dict[str, Any]) -> dict[str, Any]:
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_deployment_shape() -> None:
+    dep = build({"image": "img:1"})
+    labels = names.gateway_labels("gw")
+    assert dep["metadata"]["labels"] == labels
+    assert dep["spec"]["selector"]["matchLabels"] == labels
+    assert dep["spec"]["template"]["metadata"]["labels"] == labels
+    assert dep["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "clarion.dev/v1alpha1",
+        "kind": "WebSocketGateway",
+        "name": "gw",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "img:1"
+    assert c["ports"][0]["name"] == names.HTTP_PORT_NAME
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > (
+        resources.PRESTOP_SLEEP + resources.DRAIN_DELAY + resources.DRAIN_WINDOW
+    )
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
+    assert dep["spec"]["replicas"] == 2
+
+
+def test_env_from_the_downward_api_and_secrets() -> None:
+    env = env_of(build({"image": "i", "auth": {"mode": "jwt", "allowClientPublish": True}}))
+    assert env["CLARION_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["CLARION_AMQP_URL"]["secretKeyRef"] == {
+        "name": "rabbitmq",
+        "key": "url",
+        "optional": False,
+    }
+    assert env["CLARION_JWT_SECRET"]["secretKeyRef"]["key"] == "jwtSecret"
+    assert env["CLARION_API_KEYS"]["secretKeyRef"]["optional"] is True
+    assert env["CLARION_ADMIN_TOKEN"]["secretKeyRef"]["key"] == "adminToken"
+    assert env["CLARION_AUTH"] == "jwt"
+    assert env["CLARION_ALLOW_CLIENT_PUBLISH"] == "true"
+    assert "CLARION_JWT_SECRET" not in env_of(build({"image": "i", "auth": {"mode": "none"}}))
+
+
+def test_service() -> None:
+    svc = resources.service("gw", "ns", GatewaySpec.parse({"image": "i"}), OWNER)
+    assert svc["spec"]["selector"] == names.gateway_labels("gw")
+    assert svc["spec"]["ports"][0]["targetPort"] == names.HTTP_PORT_NAME
+    assert svc["spec"]["ports"][0]["port"] == 80
+    assert svc["spec"]["type"] == "ClusterIP"
+
+
+def test_replicas_belong_to_the_autoscaler() -> None:
+    gs = GatewaySpec.parse({"image": "i", "replicas": {"min": 2, "max": 5}})
+    assert resources.replicas_on_apply(None, gs) == 2
+    assert resources.replicas_on_apply({"spec": {"replicas": 4}}, gs) is None
+    assert resources.replicas_on_apply({"spec": {"replicas": 9}}, gs) == 5
+    assert resources.replicas_on_apply({"spec": {"replicas": 1}}, gs) == 2
+
+
+def test_contains_ignores_server_defaults_but_not_changes() -> None:
+    wanted = build({"image": "i"}, replicas=None)
+    live = build({"image": "i"}, replicas=3)
+    live["status"] = {"readyReplicas": 3}
+    live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    assert resources.contains(live, wanted)
+    assert not resources.contains(live, build({"image": "j"}, replicas=None))
