@@ -25,6 +25,7 @@ from .conftest import (
     DEV_VALUES,
     Doc,
     find,
+    helm_template_cmd,
     kubernetes_validate,
     load_docs,
     one,
@@ -314,13 +315,13 @@ def test_tiltfile_resources_exist_in_the_manifests() -> None:
             assert name in workloads, f"k8s_resource({name!r}): no such workload"
         else:
             assert "new_name" in kw
-        if "objects" in kw:
-            for element in kw["objects"].elts:  # type: ignore[attr-defined]
-                selector = (
-                    consts[element.left.id] + ast.literal_eval(element.right)
-                    if isinstance(element, ast.BinOp)
-                    else ast.literal_eval(element)
-                )
+        listed = kw.get("objects")
+        if isinstance(listed, ast.List):
+            for element in listed.elts:
+                if isinstance(element, ast.BinOp) and isinstance(element.left, ast.Name):
+                    selector = consts[element.left.id] + ast.literal_eval(element.right)
+                else:
+                    selector = ast.literal_eval(element)
                 assert selector in objects, f"object {selector!r} is not rendered"
 
 
@@ -396,3 +397,9 @@ def test_kubernetes_docs_name_real_paths_and_the_notes_commands() -> None:
         "kind create cluster --config k8s/kind/cluster.yaml",
     ):
         assert line in blocks, line
+
+
+def test_dev_values_render_the_same_twice() -> None:
+    """Tilt re-renders the chart on every change: nothing random may roll (restarts, lost auth)."""
+    first, second = (run(helm_template_cmd(values=[DEV_VALUES])).stdout for _ in range(2))
+    assert first == second
