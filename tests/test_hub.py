@@ -37,7 +37,7 @@ async def test_slow_client_is_closed_1013_and_others_keep_receiving() -> None:
     fast = Connection("c2", "u", fast_sock, metrics, max_buffer_messages=5)
     for c in (slow, fast):
         hub.add(c)
-        c.start()
+
     for i in range(20):
         hub.deliver(Envelope.create(Target("broadcast"), i))
         await asyncio.sleep(0)  # let writers run, as the event loop would
@@ -54,7 +54,7 @@ async def test_slow_client_is_closed_1013_and_others_keep_receiving() -> None:
 async def test_byte_bound_also_cuts_off() -> None:
     metrics = Metrics()
     conn = Connection("c", "u", FakeSocket(stalled=True), metrics, max_buffer_bytes=100)
-    conn.start()
+
     assert conn.push("x" * 60, 60)
     await asyncio.sleep(0)
     assert conn.push("y" * 60, 60)  # the first is in flight, this one is buffered
@@ -74,7 +74,7 @@ async def test_deliver_targets_only_matching_sockets() -> None:
     }
     for c in conns.values():
         hub.add(c)
-        c.start()
+
     hub.subscribe(conns["u2"], "news")
     assert hub.deliver(Envelope.create(Target("user", "u1"), "a")) == 2
     assert hub.deliver(Envelope.create(Target("channel", "news"), "b")) == 1
@@ -110,7 +110,7 @@ async def test_a_redelivered_message_is_not_pushed_twice() -> None:
     sock = FakeSocket()
     conn = Connection("1", "u", sock, metrics)
     hub.add(conn)
-    conn.start()
+
     env = Envelope.create(Target("user", "u"), "once")
     assert hub.deliver(env) == 1
     assert hub.deliver(dataclasses.replace(env, redelivered=True)) == 0
@@ -120,3 +120,44 @@ async def test_a_redelivered_message_is_not_pushed_twice() -> None:
     assert len(sock.sent) == 2
     assert sample(metrics, "clarion_messages_dropped_total", reason="duplicate") == 1
     await conn.stop()
+
+
+class GatedSocket:
+    """A send that waits while the gate is closed, like a transport paused by a slow reader."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.texts: list[str] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        await self.gate.wait()
+        if message["type"] == "websocket.send":
+            self.texts.append(message["text"])
+
+
+async def test_a_send_that_waits_hands_over_to_a_writer_and_keeps_order() -> None:
+    metrics = Metrics()
+    sock = GatedSocket()
+    conn = Connection("c", "u", sock, metrics, max_buffer_messages=100)
+    assert conn.push("0", 1, 1)  # writable: sent at once, no task
+    assert sock.texts == ["0"] and conn._writer is None
+    sock.gate.clear()  # the client stops reading
+    for i in range(1, 6):
+        assert conn.push(str(i), 1, 1)
+    assert conn._writer is not None  # the first waiting send started a writer
+    await asyncio.sleep(0.01)
+    assert sock.texts == ["0"]
+    sock.gate.set()  # the client catches up
+    await wait_until(lambda: sock.texts == ["0", "1", "2", "3", "4", "5"])
+    await wait_until(lambda: conn._writer is None)  # back to sending without a task
+    assert conn.push("6", 1, 1) and sock.texts[-1] == "6"
+    assert sample(metrics, "clarion_messages_delivered_total") == 7
+
+
+async def wait_until(pred: Any, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)

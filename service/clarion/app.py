@@ -19,10 +19,11 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .auth import Authenticator, AuthError, Identity, JwtAuth, NoAuth, api_key_ok, token_ok
 from .broker import Broker, BrokerUnavailable, MemoryExchange, create_broker
@@ -190,15 +191,25 @@ class _RateLimiter:
         return False
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    gw: Gateway = websocket.app.state.gateway
+async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """One client socket, as a plain ASGI handler.
+
+    It bypasses Starlette's routing and WebSocket wrapper on purpose: their
+    frames stay alive for the whole life of a socket, and at tens of thousands
+    of sockets per pod every kilobyte per socket counts (docs/performance.md).
+    """
     s = gw.settings
-    headers = websocket.headers
-    query = websocket.query_params
+    headers = Headers(scope=scope)
+    query = QueryParams(scope.get("query_string", b""))
+    first = await receive()
+    if first["type"] != "websocket.connect":
+        return
 
     async def refuse(code: int, reason: str, metric: str) -> None:
-        await websocket.accept()
-        await websocket.close(code, reason)
+        # Accept, then close with a code and reason the client can read: a
+        # rejected handshake would only show the browser a bare 1006.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": reason})
         gw.metrics.closed.labels(reason=metric).inc()
 
     if not _origin_allowed(headers, s.allowed_origins):
@@ -213,11 +224,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         log.info("pod=%s auth refused: %s", gw.pod_name, exc)
         return await refuse(CLOSE_POLICY, str(exc)[:120], "policy")
 
-    await websocket.accept()
+    await send({"type": "websocket.accept"})
     conn = Connection(
         gw.hub.new_id(),
         ident.user,
-        websocket.send,
+        send,
         gw.metrics,
         s.send_buffer_messages,
         s.send_buffer_bytes,
@@ -231,11 +242,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     since = query.get("since")
     replayed: list[tuple[str, str, int, int]] = []
     bad_since = since is not None and not is_message_id(since)
-    # Registered (and, with since, paused) before the replay starts, so nothing
-    # published meanwhile falls between the replay and live delivery.
+    # Registered and paused before the welcome: live messages wait behind it
+    # (and, with since, behind the replay), so nothing falls in between.
     gw.hub.add(conn)
+    conn.pause()
     if since is not None and not bad_since:
-        conn.pause()
         user = ident.user
         replay = await gw.broker.replay(
             since,
@@ -248,16 +259,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         replayed = _replay_frames(replay.messages)
     elif bad_since:
         welcome["recovered"] = False
-    try:
-        await websocket.send_text(encode(welcome))
-    except Exception:
-        gw.hub.remove(conn, "client")
-        raise
-    conn.start()
+    conn.push(encode(welcome), 0)
     if bad_since:
         conn.push(error_frame("bad_field", "'since' must be a message id"), 0)
-    elif since is not None:
-        conn.resume(replayed)
+    conn.resume(replayed)
     expiry: asyncio.TimerHandle | None = None
     if ident.expires_at is not None:
         delay = max(0.0, ident.expires_at - time.time())
@@ -269,7 +274,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     reason = "client"
     try:
         while True:
-            message = await websocket.receive()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 if message.get("code") == CLOSE_TOO_BIG:  # the server refused an oversized frame
                     reason = "too_big"
@@ -285,8 +290,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 conn.push(error_frame("binary_unsupported", "binary frames are not supported"), 0)
                 continue
             await _handle_text(gw, conn, ident, text)
-    except WebSocketDisconnect:
-        pass
     except Exception:
         reason = "error"
         log.exception("pod=%s conn=%s user=%s session error", gw.pod_name, conn.id, conn.user)
@@ -454,7 +457,22 @@ async def index(request: Request) -> Response:
     return HTMLResponse(_demo_page())
 
 
-def create_app(gateway: Gateway) -> Starlette:
+class GatewayApp:
+    """The pod's ASGI app: ``/ws`` straight to the socket handler, the rest to Starlette."""
+
+    def __init__(self, gateway: Gateway, http: Starlette) -> None:
+        self.gateway = gateway
+        self.http = http
+        self.state = http.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await websocket_session(self.gateway, scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+
+def create_app(gateway: Gateway) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
@@ -466,7 +484,6 @@ def create_app(gateway: Gateway) -> Starlette:
     app = Starlette(
         routes=[
             Route("/", index),
-            WebSocketRoute("/ws", websocket_endpoint),
             Route("/api/publish", publish_endpoint, methods=["POST"]),
             Route("/admin/shed", shed_endpoint, methods=["POST"]),
             Route("/metrics", metrics_endpoint),
@@ -476,4 +493,4 @@ def create_app(gateway: Gateway) -> Starlette:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    return app
+    return GatewayApp(gateway, app)

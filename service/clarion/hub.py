@@ -35,15 +35,22 @@ CLOSE_TRY_AGAIN = 1013
 
 
 class Connection:
-    """One WebSocket held by this pod, with its bounded send buffer."""
+    """One WebSocket held by this pod, with its bounded send buffer.
+
+    Sending needs no task of its own: while nothing is in flight, a frame is
+    written at once by stepping the ASGI ``send`` coroutine by hand, which on
+    uvicorn completes without suspending whenever the transport is writable.
+    Only when a send has to wait (the client reads slowly) does a writer task
+    take over; frames pushed meanwhile wait in a bounded buffer it drains.
+    """
 
     __slots__ = (
         "_buf",
         "_buf_bytes",
         "_closing",
+        "_on_close",
         "_pending",
         "_send",
-        "_wake",
         "_writer",
         "channels",
         "close_code",
@@ -52,7 +59,6 @@ class Connection:
         "max_buffer_bytes",
         "max_buffer_messages",
         "metrics",
-        "opened_at",
         "user",
     )
 
@@ -72,23 +78,21 @@ class Connection:
         self.metrics = metrics
         self.max_buffer_messages = max_buffer_messages
         self.max_buffer_bytes = max_buffer_bytes
-        self._buf: deque[tuple[str, int, int]] = deque()  # (text, nbytes, ts_ms or 0)
+        # Created on first need: most sockets never have a backlog.
+        self._buf: deque[tuple[str, int, int]] | None = None  # (text, nbytes, ts_ms or 0)
         self._buf_bytes = 0
-        self._wake = asyncio.Event()
         self._closing = False
         self.close_code: int | None = None
         self.close_reason = ""
         self._writer: asyncio.Task[None] | None = None
         # While a history replay runs, live messages wait here: (id, text, nbytes, ts).
         self._pending: list[tuple[str, str, int, int]] | None = None
-        self.opened_at = time.monotonic()
+        #: Called once when the server closes this socket (the hub forgets it at once).
+        self._on_close: Callable[[Connection], None] | None = None
 
     @property
     def closing(self) -> bool:
         return self._closing
-
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
 
     def pause(self) -> None:
         """Hold live messages back while a history replay is read."""
@@ -112,32 +116,94 @@ class Connection:
         if self._pending is not None and not self._closing:
             if len(self._pending) >= self.max_buffer_messages:
                 self._pending = []
-                return self.push(text, self.max_buffer_bytes + 1, ts_ms)  # overflow: close
+                return self._overflow(1)
             self._pending.append((mid, text, nbytes, ts_ms))
             return True
         return self.push(text, nbytes, ts_ms)
 
     def push(self, text: str, nbytes: int, ts_ms: int = 0) -> bool:
-        """Queue a frame without waiting; False if the socket is closing or overflowed."""
+        """Send or buffer a frame without waiting; False if closing or overflowed."""
         if self._closing:
             return False
-        if (
-            len(self._buf) >= self.max_buffer_messages
-            or self._buf_bytes + nbytes > self.max_buffer_bytes
+        if self._writer is None:
+            return self._send_now(text, ts_ms)
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = deque()
+        if len(buf) >= self.max_buffer_messages or (
+            self._buf_bytes + nbytes > self.max_buffer_bytes
         ):
-            self.metrics.dropped.labels(reason="slow_client").inc(len(self._buf) + 1)
-            self._buf.clear()
-            self._buf_bytes = 0
-            log.warning(
-                "conn=%s user=%s closed: send buffer full (slow client)", self.id, self.user
-            )
-            self.close(CLOSE_TRY_AGAIN, "slow consumer: send buffer full", reason="slow_client")
-            return False
-        self._buf.append((text, nbytes, ts_ms))
+            return self._overflow(len(buf) + 1)
+        buf.append((text, nbytes, ts_ms))
         self._buf_bytes += nbytes
-        if len(self._buf) == 1:
-            self._wake.set()
         return True
+
+    def _overflow(self, dropped: int) -> bool:
+        self.metrics.dropped.labels(reason="slow_client").inc(dropped)
+        self._buf = None
+        self._buf_bytes = 0
+        log.warning("conn=%s user=%s closed: send buffer full (slow client)", self.id, self.user)
+        self.close(CLOSE_TRY_AGAIN, "slow consumer: send buffer full", reason="slow_client")
+        return False
+
+    def _sent(self, ts_ms: int) -> None:
+        if ts_ms:
+            self.metrics.delivered.inc()
+            if ts_ms > 0:  # replayed messages (ts -1) would skew live latency
+                self.metrics.latency.observe(max(0.0, time.time() - ts_ms / 1000.0))
+
+    def _send_now(self, text: str, ts_ms: int) -> bool:
+        coro: Any = self._send({"type": "websocket.send", "text": text})
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self._sent(ts_ms)
+            return True
+        except Exception as exc:
+            # The socket is gone; its receive loop sees the disconnect.
+            log.debug("conn=%s send failed: %s", self.id, exc)
+            self._closing = True
+            return False
+        # The send has to wait (transport paused): a task finishes it and then
+        # drains whatever is pushed meanwhile, in order.
+        self._writer = asyncio.ensure_future(self._finish(coro, waiting, ts_ms))
+        return True
+
+    async def _finish(self, coro: Any, waiting: Any, ts_ms: int) -> None:
+        try:
+            while True:
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)
+                    else:
+                        # What a Task does with a yielded future: clear the
+                        # flag the future set when the coroutine yielded it,
+                        # then wait for it here instead.
+                        waiting._asyncio_future_blocking = False
+                        await waiting
+                except asyncio.CancelledError:
+                    coro.close()
+                    raise
+                except Exception:
+                    pass  # the coroutine sees the same outcome when resumed
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    break
+            self._sent(ts_ms)
+            buf = self._buf
+            while buf:
+                text, nbytes, ts = buf.popleft()
+                self._buf_bytes -= nbytes
+                await self._send({"type": "websocket.send", "text": text})
+                self._sent(ts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("conn=%s writer stopped: %s", self.id, exc)
+            self._closing = True
+        finally:
+            self._writer = None
 
     def close(self, code: int, message: str, reason: str) -> None:
         """Close from the server side: stop writing, send a close frame."""
@@ -150,6 +216,8 @@ class Connection:
             self._writer.cancel()
         task = asyncio.ensure_future(self._send_close(code, message))
         task.add_done_callback(_consume_result)
+        if self._on_close is not None:
+            self._on_close(self)
 
     async def _send_close(self, code: int, message: str) -> None:
         with contextlib.suppress(Exception):
@@ -157,33 +225,12 @@ class Connection:
                 self._send({"type": "websocket.close", "code": code, "reason": message}), 5.0
             )
 
-    async def _write_loop(self) -> None:
-        buf = self._buf
-        metrics = self.metrics
-        try:
-            while True:
-                if not buf:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                text, nbytes, ts_ms = buf.popleft()
-                self._buf_bytes -= nbytes
-                await self._send({"type": "websocket.send", "text": text})
-                if ts_ms:
-                    metrics.delivered.inc()
-                    if ts_ms > 0:  # replayed messages (ts -1) would skew live latency
-                        metrics.latency.observe(max(0.0, time.time() - ts_ms / 1000.0))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The socket went away under us; the receive loop sees the disconnect.
-            log.debug("conn=%s writer stopped: %s", self.id, exc)
-
     async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+                await writer
 
 
 def _consume_result(fut: asyncio.Future[Any]) -> None:
@@ -217,8 +264,14 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         self.by_user.setdefault(conn.user, set()).add(conn)
+        conn._on_close = self._closed_by_server
         self.metrics.connections.set(len(self.connections))
         self.metrics.opened.inc()
+
+    def _closed_by_server(self, conn: Connection) -> None:
+        # A socket we closed (slow, drained, shed, expired) stops counting now,
+        # even if its client never completes the close handshake.
+        self.remove(conn, conn.close_reason)
 
     def remove(self, conn: Connection, reason: str) -> None:
         if self.connections.pop(conn.id, None) is None:
