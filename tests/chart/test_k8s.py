@@ -10,6 +10,7 @@ import ast
 import json
 import re
 import tomllib
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,13 @@ KIND_CONFIG = REPO / "k8s" / "kind" / "cluster.yaml"
 TILTFILE = REPO / "Tiltfile"
 
 
+@cache
+def _kustomize_text() -> str:
+    return run([tool("kubectl"), "kustomize", str(DEV_DIR)]).stdout
+
+
 def kustomize() -> list[Doc]:
-    return load_docs(run([tool("kubectl"), "kustomize", str(DEV_DIR)]).stdout)
+    return load_docs(_kustomize_text())
 
 
 # -- the dev kustomization ----------------------------------------------------------
