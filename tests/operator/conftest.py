@@ -17,6 +17,7 @@ import itertools
 import secrets
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from tests.support import MGMT_URL, GatewayProcess, Vhost, free_port, wait_for
 NS = "clarion-test"
 GATEWAY_RESOURCE = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
 TIMINGS: list[tuple[str, float]] = []
+#: (apiGroup, resource[/subresource], verb) the operator used, across the run.
+OBSERVED: set[tuple[str, str, str]] = set()
 
 _versions = itertools.count(1000)
 
@@ -168,6 +171,23 @@ class Emulator(kmock.KubernetesEmulator):
             yield event
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
+
+
+def documented_rbac() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) from the ```rbac block of docs/operator.md."""
+    text = DOCS.read_text()
+    block = text.split("```rbac\n", 1)[1].split("```", 1)[0]
+    rules = set()
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        group, resource, *verbs = line.split()
+        for verb in verbs:
+            rules.add((group.strip('"'), resource, verb))
+    return rules
+
+
 def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
@@ -226,6 +246,24 @@ class Cluster:
             and r.resource is not None
             and r.resource.plural == plural
         ]
+
+    def operator_calls(self, since: int = 0) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource, verb) of the operator's requests (not the test's own httpx)."""
+        calls = set()
+        for r in self.requests()[since:]:
+            if r.resource is None or r.resource.plural is None:
+                continue  # discovery
+            if str(r.headers.get("User-Agent", "")).startswith("python-httpx"):
+                continue  # the test itself
+            if r.method == enums.method.GET:
+                verb = "get" if r.name else "watch" if r.params.get("watch") else "list"
+            else:
+                verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[
+                    str(r.method.value)
+                ]
+            plural = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+            calls.add((r.resource.group or "", plural, verb))
+        return calls
 
     def watching(self, plural: str, since: int = 0) -> bool:
         return any(
@@ -294,7 +332,9 @@ class Cluster:
 
 def _emulator() -> Emulator:
     k = Emulator()
-    k.resources.load_bundled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # KMock's importlib.resources use
+        k.resources.load_bundled()
     info = k.resources[GATEWAY_RESOURCE]
     info.kind = names.CRD_KIND
     info.singular = "websocketgateway"
@@ -356,6 +396,10 @@ async def running_operator(cluster: Cluster) -> AsyncIterator[Any]:
         yield runner
     finally:
         await asyncio.to_thread(runner.__exit__, None, None, None)
+    calls = cluster.operator_calls(start)
+    OBSERVED.update(calls)
+    undocumented = calls - documented_rbac()
+    assert not undocumented, f"calls missing from docs/operator.md's RBAC list: {undocumented}"
 
 
 @pytest.fixture
@@ -407,6 +451,10 @@ def record(what: str, seconds: float) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if OBSERVED:
+        terminalreporter.section("kubernetes calls made by the operator")
+        for call in sorted(OBSERVED):
+            terminalreporter.write_line(" ".join(call))
     if TIMINGS:
         terminalreporter.section("operator reaction times")
         for what, seconds in TIMINGS:

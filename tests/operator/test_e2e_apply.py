@@ -47,6 +47,20 @@ async def test_gateway_gets_deployment_and_service_and_restart_changes_nothing(
         await wait_for(deployed, 20, message="Deployed condition")
         await wait_for(lambda: cluster.events("Applied"), 20, message="an Applied event")
 
+        # A spec change rolls out to both objects.
+        await cluster.patch(
+            GATEWAY_RESOURCE, "gw", {"spec": {"image": "img:2", "service": {"port": 8080}}}
+        )
+
+        def rolled_out() -> bool:
+            dep = cluster.get("apps/v1/deployments", "gw") or {}
+            svc = cluster.get("v1/services", "gw") or {}
+            image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+            return image == "img:2" and svc["spec"]["ports"][0]["port"] == 8080
+
+        await wait_for(rolled_out, 20, message="the spec change rolled out")
+        assert cluster.get("apps/v1/deployments", "gw")["spec"]["replicas"] == 2  # type: ignore[index]
+
         # The autoscaler owns replicas: pretend it scaled out, then restart the operator.
         await cluster.patch("apps/v1/deployments", "gw", {"spec": {"replicas": 4}})
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text

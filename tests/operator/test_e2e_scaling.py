@@ -1,0 +1,125 @@
+"""End to end: sockets on real gateway pods move the Deployment's replicas, both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.support import GatewayProcess, Vhost, wait_for
+
+from .conftest import GATEWAY_RESOURCE, Cluster, record, running_operator, start_gateways
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def open_sockets(
+    proc: GatewayProcess, count: int, stack: contextlib.AsyncExitStack
+) -> list[Any]:
+    """``count`` WebSocket clients on one pod, each past its welcome frame."""
+    socks = []
+    for i in range(count):
+        ws = await stack.enter_async_context(
+            websockets.connect(f"{proc.ws_url}?user={proc.pod_name}-u{i}", open_timeout=10)
+        )
+        await asyncio.wait_for(ws.recv(), 10)  # welcome
+        socks.append(ws)
+    return socks
+
+
+def replicas(cluster: Cluster) -> int | None:
+    dep = cluster.get("apps/v1/deployments", "gw")
+    return None if dep is None else dep["spec"].get("replicas")
+
+
+async def test_sockets_scale_the_deployment_up_and_back_down(
+    cluster: Cluster,
+    vhost: Vhost,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    metrics_port: int,
+) -> None:
+    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    await cluster.secrets(vhost)
+    async with running_operator(cluster):
+        await cluster.gateway(
+            "gw",
+            replicas={"min": 1, "max": 4},
+            scaling={
+                "targetConnectionsPerPod": 2,
+                "intervalSeconds": 0.5,
+                "scaleDownStabilizationSeconds": 2,
+                "maxScaleDownStep": 1,
+                "rebalance": False,
+            },
+        )
+        await wait_for(lambda: replicas(cluster) == 1, 20, message="Deployment at min replicas")
+        await cluster.pod("gw", a)
+        await cluster.pod("gw", b)
+
+        async with contextlib.AsyncExitStack() as stack:
+            # 4 sockets at 2 per pod: ceil(4 / 2) = 2.
+            await open_sockets(a, 2, stack)
+            await open_sockets(b, 2, stack)
+            await wait_for(lambda: replicas(cluster) == 2, 20, message="scale up to 2")
+            # 2 more (opened concurrently): 3.
+            opened = time.monotonic()
+            await asyncio.gather(open_sockets(a, 1, stack), open_sockets(b, 1, stack))
+            await wait_for(lambda: replicas(cluster) == 3, 20, message="scale up to 3")
+            record(
+                "scale up (4 -> 6 sockets: 2 -> 3 replicas, interval 0.5 s)",
+                time.monotonic() - opened,
+            )
+
+            def status() -> dict[str, Any]:
+                return dict((cluster.get(GATEWAY_RESOURCE, "gw") or {}).get("status") or {})
+
+            await wait_for(lambda: status().get("connections") == 6, 10, message="status")
+            assert status()["desiredReplicas"] == 3 and status().get("lastScaleTime")
+            assert cluster.events("Scaled")
+        closed = time.monotonic()
+
+        # Back down after the 2 s window, one pod per step: 3 -> 2 -> 1.
+        await wait_for(lambda: replicas(cluster) == 1, 20, message="scale down to 1")
+        record("scale down (3 -> 1 replicas, window 2 s, step 1)", time.monotonic() - closed)
+        trail = [v["spec"].get("replicas") for v in cluster.history("apps/v1/deployments", "gw")]
+        trail = [r for i, r in enumerate(trail) if i == 0 or r != trail[i - 1]]
+        assert trail == [1, 2, 3, 2, 1]
+
+
+async def test_unbalanced_pods_are_asked_to_shed(
+    cluster: Cluster,
+    vhost: Vhost,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    metrics_port: int,
+) -> None:
+    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    await cluster.secrets(vhost, admin_token="t")
+    async with running_operator(cluster):
+        await cluster.gateway(
+            "gw",
+            replicas={"min": 2, "max": 2},
+            scaling={"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
+        )
+        await wait_for(lambda: replicas(cluster) == 2, 20, message="Deployment")
+        async with contextlib.AsyncExitStack() as stack:
+            # Everyone on one pod, as after a scale-out: mean 3, so 3 must go.
+            socks = await open_sockets(a, 6, stack)
+            await cluster.pod("gw", a)
+            await cluster.pod("gw", b)
+            added = time.monotonic()
+
+            def closed_1012() -> int:
+                return sum(ws.close_code == 1012 for ws in socks)
+
+            await wait_for(lambda: closed_1012() >= 3, 15, message="3 sockets closed with 1012")
+            record("rebalance (6/0 sockets -> 3 shed)", time.monotonic() - added)
+            assert cluster.events("Rebalanced")
+            # Rate-limited: nothing more is shed while the rest stays put.
+            assert closed_1012() == 3
