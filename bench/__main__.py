@@ -1,0 +1,191 @@
+"""``python -m bench``: run the benchmark, print the table, append JSON lines.
+
+    python -m bench                 # full: S1 sweep, S2, S3/S4, S5, baselines (~5 min)
+    python -m bench --quick         # one repetition, small sizes (~1 min)
+    python -m bench --only s1,s2    # a subset of: s1 s2 s3 s5 broker deflate variants
+    python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
+    python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
+    python -m bench --report bench/results/2026-11-26.jsonl   # table + plot only
+
+See bench/README.md for what each scenario measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .loadgen import LoadGen, raise_nofile
+from .scenarios import Bench
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ALL = ("s1", "s2", "s3", "s5", "broker", "deflate", "variants")
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _snapshot(rev: str, into: Path) -> str:
+    """Extract ``service/`` of a git revision; returns its commit."""
+    commit = _git("rev-parse", rev)
+    if not commit:
+        raise SystemExit(f"bench: unknown revision {rev!r}")
+    archive = into / "src.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "archive", commit, "service"], cwd=REPO, stdout=f, check=True)
+    with tarfile.open(archive) as t:
+        t.extractall(into, filter="data")
+    return commit
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
+    p.add_argument("--only", default="", help="comma-separated subset of: " + " ".join(ALL))
+    p.add_argument("--profile", action="store_true", help="py-spy a Clarion pod in S1 and S2")
+    p.add_argument("--clarion-rev", default=None, help="git revision of service/ to measure")
+    p.add_argument("--loadgen", type=int, default=2, help="load-generator processes")
+    p.add_argument("--pad", type=int, default=200, help="payload padding, bytes")
+    p.add_argument("--out", default=None, help="JSON lines file (default results/<date>.jsonl)")
+    p.add_argument("--tag", default="", help="label stored in every row (e.g. before/after)")
+    p.add_argument("--report", default=None, help="only print the table and plot of a file")
+    p.add_argument("--plot", default=str(HERE / "s1-scaling.png"), help="PNG path")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        loaded = report.load(Path(args.report))
+        if args.tag:
+            loaded = [r for r in loaded if r.get("tag") == args.tag]
+        print(report.table(loaded))
+        print(report.ratios(loaded))
+        report.plot(loaded, Path(args.plot))
+        return 0
+
+    raise_nofile()
+    quick = args.quick
+    reps = args.reps or (1 if quick else 3)
+    only = set(filter(None, args.only.split(","))) or set(ALL)
+    if quick:
+        only -= {"s5", "variants"} if not args.only else set()
+    today = datetime.date.today().isoformat()
+    out = Path(args.out) if args.out else HERE / "results" / f"{today}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="clarion-bench-"))
+
+    env: dict[str, str] = {}
+    dirty = bool(_git("status", "--porcelain", "--", "service"))
+    commit = _git("rev-parse", "HEAD")
+    source = f"{commit[:10]}{'+dirty' if dirty else ''} (working tree)"
+    if args.clarion_rev:
+        commit = _snapshot(args.clarion_rev, log_dir)
+        env["PYTHONPATH"] = str(log_dir / "service")
+        source = f"{commit[:10]} ({args.clarion_rev})"
+
+    run_id = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        row.update(run_id=run_id, clarion=source, tag=args.tag, quick=quick)
+        rows.append(row)
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        brief = {
+            k: v
+            for k, v in row.items()
+            if k
+            not in ("run_id", "clarion", "tag", "quick", "cores", "expected", "pods", "deflate")
+        }
+        print("  " + json.dumps(brief), flush=True)
+
+    print(
+        f"clarion bench {run_id}: {os.cpu_count()} cores, load {load_before[0]:.2f}, "
+        f"clarion {source}, reps {reps}{', quick' if quick else ''}; logs {log_dir}",
+        flush=True,
+    )
+    lg = LoadGen(args.loadgen)
+    bench = Bench(lg, log_dir, reps, args.pad, env, emit)
+    if args.profile:
+        bench.profile_dir = HERE / "results"
+    try:
+        sizes = [200] if quick else [100, 400, 1000]
+        deliveries = 10_000 if quick else 40_000
+        s1_systems = ["clarion", "sio", "raw"]
+        if "s1" in only:
+            for label in s1_systems:
+                print(f"S1 broadcast: {label}", flush=True)
+                bench.s1_broadcast(label, sizes, deliveries)
+        if "broker" in only:
+            print("S1 baseline: aio-pika publish -> consume", flush=True)
+            bench.broker_baseline(5_000 if quick else 20_000)
+        if "deflate" in only:
+            print("S1 with permessage-deflate negotiated: clarion --compression", flush=True)
+            bench.s1_broadcast(
+                "clarion+deflate", [sizes[-1] if quick else 400], deliveries, deflate=True, reps=1
+            )
+        if "variants" in only:
+            for label in ("clarion[ws=websockets]", "clarion[ws=wsproto]"):
+                print(f"S1 variant: {label}", flush=True)
+                bench.s1_broadcast(label, [400], deliveries, paced=False)
+        if "s2" in only:
+            for label in ("clarion", "sio"):
+                print(f"S2 targeted, 500/s through HTTP: {label}", flush=True)
+                bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 5.0)
+        if "s3" in only:
+            n = 1000 if quick else 3000
+            for label in ("clarion", "sio", "raw"):
+                print(f"S3/S4 idle sockets and connect storm: {label}", flush=True)
+                bench.s3_s4_idle(label, n)
+            if "deflate" in only:
+                print("S3/S4: clarion --compression, client offers deflate", flush=True)
+                bench.s3_s4_idle("clarion+deflate", n, reps=1, deflate=True)
+            if "variants" in only:
+                for label in ("clarion[ws=websockets]", "clarion[ws=wsproto]"):
+                    print(f"S3/S4 variant: {label}", flush=True)
+                    bench.s3_s4_idle(label, n, reps=1)
+        if "s5" in only:
+            print("S5: one pod, 10,000 sockets, broadcasts", flush=True)
+            bench.s5_capacity("clarion", 10_000)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        lg.close()
+    load_after = os.getloadavg()
+    print()
+    print(
+        f"{os.cpu_count()} cores; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; {time.monotonic() - started:.0f} s; clarion {source}"
+    )
+    print(report.table(rows))
+    print(report.ratios(rows))
+    print(f"\nJSON lines: {out}")
+    if any(r["scenario"] in ("S1", "S1-paced") for r in rows):
+        report.plot(rows, Path(args.plot))
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

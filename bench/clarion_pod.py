@@ -1,0 +1,58 @@
+"""A bench-only launcher of one Clarion pod with other uvicorn settings.
+
+``clarion serve`` is what the benchmark measures by default; this launcher
+builds the same app (``clarion.app.Gateway`` / ``create_app``) with the same
+uvicorn settings as ``clarion.server`` but lets the benchmark swap the
+WebSocket implementation (``websockets``, ``websockets-sansio``, ``wsproto``),
+so alternatives are measured without touching the shipped code.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+from clarion.app import Gateway, create_app
+from clarion.config import Settings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pod-name", required=True)
+    p.add_argument("--amqp-url", required=True)
+    p.add_argument("--ws", default="auto")
+    p.add_argument("--compression", action="store_true")
+    args = p.parse_args()
+    settings = Settings(
+        pod_name=args.pod_name,
+        amqp_url=args.amqp_url,
+        auth="none",
+        compression=args.compression,
+        drain_delay=0,
+        drain_window=0,
+    )
+    gateway = Gateway(settings)
+    config = uvicorn.Config(
+        create_app(gateway),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        ws=args.ws,
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.compression,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+        proxy_headers=True,
+    )
+    import uvloop
+
+    uvloop.run(uvicorn.Server(config).serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Starting and stopping the servers under test, each in its own process.
+
+A "system" is a set of pods of one kind on loopback ports, all on one RabbitMQ
+vhost of their own (created here, deleted after), so nothing of the shared
+broker's other users is touched and no queue outlives the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import psutil
+
+RABBIT_HOST = os.environ.get("BENCH_RABBIT_HOST", "127.0.0.1")
+RABBIT_PORT = int(os.environ.get("BENCH_RABBIT_PORT", "5672"))
+MGMT_URL = os.environ.get("BENCH_MGMT_URL", f"http://{RABBIT_HOST}:15672")
+MGMT_AUTH = ("guest", "guest")
+HOST = "127.0.0.1"
+
+#: How each kind of system is spoken to by the load generator.
+DIALECT = {"clarion": "clarion", "sio": "sio", "raw": "raw"}
+PATH = {
+    "clarion": "/ws?user=u{i}",
+    "sio": "/socket.io/?EIO=4&transport=websocket&user=u{i}",
+    "raw": "/?user=u{i}",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Vhost:
+    """A RabbitMQ vhost of the bench's own."""
+
+    def __init__(self) -> None:
+        self.name = f"clarion-bench-{uuid.uuid4().hex[:8]}"
+        self.quoted = quote(self.name, safe="")
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{self.quoted}"
+
+    def create(self) -> Vhost:
+        with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c:
+            c.put(f"/api/vhosts/{self.quoted}").raise_for_status()
+            c.put(
+                f"/api/permissions/{self.quoted}/guest",
+                json={"configure": ".*", "write": ".*", "read": ".*"},
+            ).raise_for_status()
+        return self
+
+    def delete(self) -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c,
+        ):
+            c.delete(f"/api/vhosts/{self.quoted}")
+
+    def consuming_queues(self) -> int:
+        with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c:
+            r = c.get(f"/api/queues/{self.quoted}")
+            r.raise_for_status()
+            return sum(1 for q in r.json() if (q.get("consumers") or 0) > 0)
+
+
+def broker_pid() -> int | None:
+    """The RabbitMQ node's process (its CPU is reported beside the pods')."""
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "beam.smp":
+            return int(p.pid)
+    return None
+
+
+@dataclass
+class Pod:
+    kind: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    name: str
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (HOST, self.port)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class System:
+    """Pods of one kind, e.g. ``clarion`` x2, on their own vhost."""
+
+    label: str
+    kind: str  # clarion | sio | raw (the dialect spoken)
+    pods: list[Pod] = field(default_factory=list)
+    vhost: Vhost | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.pods]
+
+    @property
+    def addrs(self) -> list[tuple[str, int]]:
+        return [p.addr for p in self.pods]
+
+    @property
+    def amqp_url(self) -> str:
+        assert self.vhost is not None
+        return self.vhost.amqp_url
+
+    @property
+    def path(self) -> str:
+        return PATH[self.kind]
+
+    @property
+    def dialect(self) -> str:
+        return DIALECT[self.kind]
+
+    def stop(self) -> None:
+        for p in self.pods:
+            if p.alive():
+                p.proc.send_signal(signal.SIGINT)
+        for p in self.pods:
+            try:
+                p.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait(5)
+        if self.vhost is not None:
+            self.vhost.delete()
+
+
+def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str]]:
+    """The command line of one pod of the system named ``label``.
+
+    ``clarion``: the shipped ``clarion serve``; ``clarion+deflate``: the same
+    with ``--compression``; ``clarion[ws=X]``: the bench launcher with uvicorn's
+    WebSocket implementation X; ``sio``: python-socketio; ``raw``: websockets
+    ``broadcast()``.
+    """
+    py = sys.executable
+    if label in ("clarion", "clarion+deflate"):
+        cmd = [py, "-m", "clarion", "serve", "--host", HOST, "--port", str(port)]
+        cmd += ["--pod-name", name, "--amqp-url", amqp_url, "--auth", "none"]
+        cmd += ["--log-level", "warning", "--drain-delay", "0", "--drain-window", "0"]
+        if label == "clarion+deflate":
+            cmd.append("--compression")
+        return "clarion", cmd
+    if label.startswith("clarion[ws="):
+        ws = label[len("clarion[ws=") : -1]
+        cmd = [py, "-m", "bench.clarion_pod", "--port", str(port), "--pod-name", name]
+        return "clarion", [*cmd, "--amqp-url", amqp_url, "--ws", ws]
+    if label == "sio":
+        return "sio", [py, "-m", "bench.sio_server", "--port", str(port), "--amqp-url", amqp_url]
+    if label == "raw":
+        cmd = [py, "-m", "bench.raw_server", "--port", str(port), "--amqp-url", amqp_url]
+        return "raw", [*cmd, "--name", name]
+    raise ValueError(f"unknown system {label!r}")
+
+
+def _http_ok(port: int, path: str) -> bool:
+    try:
+        return httpx.get(f"http://{HOST}:{port}{path}", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _tcp_ok(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_system(label: str, pods: int, log_dir: Path, env: dict[str, str] | None = None) -> System:
+    """Start ``pods`` pods of ``label`` on a fresh vhost; return once all consume."""
+    vhost = Vhost().create()
+    system = System(label=label, kind="", vhost=vhost)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+    run_env.update(env or {})
+    repo = str(Path(__file__).resolve().parent.parent)
+    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (run_env.get("PYTHONPATH", ""), repo) if p)
+    tag = uuid.uuid4().hex[:6]
+    try:
+        for k in range(pods):
+            port = free_port()
+            name = f"bench-{tag}-{k}"
+            kind, cmd = _cmd(label, port, name, vhost.amqp_url)
+            system.kind = kind
+            log_path = log_dir / f"{label.replace('[', '_').replace(']', '')}-{name}.log"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, cwd=repo
+                )
+            system.pods.append(Pod(kind, port, proc, log_path, name))
+        deadline = time.monotonic() + 40
+        for pod in system.pods:
+            probe = {
+                "clarion": lambda p: _http_ok(p.port, "/readyz"),
+                "sio": lambda p: _http_ok(p.port, "/healthz"),
+                "raw": lambda p: _tcp_ok(p.port),
+            }[pod.kind]
+            while not probe(pod):
+                if not pod.alive():
+                    raise RuntimeError(f"{label} pod exited: {pod.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{label} pod not ready: {pod.log_tail()}")
+                time.sleep(0.1)
+        # Every pod's queue must be bound and consumed before anything is
+        # published (the management API lags a couple of seconds).
+        while vhost.consuming_queues() < pods:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: pod queues not consumed in time")
+            time.sleep(0.25)
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "load1": round(os.getloadavg()[0], 2),
+    }
