@@ -310,6 +310,16 @@ async def test_broker_outage_loses_nothing_accepted(
         r.seq for r in refused
     }
     deliveries = sum(len(s.messages) for s in sockets.values())
+    skipped = 0.0
+    for pod in outage_pods:
+        skipped += await _metric(pod, "clarion_messages_dropped_total", {"reason": "duplicate"})
+        failures = {
+            line.split("broker connection failed: ", 1)[1][:120]
+            for line in pod.log_path.read_text(errors="replace").splitlines()
+            if "broker connection failed: " in line
+        }
+        print(f"\n{pod.pod_name} reconnect failures: {sorted(failures)}")
+    print(f"\noutage: {skipped:.0f} broker redeliveries skipped by the pods as already pushed")
     print(
         f"\noutage: {len(results)} publishes, {len(accepted)} accepted (202), "
         f"{len(refused)} refused (503), {len(down)} while the node was down, "
