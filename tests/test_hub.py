@@ -161,3 +161,14 @@ async def wait_until(pred: Any, timeout: float = 2.0) -> None:
     while not pred():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
+
+
+def test_prebuilt_text_frame_matches_the_websockets_library() -> None:
+    from clarion.hub import text_frame
+    from websockets.frames import Frame, Opcode
+
+    for size in (0, 1, 125, 126, 65535, 65536, 200_000):
+        payload = ("é" * size).encode()[:size]
+        assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(
+            mask=False, extensions=[]
+        )

@@ -36,6 +36,7 @@ from .hub import (
     CLOSE_TRY_AGAIN,
     Connection,
     Hub,
+    raw_transport_of,
 )
 from .metrics import Metrics
 from .protocol import (
@@ -232,6 +233,7 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
         gw.metrics,
         s.send_buffer_messages,
         s.send_buffer_bytes,
+        raw=None if s.compression else raw_transport_of(send),
     )
     welcome: dict[str, Any] = {
         "type": "welcome",

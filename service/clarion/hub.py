@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from websockets.protocol import State
+
 from .metrics import Metrics
 from .protocol import Envelope
 
@@ -32,6 +34,36 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it.
+
+    Built once per message per pod, then written as is to every matching
+    socket (see ``Connection.push``).
+    """
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def raw_transport_of(send: Send) -> Any:
+    """The uvicorn sans-I/O WebSocket protocol behind an ASGI ``send``, if that is what it is.
+
+    Writing a pre-built frame straight to its transport skips encoding and
+    framing the same message once per socket. Only this one implementation is
+    recognised; anything else uses the ASGI ``send``.
+    """
+    proto = getattr(send, "__self__", None)
+    if type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    needed = ("transport", "writable", "close_sent", "disconnected", "handshake_complete", "conn")
+    return proto if all(hasattr(proto, a) for a in needed) else None
 
 
 class Connection:
@@ -50,6 +82,7 @@ class Connection:
         "_closing",
         "_on_close",
         "_pending",
+        "_raw",
         "_send",
         "_writer",
         "channels",
@@ -70,8 +103,10 @@ class Connection:
         metrics: Metrics,
         max_buffer_messages: int = 1000,
         max_buffer_bytes: int = 4 * 1024 * 1024,
+        raw: Any = None,
     ) -> None:
         self.id = conn_id
+        self._raw = raw
         self.user = user
         self.channels: set[str] = set()
         self._send = send
@@ -111,13 +146,31 @@ class Connection:
             if mid not in sent and not self.push(text, nbytes, ts):
                 return
 
-    def push_message(self, mid: str, text: str, nbytes: int, ts_ms: int) -> bool:
+    def push_message(
+        self, mid: str, text: str, nbytes: int, ts_ms: int, frame: bytes | None = None
+    ) -> bool:
         """Queue a pushed message (held back while a replay runs)."""
         if self._pending is not None and not self._closing:
             if len(self._pending) >= self.max_buffer_messages:
                 self._pending = []
                 return self._overflow(1)
             self._pending.append((mid, text, nbytes, ts_ms))
+            return True
+        raw = self._raw
+        if (
+            frame is not None
+            and raw is not None
+            and self._writer is None
+            and not self._closing
+            and raw.handshake_complete
+            and not raw.close_sent
+            and not raw.disconnected
+            and raw.writable.is_set()
+            and raw.conn.state is State.OPEN
+        ):
+            # Fast path: the same pre-built frame bytes for every socket.
+            raw.transport.write(frame)
+            self._sent(ts_ms)
             return True
         return self.push(text, nbytes, ts_ms)
 
@@ -325,10 +378,12 @@ class Hub:
             return 0
         text = env.body.decode()
         nbytes = len(env.body)
+        frame = text_frame(env.body)
         n = 0
         mid = env.id
+        ts = env.ts
         for conn in targets:
-            if conn.push_message(mid, text, nbytes, env.ts):
+            if conn.push_message(mid, text, nbytes, ts, frame):
                 n += 1
         return n
 
