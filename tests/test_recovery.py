@@ -176,3 +176,61 @@ async def test_channel_recovery_via_subscribe_since(pods: list[GatewayProcess]) 
         await c2.wait_data(5)
         assert c2.data() == [2, 3, 4, 5]
         await c2.close()
+
+
+async def test_clarion_listen_reconnects_with_since(
+    pods: list[GatewayProcess], vhost: Vhost, tmp_path: Path
+) -> None:
+    import json
+    import sys
+
+    victim, other, _ = pods
+    listen = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clarion",
+        "listen",
+        victim.ws_url,
+        "--user",
+        "cli-rec",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert listen.stdout is not None
+    reborn: GatewayProcess | None = None
+    try:
+        await wait_for(
+            lambda: victim.metric("clarion_connections") >= 1, 15, message="listener connected"
+        )
+        async with httpx.AsyncClient(timeout=10) as api:
+
+            async def publish(data: str) -> str:
+                r = await api.post(
+                    f"{other.http_url}/api/publish", json={"user": "cli-rec", "data": data}
+                )
+                assert r.status_code == 202
+                return str(r.json()["id"])
+
+            ids = [await publish("one")]
+            first = json.loads(await asyncio.wait_for(listen.stdout.readline(), 15))
+            assert first["data"] == "one"
+            victim.kill()
+            ids.append(await publish("two (while its pod is gone)"))
+            reborn = GatewayProcess(
+                f"rec-reborn-{uuid.uuid4().hex[:6]}",
+                host=victim.host,
+                port=victim.port,
+                amqp_url=vhost.amqp_url,
+                args=["--auth", "none"],
+                log_dir=tmp_path,
+            ).start()
+            reborn.wait_ready()
+            second = json.loads(await asyncio.wait_for(listen.stdout.readline(), 30))
+            ids.append(await publish("three"))
+            third = json.loads(await asyncio.wait_for(listen.stdout.readline(), 15))
+        assert [first["id"], second["id"], third["id"]] == ids
+    finally:
+        listen.kill()
+        await listen.wait()
+        if reborn is not None:
+            reborn.kill()
