@@ -57,7 +57,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["config"] = config
     settings.posting.level = logging.INFO  # scale and cleanup events are worth seeing
     settings.persistence.finalizer = f"{names.CRD_GROUP}/operator"
-    # Daemons stop fast: they only ever wait on `stopped`.
+    # Re-list now and then even if a watch stream silently stalls.
     settings.watching.server_timeout = 300
     memo["kube"] = await Kube.connect()
     memo["http"] = httpx.AsyncClient(timeout=config.pod_timeout)
