@@ -342,6 +342,13 @@ def _emulator() -> Emulator:
     info.verbs = {"list", "watch", "get", "create", "patch", "update", "delete"}
     info.shortnames = {"wsgw"}
     info.subresources = {"status"}
+    for plural, kind, namespaced in (
+        ("clusterkopfpeerings", "ClusterKopfPeering", False),
+        ("kopfpeerings", "KopfPeering", True),
+    ):
+        peering = k.resources[f"kopf.dev/v1/{plural}"]
+        peering.kind, peering.namespaced = kind, namespaced
+        peering.verbs = {"list", "watch", "get", "patch", "create"}
     return k
 
 
@@ -374,7 +381,9 @@ def metrics_port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: Cluster) -> AsyncIterator[Any]:
+async def running_operator(
+    cluster: Cluster, args: tuple[str, ...] = ("--standalone", "-A")
+) -> AsyncIterator[Any]:
     """The real operator (``kopf run --standalone -A -m clarion_operator``) in its own thread.
 
     Returns once its watches are up, so objects created afterwards are seen live.
@@ -382,9 +391,7 @@ async def running_operator(cluster: Cluster) -> AsyncIterator[Any]:
     from kopf.testing import KopfRunner
 
     start = len(cluster.requests())
-    runner = KopfRunner(
-        ["run", "--standalone", "-A", "-m", "clarion_operator"], timeout=30, reraise=True
-    )
+    runner = KopfRunner(["run", *args, "-m", "clarion_operator"], timeout=30, reraise=True)
     await asyncio.to_thread(runner.__enter__)
     try:
         for plural in ("pods", names.CRD_PLURAL):

@@ -84,3 +84,24 @@ async def test_gateway_gets_deployment_and_service_and_restart_changes_nothing(
     assert cluster.writes("services", before) == []
     assert len(cluster.history("apps/v1/deployments", "gw")) == versions
     assert (cluster.get("apps/v1/deployments", "gw") or {})["spec"]["replicas"] == 4
+
+
+async def test_peering_uses_only_the_documented_calls(cluster: Cluster, metrics_port: int) -> None:
+    """With peering on, kopf keeps a ClusterKopfPeering alive (with -A; KMock cannot serve the
+    namespace listing kopf makes with --namespace, so that mode is not run here)."""
+    r = await cluster.http.post(
+        "/apis/kopf.dev/v1/clusterkopfpeerings",
+        json={
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "clarion"},
+        },
+    )
+    assert r.status_code < 300, r.text
+
+    def keepalive() -> bool:
+        obj = cluster.k.objects["kopf.dev/v1/clusterkopfpeerings", None, "clarion"]
+        return bool(obj.raw.get("status"))
+
+    async with running_operator(cluster, ("-A", "--peering", "clarion")):
+        await wait_for(keepalive, 20, message="the operator's peering keepalive")
