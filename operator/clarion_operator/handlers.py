@@ -204,7 +204,8 @@ class Autoscaler:
         deployment = await self.kube.get("Deployment", self.namespace, self.name)
         if deployment is None:
             return  # `apply` creates it; nothing to scale yet
-        current = int(deployment.get("spec", {}).get("replicas") or 0)
+        replicas = deployment.get("spec", {}).get("replicas")
+        current = 1 if replicas is None else int(replicas)  # the API server's default
         serving = {p.name: p for p in pods if p.serving}
         readings = dict(
             zip(
