@@ -267,7 +267,10 @@ def test_operator_deployment() -> None:
     assert dep["spec"]["replicas"] == 2
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c.get("command") is None, "the image's CMD runs clarion-operator"
+    # The image has no ENTRYPOINT, so args alone would replace its CMD.
+    dockerfile = (CHART.parent.parent / "operator" / "Dockerfile").read_text()
+    assert 'CMD ["clarion-operator"]' in dockerfile and "ENTRYPOINT" not in dockerfile
+    assert c["command"] == ["clarion-operator"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"liveness": 8080, "metrics": 9090}
     assert "--liveness-port=8080" in c["args"] and "--metrics-port=9090" in c["args"]
