@@ -68,6 +68,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Close what startup opened: a restarted operator (tests) must not inherit sockets."""
     for key, closer in (("kube", "close"), ("http", "aclose"), ("metrics", "close")):
         obj = memo.get(key)
         if obj is not None:

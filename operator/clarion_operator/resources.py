@@ -135,6 +135,12 @@ def deployment(
                                 "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP)]}}
                             },
                             "resources": spec.resources,
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
                         }
                     ],
                 },

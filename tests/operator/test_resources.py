@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
+import pytest
 from clarion import names
 from clarion_operator import resources
 from clarion_operator.spec import GatewaySpec
@@ -48,6 +50,7 @@ def test_deployment_shape() -> None:
     assert ann["prometheus.io/scrape"] == "true"
     assert ann["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
     assert dep["spec"]["replicas"] == 2
+    assert c["securityContext"]["runAsNonRoot"] is True
 
 
 def test_env_from_the_downward_api_and_secrets() -> None:
@@ -89,3 +92,13 @@ def test_contains_ignores_server_defaults_but_not_changes() -> None:
     live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
     assert resources.contains(live, wanted)
     assert not resources.contains(live, build({"image": "j"}, replicas=None))
+
+
+@pytest.mark.parametrize("version", ["1.29"])
+def test_manifests_pass_the_kubernetes_schema(version: str) -> None:
+    gs = GatewaySpec.parse({"image": "img:1", "service": {"type": "LoadBalancer"}})
+    for obj in (
+        resources.deployment("gw", "ns", gs, OWNER, 2),
+        resources.service("gw", "ns", gs, OWNER),
+    ):
+        kubernetes_validate.validate(obj, version, strict=True)
