@@ -14,7 +14,7 @@ import pytest
 import yaml
 from clarion import names
 
-from .conftest import (
+from .helpers import (
     CHART,
     CRD_FILE,
     CUSTOM_KINDS,

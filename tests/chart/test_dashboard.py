@@ -27,7 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.support import GatewayProcess, Vhost, free_port, wait_for_sync
 
-from .conftest import DASHBOARD
+from .helpers import DASHBOARD
 
 TEST_NAMESPACE = "clarion-demo"
 TEST_GATEWAY = "clarion"

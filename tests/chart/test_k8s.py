@@ -20,7 +20,7 @@ import yaml
 
 from tests.support import REPO
 
-from .conftest import (
+from .helpers import (
     DASHBOARD,
     DEV_DIR,
     DEV_VALUES,

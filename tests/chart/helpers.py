@@ -1,4 +1,4 @@
-"""Shared helpers for the chart tests: the real helm and kubectl, rendering, validation."""
+"""Helpers for the chart tests: the real helm and kubectl, rendering, validation, policies."""
 
 from __future__ import annotations
 
