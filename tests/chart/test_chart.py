@@ -214,6 +214,13 @@ def test_values_schema_rejects(flag: str, setting: str, error: str) -> None:
     assert error in proc.stderr, proc.stderr
 
 
+def test_replica_bounds_are_checked() -> None:
+    """The CRD refuses min > max at apply time; the chart says so before that."""
+    proc = run(helm_template_cmd(["gateway.replicas.min=5", "gateway.replicas.max=3"]), check=False)
+    assert proc.returncode != 0
+    assert "gateway.replicas.min (5) must not exceed gateway.replicas.max (3)" in proc.stderr
+
+
 def test_schema_closes_every_object() -> None:
     """additionalProperties is false on every fixed-shape object (maps declare a value type)."""
     schema = json.loads((CHART / "values.schema.json").read_text())
