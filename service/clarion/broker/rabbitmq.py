@@ -241,11 +241,13 @@ class RabbitBroker(Broker):
                         "%s exists with other arguments, using it as is: %s", HISTORY_QUEUE, exc
                     )
                     return
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    raise
                 except aiormq.exceptions.AMQPError as exc:
                     # Right after a broker restart a durable queue can briefly
-                    # answer "home node is down": retry on a fresh channel.
+                    # answer "home node is down" (a 404): retry on a fresh channel.
+                    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and (
+                        "home node" not in str(exc)
+                    ):
+                        raise
                     log.info("declaring %s failed (%s), retrying", HISTORY_QUEUE, exc)
                     await asyncio.sleep(0.2 * (attempt + 1))
                     if ch.is_closed:
