@@ -495,3 +495,53 @@ def test_notes_with_jwt_auth_explain_the_token(tmp_path: Path) -> None:
     assert f"get secret {RELEASE}-auth -o jsonpath='{{.data.jwtSecret}}'" in notes
     assert 'clarion listen ws://localhost:8080/ws --token "$TOKEN"' in notes
     assert "--user u1 --api-key" in notes
+
+
+# -- where the chart meets the operator ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "production", "dev"])
+def test_what_the_operator_makes_from_the_chart_gateway_fits_the_chart(name: str) -> None:
+    """Build the operator's Deployment and Service from the rendered gateway (its own code)
+    and check they validate, and that every reference between them and the chart holds."""
+    resources = pytest.importorskip("clarion_operator.resources")
+    spec_mod = pytest.importorskip("clarion_operator.spec")
+    sets, _ = COMBOS[name]
+    docs = combo(name)
+    gw = one(docs, "WebSocketGateway")
+    gw_name = gw["metadata"]["name"]
+    spec = spec_mod.GatewaySpec.parse(gw["spec"])
+    owner = {**gw, "metadata": {**gw["metadata"], "uid": "0000-test"}}
+    dep = resources.deployment(gw_name, NAMESPACE, spec, owner, spec.min_replicas)
+    svc = resources.service(gw_name, NAMESPACE, spec, owner)
+    kubernetes_validate([dep, svc])
+    # Limits, probes, non-root (the read-only root is the operator's call: Tilt's
+    # live update writes code into the gateway containers).
+    assert policy_violations([dep], read_only_root=False) == []
+
+    pod = dep["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == gw["spec"]["image"]
+    assert container["resources"] == gw["spec"]["resources"]
+    # Every Secret the pods read is rendered with that key, or is an existingSecret.
+    secrets = {d["metadata"]["name"]: secret_data(d) for d in find(docs, "Secret")}
+    existing = {s.split("=", 1)[1] for s in sets if ".existingSecret=" in s}
+    for env in container["env"]:
+        ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+        if ref and ref["name"] not in existing:
+            assert secrets[ref["name"]].get(ref["key"]), f"{env['name']}: {ref} is not rendered"
+    # The chart's selectors find the operator's objects.
+    pod_labels = pod["metadata"]["labels"]
+    pdb = one(docs, "PodDisruptionBudget", gw_name)
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert names.HTTP_PORT_NAME in ports  # NOTES: port-forward pod/... 8080:http
+    annotations = pod["metadata"].get("annotations") or {}
+    if annotations.get("prometheus.io/scrape") == "true":
+        assert int(annotations["prometheus.io/port"]) == ports[names.HTTP_PORT_NAME]
+    for monitor in find(docs, "ServiceMonitor", gw_name):
+        assert (
+            monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        )
+        port = monitor["spec"]["endpoints"][0]["port"]
+        assert port in {p["name"] for p in svc["spec"]["ports"]}
