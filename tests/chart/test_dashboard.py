@@ -127,6 +127,17 @@ def test_dashboard_shape() -> None:
     assert all(names.M_DELIVERY_LATENCY + "_bucket" in t["expr"] for t in latency["targets"])
 
 
+def test_dashboard_layout_has_no_overlaps() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for p in dashboard()["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = p["title"]
+
+
 def test_dashboard_names_only_metrics_from_names_py() -> None:
     declared = {v for k, v in vars(names).items() if k.startswith("M_") and isinstance(v, str)}
     suffixes = ("", "_total", "_bucket", "_sum", "_count")
