@@ -28,7 +28,6 @@ import jsonpointer
 import kmock
 import pytest
 from clarion import names
-from kmock._internal import enums, rendering
 
 from tests.support import MGMT_URL, GatewayProcess, Vhost, free_port, wait_for
 
@@ -70,7 +69,7 @@ def _selected(obj: dict[str, Any], params: Any) -> bool:
 class Emulator(kmock.KubernetesEmulator):
     """KMock with the behaviour kopf and our operator rely on from a real API server."""
 
-    def _has_status(self, request: rendering.Request) -> bool:
+    def _has_status(self, request: kmock.Request) -> bool:
         res = request.resource
         return (
             res is not None
@@ -78,8 +77,8 @@ class Emulator(kmock.KubernetesEmulator):
             and "status" in (self.resources[res].subresources or set())
         )
 
-    async def _handle(self, request: rendering.Request) -> Any:
-        if request.resource is not None and request.method == enums.method.PUT and request.name:
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.method == kmock.method.PUT and request.name:
             # A replace: drop what is there, keep the metadata we own.
             key = (request.resource, request.namespace, request.name)
             if key not in set(self.objects.keys()) or self.objects[key].deleted:
@@ -89,13 +88,13 @@ class Emulator(kmock.KubernetesEmulator):
             self.objects[key].patch({k: None for k in current if k not in request.data})
             self.objects[key].patch(request.data)
             return await self._serve_fetch(request)
-        if request.resource is not None and request.action == enums.action.CREATE:
+        if request.resource is not None and request.action == kmock.action.CREATE:
             self._on_create(request)
-        elif request.resource is not None and request.action == enums.action.UPDATE:
+        elif request.resource is not None and request.action == kmock.action.UPDATE:
             self._on_patch(request)
         return await super()._handle(request)
 
-    def _on_create(self, request: rendering.Request) -> None:
+    def _on_create(self, request: kmock.Request) -> None:
         data = request.data
         meta = data.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -106,7 +105,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         meta["resourceVersion"] = str(next(_versions))
 
-    def _on_patch(self, request: rendering.Request) -> None:
+    def _on_patch(self, request: kmock.Request) -> None:
         key = (request.resource, request.namespace, request.name)
         if key not in set(self.objects.keys()) or self.objects[key].deleted:
             return  # KMock answers 404 itself
@@ -144,13 +143,13 @@ class Emulator(kmock.KubernetesEmulator):
             if isinstance(data["metadata"], dict):
                 data["metadata"]["resourceVersion"] = version
 
-    async def _serve_list(self, request: rendering.Request) -> Any:
+    async def _serve_list(self, request: kmock.Request) -> Any:
         result = dict(await super()._serve_list(request))
         result["items"] = [o for o in result["items"] if _selected(o, request.params)]
         result["metadata"] = {"resourceVersion": str(next(_versions))}
         return result
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
         since = request.params.get("resourceVersion")
         async for event in super()._serve_watch(request):
             if isinstance(event, dict):
@@ -233,7 +232,7 @@ class Cluster:
     def history(self, resource: str, name: str) -> list[dict[str, Any]]:
         return [dict(v.raw) for v in self.k.objects[resource, NS, name].history if v is not None]
 
-    def requests(self) -> list[rendering.Request]:
+    def requests(self) -> list[kmock.Request]:
         """Every request the emulator has served, in order."""
         return list(self.k)
 
@@ -242,7 +241,7 @@ class Cluster:
         return [
             r
             for r in self.requests()[since:]
-            if r.method in (enums.method.POST, enums.method.PATCH, enums.method.PUT)
+            if r.method in (kmock.method.POST, kmock.method.PATCH, kmock.method.PUT)
             and r.resource is not None
             and r.resource.plural == plural
         ]
@@ -255,7 +254,7 @@ class Cluster:
                 continue  # discovery
             if str(r.headers.get("User-Agent", "")).startswith("python-httpx"):
                 continue  # the test itself
-            if r.method == enums.method.GET:
+            if r.method == kmock.method.GET:
                 verb = "get" if r.name else "watch" if r.params.get("watch") else "list"
             else:
                 verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[
@@ -267,7 +266,7 @@ class Cluster:
 
     def watching(self, plural: str, since: int = 0) -> bool:
         return any(
-            r.action == enums.action.WATCH
+            r.action == kmock.action.WATCH
             and r.resource is not None
             and r.resource.plural == plural
             for r in self.requests()[since:]
@@ -410,8 +409,8 @@ async def running_operator(
 
 
 @pytest.fixture
-def gateways(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    """Started gateway processes, stopped at the end (use ``start_gateways``)."""
+def gateways(vhost: Vhost) -> Iterator[list[GatewayProcess]]:
+    """Gateway processes of a test (``start_gateways``), killed before its vhost goes."""
     procs: list[GatewayProcess] = []
     yield procs
     for p in procs:
