@@ -190,10 +190,18 @@ def _recipients(target: dict[str, Any], sockets: dict[str, tuple[str, set[str]]]
 
 
 @pytest.mark.timeout(110)
+@pytest.mark.parametrize("how", ["shutdown", "crash"])
 async def test_broker_outage_loses_nothing_accepted(
-    private_broker: PrivateBroker, outage_pods: list[GatewayProcess]
+    private_broker: PrivateBroker, outage_pods: list[GatewayProcess], how: str
 ) -> None:
-    """Stop and restart the broker mid-stream: 503 while down, then exactly-once delivery."""
+    """Stop and restart the broker mid-stream: 503 while down, then exactly-once delivery.
+
+    ``shutdown`` is an orderly node stop (a rolling restart); ``crash`` a SIGKILL of
+    the node. Pod B is frozen (SIGSTOP) for a while before the outage, so messages
+    accepted meanwhile sit unconsumed in its durable queue across the restart:
+    they must reach B's sockets afterwards, once. Deliveries whose ack was lost
+    are redelivered by RabbitMQ, and must not reach a socket twice.
+    """
     pod_a, pod_b = outage_pods
     tag = _tag()
     alice, bob, carol = f"alice-{tag}", f"bob-{tag}", f"carol-{tag}"
@@ -226,17 +234,41 @@ async def test_broker_outage_loses_nothing_accepted(
     publisher = Publisher([pod_a, pod_b], targets)
     task = asyncio.create_task(publisher.run())
     http = httpx.AsyncClient(timeout=5)
+    frozen = False
     try:
         # Healthy for a moment.
         await wait_for(lambda: len([r for r in publisher.results if r.status == 202]) >= 30, 15)
 
-        # Broker goes away (a graceful node shutdown, as in a rolling restart).
+        # Pod B stops consuming: what is accepted now waits in its durable queue.
+        assert pod_b.proc is not None
+        pod_b.signal(signal.SIGSTOP)
+        frozen = True
+        publisher.pods = [pod_a]
+        n_frozen = len(publisher.results)
+        await wait_for(
+            lambda: sum(r.status == 202 for r in publisher.results[n_frozen:]) >= 20,
+            15,
+            message="publishes accepted while pod B is frozen",
+        )
+        queued_for_b = [
+            r
+            for r in publisher.results[n_frozen:]
+            if r.status == 202 and {"b-alice", "b-bob"} & _recipients(r.target, expected_of)
+        ]
+
+        # The broker goes away.
         t_stop = time.monotonic()
-        await asyncio.to_thread(private_broker.stop)
-        t_down = time.monotonic()
+        await asyncio.to_thread(private_broker.stop if how == "shutdown" else private_broker.kill)
+        t_down = time.monotonic()  # the node is gone: from here on, no publish may get a 202
+        pod_b.signal(signal.SIGCONT)
+        frozen = False
+        publisher.pods = [pod_a, pod_b]
         for pod in outage_pods:
-            assert await _ready_status(http, pod) == 503, f"{pod.pod_name} still ready"
+            await wait_for(
+                lambda pod=pod: _not_ready(http, pod), 3, 0.02, f"{pod.pod_name} unready"
+            )
             assert await _metric(pod, "clarion_broker_connected") == 0
+        t_unready = time.monotonic() - t_down
         # Stay down long enough for a good number of publishes to be refused.
         await wait_for(lambda: len(publisher.between(t_down, time.monotonic())) >= 25, 20)
         for pod in outage_pods:
@@ -260,6 +292,8 @@ async def test_broker_outage_loses_nothing_accepted(
             message="publishes accepted again after the restart",
         )
     finally:
+        if frozen:
+            pod_b.signal(signal.SIGCONT)
         publisher.stop.set()
         await asyncio.wait_for(task, 20)
         await http.aclose()
@@ -296,6 +330,7 @@ async def test_broker_outage_loses_nothing_accepted(
         await wait_for(lambda: not missing_and_dupes()[0], 15, message="all accepted messages")
     missing, dupes = missing_and_dupes()
     assert not missing, f"accepted but never delivered: {missing[:10]} (of {len(missing)})"
+    assert queued_for_b, "nothing was waiting in pod B's queue across the outage"
     assert not dupes, f"duplicates delivered: {dupes[:10]} (of {len(dupes)})"
     by_seq = {r.seq: r for r in results}
     misrouted = [
@@ -314,17 +349,19 @@ async def test_broker_outage_loses_nothing_accepted(
     for pod in outage_pods:
         skipped += await _metric(pod, "clarion_messages_dropped_total", {"reason": "duplicate"})
         failures = {
-            line.split("broker connection failed: ", 1)[1][:120]
+            line.split(" clarion.broker ", 1)[1][:120]
             for line in pod.log_path.read_text(errors="replace").splitlines()
-            if "broker connection failed: " in line
+            if "broker connection failed: " in line or "retrying" in line
         }
         print(f"\n{pod.pod_name} reconnect failures: {sorted(failures)}")
     print(f"\noutage: {skipped:.0f} broker redeliveries skipped by the pods as already pushed")
     print(
-        f"\noutage: {len(results)} publishes, {len(accepted)} accepted (202), "
+        f"\noutage ({how}): {len(results)} publishes, {len(accepted)} accepted (202), "
         f"{len(refused)} refused (503), {len(down)} while the node was down, "
         f"{deliveries} deliveries, 0 missing, {len(dupes)} duplicates, "
         f"{len(refused_seen)} refused-but-delivered; broker stop {t_down - t_stop:.1f}s, "
+        f"pods unready {t_unready:.2f}s after, {len(queued_for_b)} messages waited in pod B's "
+        "queue across it, "
         f"start {t_up - t_restart:.1f}s, pods ready {t_ready - t_up:.1f}s after"
     )
     for s in sockets.values():
