@@ -78,7 +78,9 @@ class Socket:
         return next((f for f in self.frames if f.get("type") == ftype), None)
 
     async def welcome(self) -> dict[str, Any]:
-        frame = await wait_for(lambda: self.first("welcome"), 10, message=f"{self.name} welcome")
+        frame: dict[str, Any] = await wait_for(
+            lambda: self.first("welcome"), 10, message=f"{self.name} welcome"
+        )
         return dict(frame)
 
     async def close(self) -> None:
@@ -224,7 +226,7 @@ async def test_broker_outage_loses_nothing_accepted(
         sockets[name] = s
     expected_of = {name: (user, chans) for name, (_, user, chans) in layout.items()}
 
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"broadcast": True},
         {"user": alice},
         {"channel": news},

@@ -34,7 +34,7 @@ REPLY_TYPES = {"pong", "subscribed", "unsubscribed", "published", "error"}
 
 # -- strategies -------------------------------------------------------------------
 
-text = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
 scalars = (
     st.none()
     | st.booleans()
@@ -63,7 +63,7 @@ frame_objects = st.fixed_dictionaries(
 )
 
 
-good_names = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=256)
+good_names = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=256)
 good_targets = (
     st.builds(lambda n: {"user": n}, good_names)
     | st.builds(lambda n: {"channel": n}, good_names)

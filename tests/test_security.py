@@ -86,7 +86,7 @@ class Session:
         await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
 
     async def reply(self, ftype: str, count: int = 1, timeout: float = 5) -> dict[str, Any]:
-        frames = await wait_for(
+        frames: list[dict[str, Any]] = await wait_for(
             lambda: len(self.of_type(ftype)) >= count and self.of_type(ftype),
             timeout,
             message=f"{ftype} frame #{count}",
