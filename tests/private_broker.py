@@ -102,7 +102,24 @@ class PrivateBroker:
 
     @property
     def running(self) -> bool:
+        if self.pid is None:
+            self.pid = self._find_pid()
         return self.pid is not None and _pid_alive(self.pid)
+
+    def _find_pid(self) -> int | None:
+        """The node's Erlang VM, found by its unique node name (when no pid file was written)."""
+        needle = f"RABBITMQ_NODENAME={self.node}".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                exe = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if exe.endswith((b"beam.smp", b"beam")) and needle in env:
+                return int(proc.name)
+        return None
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
@@ -202,6 +219,8 @@ class PrivateBroker:
 
     def kill(self) -> None:
         """SIGKILL the node: a crash, not a shutdown."""
+        if self.pid is None:
+            self.pid = self._find_pid()
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
