@@ -72,7 +72,7 @@ async def test_deleting_a_pod_deletes_its_queue_and_no_other(
             return (gw.get("status") or {}).get("orphanQueuesDeleted") == 1
 
         await wait_for(counted, 10, message="status.orphanQueuesDeleted")
-        assert cluster.events("QueueDeleted")
+        await wait_for(lambda: cluster.events("QueueDeleted"), 10, message="a QueueDeleted event")
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert f'{names.M_OP_ORPHANS_DELETED}_total{{gateway="clarion-test/gw"}} 1.0' in metrics
     assert qa in await queue_names(vhost)
@@ -105,7 +105,7 @@ async def test_orphan_queue_is_swept_after_the_grace(
 
         await wait_for(swept, 15, 0.05, message=f"{ghost} swept")
         record("orphan queue swept (grace 1 s, interval 0.5 s)", time.monotonic() - created)
-        assert cluster.events("QueuesSwept")
+        await wait_for(lambda: cluster.events("QueuesSwept"), 10, message="a QueuesSwept event")
         # Two more sweeps: still only the orphan went.
         seen = len(cluster.requests())
 

@@ -81,7 +81,7 @@ async def test_sockets_scale_the_deployment_up_and_back_down(
 
             await wait_for(lambda: status().get("connections") == 6, 10, message="status")
             assert status()["desiredReplicas"] == 3 and status().get("lastScaleTime")
-            assert cluster.events("Scaled")
+            await wait_for(lambda: cluster.events("Scaled"), 10, message="a Scaled event")
         closed = time.monotonic()
 
         # Back down after the 2 s window, one pod per step: 3 -> 2 -> 1.
@@ -120,6 +120,63 @@ async def test_unbalanced_pods_are_asked_to_shed(
 
             await wait_for(lambda: closed_1012() >= 3, 15, message="3 sockets closed with 1012")
             record("rebalance (6/0 sockets -> 3 shed)", time.monotonic() - added)
-            assert cluster.events("Rebalanced")
+            await wait_for(lambda: cluster.events("Rebalanced"), 10, message="a Rebalanced event")
             # Rate-limited: nothing more is shed while the rest stays put.
             assert closed_1012() == 3
+
+
+async def test_unreadable_metrics_never_scale_down(
+    cluster: Cluster,
+    vhost: Vhost,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    metrics_port: int,
+) -> None:
+    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    await cluster.secrets(vhost)
+    async with running_operator(cluster):
+        await cluster.gateway(
+            "gw",
+            replicas={"min": 1, "max": 4},
+            scaling={
+                "targetConnectionsPerPod": 2,
+                "intervalSeconds": 0.3,
+                "scaleDownStabilizationSeconds": 0,
+                "maxScaleDownStep": 4,
+                "rebalance": False,
+            },
+        )
+        await wait_for(lambda: replicas(cluster) == 1, 20, message="Deployment")
+        await cluster.patch("apps/v1/deployments", "gw", {"spec": {"replicas": 3}})
+        await cluster.pod("gw", a)
+        await cluster.pod("gw", b)
+        b.kill()  # still Ready in the API, but its /metrics cannot be read
+
+        def condition() -> dict[str, Any]:
+            gw = cluster.get(GATEWAY_RESOURCE, "gw") or {}
+            conds = (gw.get("status") or {}).get("conditions") or []
+            return next((c for c in conds if c["type"] == "ScalingActive"), {})
+
+        await wait_for(lambda: condition().get("reason") == "MetricsUnknown", 10, message="unknown")
+        ticks = len(cluster.requests())
+
+        def ticked(n: int) -> bool:
+            reqs = cluster.requests()[ticks:]
+            return (
+                sum(
+                    r.method == "GET"
+                    and r.name == "gw"
+                    and r.resource is not None
+                    and r.resource.plural == "deployments"
+                    for r in reqs
+                )
+                >= n
+            )
+
+        await wait_for(lambda: ticked(5), 10, message="five unknown ticks")
+        assert replicas(cluster) == 3  # 0 known connections, but one pod unread: hold
+
+        # The pod is gone for good: the data is complete again, and it is 0 connections.
+        await cluster.delete("v1/pods", b.pod_name)
+        await wait_for(lambda: replicas(cluster) == 1, 10, message="scale down once known")
+        await wait_for(lambda: condition().get("status") == "True", 10, message="known again")
