@@ -137,12 +137,15 @@ def deployment(
                             "resources": spec.resources,
                             "securityContext": {
                                 "runAsNonRoot": True,
+                                "readOnlyRootFilesystem": spec.read_only_root_filesystem,
                                 "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]},
                                 "seccompProfile": {"type": "RuntimeDefault"},
                             },
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         }
                     ],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
         },

@@ -83,6 +83,8 @@ class GatewaySpec:
     auth: AuthSpec = AuthSpec()
     service: ServiceSpec = ServiceSpec()
     resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    #: Off only for development (Tilt's live update writes into the container).
+    read_only_root_filesystem: bool = True
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> GatewaySpec:
@@ -150,6 +152,7 @@ class GatewaySpec:
             resources=_plain(resources)
             if isinstance(resources, Mapping)
             else dict(DEFAULT_RESOURCES),
+            read_only_root_filesystem=bool(spec.get("readOnlyRootFilesystem", True)),
         )
 
 
@@ -195,4 +198,5 @@ def defaults_as_crd() -> dict[str, Any]:
         },
         "service": {"type": s.service.type, "port": s.service.port},
         "resources": DEFAULT_RESOURCES,
+        "readOnlyRootFilesystem": s.read_only_root_filesystem,
     }
