@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from clarion.protocol import ProtocolError, new_message_id, parse_client_frame, parse_publish_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from clarion.protocol import ProtocolError, new_message_id, parse_client_frame, parse_publish_body
 
 from .support import GatewayProcess, Vhost, wait_for_sync
 

@@ -164,8 +164,9 @@ async def wait_until(pred: Any, timeout: float = 2.0) -> None:
 
 
 def test_prebuilt_text_frame_matches_the_websockets_library() -> None:
-    from clarion.hub import text_frame
     from websockets.frames import Frame, Opcode
+
+    from clarion.hub import text_frame
 
     for size in (0, 1, 125, 126, 65535, 65536, 200_000):
         payload = ("é" * size).encode()[:size]

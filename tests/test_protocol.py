@@ -7,6 +7,7 @@ import uuid
 
 import orjson
 import pytest
+
 from clarion.protocol import (
     Envelope,
     ProtocolError,

@@ -22,8 +22,9 @@ from typing import Any, cast
 
 import httpx
 import kopf
-from clarion import names
 from prometheus_client.parser import text_string_to_metric_families
+
+from clarion import names
 
 from . import cleanup, rebalance, resources, scaling
 from .config import OperatorConfig

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from clarion import names
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from clarion import names
 
 
 class OperatorMetrics:

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from clarion import names
 from websockets.sync.client import ClientConnection, connect
 
+from clarion import names
 from tests.support import GatewayProcess, Vhost, free_port, wait_for_sync
 
 from .helpers import DASHBOARD

@@ -27,8 +27,8 @@ import jsonpatch
 import jsonpointer
 import kmock
 import pytest
-from clarion import names
 
+from clarion import names
 from tests.support import MGMT_URL, GatewayProcess, Vhost, free_port, wait_for
 
 NS = "clarion-test"

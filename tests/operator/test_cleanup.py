@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from clarion import names
 from clarion_operator.cleanup import QueueInfo, queue_of_deleted_pod, sweep
 from clarion_operator.pods import parse_pod

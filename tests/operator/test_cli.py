@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from clarion import names
 from clarion_operator.__main__ import build_parser
-
 from tests.support import free_port, wait_for
 
 from .conftest import Cluster

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from clarion import names
 from clarion_operator.spec import GatewaySpec, defaults_as_crd
 

@@ -6,8 +6,8 @@ import time
 
 import httpx
 import pytest
-from clarion import names
 
+from clarion import names
 from tests.support import Vhost, wait_for
 
 from .conftest import GATEWAY_RESOURCE, Cluster, running_operator

@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from clarion import names
 
+from clarion import names
 from tests.support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, wait_for
 
 from .conftest import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from clarion_operator.rebalance import due, shed_plan
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+
 from clarion import names
 from clarion_operator import resources
 from clarion_operator.spec import GatewaySpec

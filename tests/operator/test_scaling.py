@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+
 from clarion_operator.scaling import Policy, State, decide, recommend
 
 P = Policy(min_replicas=2, max_replicas=10, target_per_pod=100, up_window=0, down_window=60)
