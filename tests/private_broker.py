@@ -153,40 +153,67 @@ class PrivateBroker:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> PrivateBroker:
-        """Boot the node (same data dir as before) and wait until it takes AMQP connections."""
+        """Boot the node (same data dir as before) and wait until it takes AMQP connections.
+
+        If the VM dies during boot (on a loaded machine epmd can still list the
+        node's name for a moment after a stop, and the new node then refuses to
+        start), it is launched again, up to three times within ``timeout``.
+        """
         if self.running:
             return self
         t0 = time.monotonic()
-        pid_file = self.dir / "rabbit.pid"
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
-        subprocess.run(
-            [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
-            env=self.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-            check=True,
-        )
         deadline = t0 + timeout
+        launches = 0
+        launched_at = 0.0
+        next_check = 0.0
         while True:
-            if self.pid is None and pid_file.exists():
-                with contextlib.suppress(ValueError):
-                    self.pid = int(pid_file.read_text().strip() or "0") or None
+            now = time.monotonic()
+            if launches == 0 or (now >= next_check and now - launched_at > 5 and launches < 3):
+                next_check = now + 1.0
+                if launches == 0 or self._find_pid() is None:
+                    if launches:
+                        log.warning("private RabbitMQ %s died while booting: again", self.node)
+                    self._launch()
+                    launches += 1
+                    launched_at = time.monotonic()
             # The AMQP listener opens last in the boot sequence; the management
-            # API answering as well means the node is fully up. Both are much
-            # cheaper to poll than `rabbitmqctl await_startup` (an Erlang VM
-            # boot per call on this machine).
+            # API answering as well means the node is fully up. Both are cheaper
+            # to poll than `rabbitmqctl await_startup` (a CLI VM per call).
             if _accepts(self.amqp_port) and self._mgmt_ok():
                 break
             if time.monotonic() > deadline:
                 tail = self.log_tail()
-                self.close()
-                raise RuntimeError(f"private RabbitMQ {self.node} did not start:\n{tail}")
+                self.kill()
+                raise RuntimeError(
+                    f"private RabbitMQ {self.node} did not start in {timeout:.0f}s "
+                    f"({launches} launches):\n{tail}"
+                )
             time.sleep(0.1)
+        self.pid = self._find_pid()
         self.timings["start"].append(time.monotonic() - t0)
         log.info("private RabbitMQ %s up in %.1fs", self.node, self.timings["start"][-1])
         return self
+
+    def _launch(self) -> None:
+        self._wait_epmd_forgets(10.0)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "rabbit.pid").unlink()
+        with open(self.dir / "startup.log", "ab") as out:
+            subprocess.run(
+                [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=30,
+                check=False,
+            )
+
+    def _wait_epmd_forgets(self, timeout: float) -> None:
+        """Wait until epmd no longer lists this node's name (a node of that name just stopped)."""
+        name = self.node.split("@")[0]
+        deadline = time.monotonic() + timeout
+        while name in _epmd_names() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _mgmt_ok(self) -> bool:
         try:
@@ -239,13 +266,33 @@ class PrivateBroker:
     def log_tail(self, chars: int = 3000) -> str:
         logs = sorted((self.dir / "log").glob("*.log"))
         text = "".join(p.read_text(errors="replace") for p in logs if "upgrade" not in p.name)
-        return text[-chars:]
+        startup = self.dir / "startup.log"
+        boot = startup.read_text(errors="replace")[-chars // 2 :] if startup.exists() else ""
+        return f"{text[-chars:]}\n-- rabbitmq-server -detached said:\n{boot}"
 
     def __enter__(self) -> PrivateBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _epmd_names(port: int = 4369) -> set[str]:
+    """The node names registered with the local epmd (its NAMES_REQ)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"\x00\x01n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    except OSError:
+        return set()
+    names = set()
+    for line in data[4:].decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "name":
+            names.add(parts[1])
+    return names
 
 
 def _pid_alive(pid: int) -> bool:
