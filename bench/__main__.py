@@ -5,7 +5,8 @@
     python -m bench --only s1,s2    # a subset of: s1 s2 s3 s5 broker deflate variants
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
     python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
-    python -m bench --report bench/results/2026-11-26.jsonl   # table + plot only
+    python -m bench --ab 56673a0    # and that revision beside the working tree, same run
+    python -m bench --report bench/results/2026-11-26.jsonl --tag after --compare before
 
 See bench/README.md for what each scenario measures.
 """
@@ -31,6 +32,8 @@ from .scenarios import Bench
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ALL = ("s1", "s2", "s3", "s5", "broker", "deflate", "variants")
+#: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
+VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
 
 
 def _git(*args: str) -> str:
@@ -62,21 +65,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated subset of: " + " ".join(ALL))
     p.add_argument("--profile", action="store_true", help="py-spy a Clarion pod in S1 and S2")
     p.add_argument("--clarion-rev", default=None, help="git revision of service/ to measure")
+    p.add_argument("--ab", default=None, help="also measure this git revision, same run")
+    p.add_argument("--sizes", default="", help="S1 socket counts, e.g. 100,400,1000")
     p.add_argument("--loadgen", type=int, default=2, help="load-generator processes")
     p.add_argument("--pad", type=int, default=200, help="payload padding, bytes")
     p.add_argument("--out", default=None, help="JSON lines file (default results/<date>.jsonl)")
     p.add_argument("--tag", default="", help="label stored in every row (e.g. before/after)")
     p.add_argument("--report", default=None, help="only print the table and plot of a file")
     p.add_argument("--plot", default=str(HERE / "s1-scaling.png"), help="PNG path")
+    p.add_argument("--compare", default=None, help="with --report: also Clarion of this tag")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        loaded = report.load(Path(args.report))
-        if args.tag:
-            loaded = [r for r in loaded if r.get("tag") == args.tag]
+        everything = report.load(Path(args.report))
+        loaded = [r for r in everything if not args.tag or r.get("tag") == args.tag]
+        if args.compare:
+            # Clarion of another run (e.g. the revision before the changes) beside this one.
+            for r in everything:
+                if r.get("tag") == args.compare and r["system"] == "clarion":
+                    loaded.append({**r, "system": f"clarion ({args.compare})"})
         print(report.table(loaded))
         print(report.ratios(loaded))
         report.plot(loaded, Path(args.plot))
@@ -101,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         commit = _snapshot(args.clarion_rev, log_dir)
         env["PYTHONPATH"] = str(log_dir / "service")
         source = f"{commit[:10]} ({args.clarion_rev})"
+    ab: list[str] = []
+    envs: dict[str, dict[str, str]] = {}
+    if args.ab:
+        # Another revision of the gateway, measured in the same run beside this one.
+        into = log_dir / "ab"
+        into.mkdir()
+        ab_commit = _snapshot(args.ab, into)
+        label = f"clarion@{args.ab}"
+        ab.append(label)
+        envs[label] = {"PYTHONPATH": str(into / "service")}
+        source += f"; {label} = {ab_commit[:10]}"
 
     run_id = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     started = time.monotonic()
@@ -127,42 +148,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     lg = LoadGen(args.loadgen)
     bench = Bench(lg, log_dir, reps, args.pad, env, emit)
+    bench.envs = envs
     if args.profile:
         bench.profile_dir = HERE / "results"
     try:
         sizes = [200] if quick else [100, 400, 1000]
-        deliveries = 10_000 if quick else 40_000
-        s1_systems = ["clarion", "sio", "raw"]
+        if args.sizes:
+            sizes = [int(x) for x in args.sizes.split(",")]
+        deliveries = 10_000 if quick else 20_000
+        s1_systems = ["clarion", *ab, "sio", "raw", "raw+coalesce"]
         if "s1" in only:
             for label in s1_systems:
                 print(f"S1 broadcast: {label}", flush=True)
                 bench.s1_broadcast(label, sizes, deliveries)
         if "broker" in only:
             print("S1 baseline: aio-pika publish -> consume", flush=True)
-            bench.broker_baseline(5_000 if quick else 20_000)
+            bench.broker_baseline(3_000 if quick else 5_000)
         if "deflate" in only:
             print("S1 with permessage-deflate negotiated: clarion --compression", flush=True)
             bench.s1_broadcast(
                 "clarion+deflate", [sizes[-1] if quick else 400], deliveries, deflate=True, reps=1
             )
         if "variants" in only:
-            for label in ("clarion[ws=websockets]", "clarion[ws=wsproto]"):
+            for label in VARIANTS:
                 print(f"S1 variant: {label}", flush=True)
                 bench.s1_broadcast(label, [400], deliveries, paced=False)
         if "s2" in only:
-            for label in ("clarion", "sio"):
+            for label in ("clarion", *ab, "sio"):
                 print(f"S2 targeted, 500/s through HTTP: {label}", flush=True)
-                bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 5.0)
+                bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 4.0)
         if "s3" in only:
-            n = 1000 if quick else 3000
-            for label in ("clarion", "sio", "raw"):
+            n = 1000 if quick else 2000
+            for label in ("clarion", *ab, "sio", "raw"):
                 print(f"S3/S4 idle sockets and connect storm: {label}", flush=True)
                 bench.s3_s4_idle(label, n)
             if "deflate" in only:
                 print("S3/S4: clarion --compression, client offers deflate", flush=True)
                 bench.s3_s4_idle("clarion+deflate", n, reps=1, deflate=True)
             if "variants" in only:
-                for label in ("clarion[ws=websockets]", "clarion[ws=wsproto]"):
+                for label in VARIANTS:
                     print(f"S3/S4 variant: {label}", flush=True)
                     bench.s3_s4_idle(label, n, reps=1)
         if "s5" in only:

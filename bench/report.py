@@ -161,7 +161,10 @@ def plot(rows: list[Row], path: Path) -> None:
     med = medians(rows)
     systems = sorted({k[1] for k in med if k[0] in ("S1", "S1-paced")})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(systems)}
     for sysname in systems:
+        color = colors[sysname]
         paced = sorted((k[2], v) for k, v in med.items() if k[0] == "S1-paced" and k[1] == sysname)
         burst = sorted((k[2], v) for k, v in med.items() if k[0] == "S1" and k[1] == sysname)
         if paced:
@@ -173,6 +176,7 @@ def plot(rows: list[Row], path: Path) -> None:
                 [n for n, _ in burst],
                 [v.get("cpu_us_per_delivery") for _, v in burst],
                 "o-",
+                color=color,
                 label=sysname,
             )
     ax1.set_title("Fan-out latency, 10 broadcasts/s (p99 solid, p50 dashed)")

@@ -60,6 +60,8 @@ class Bench:
         self._emit = emit
         self.broker = broker_pid()
         self.profile_dir: Path | None = None
+        #: Environment per system label (``clarion@REV`` runs another revision).
+        self.envs: dict[str, dict[str, str]] = {}
 
     def _profile(self, system: System, name: str) -> Any:
         """Start py-spy on the first pod (only with ``--profile``); stop it with ``.stop()``."""
@@ -74,7 +76,7 @@ class Bench:
             self._emit(row)
 
     def start(self, label: str, pods: int) -> System:
-        return start_system(label, pods, self.log_dir, self.env)
+        return start_system(label, pods, self.log_dir, self.envs.get(label, self.env))
 
     # -- S1 ------------------------------------------------------------------
 
@@ -266,6 +268,7 @@ class Bench:
                 time.sleep(0.5)
                 rss0 = rss_bytes(system.pids)
                 cpu0 = cpu_seconds(system.pids)
+                spy = self._profile(system, f"S4-{label}") if run == 0 else None
                 res = lg.connect(
                     system.addrs,
                     system.path,
@@ -276,6 +279,8 @@ class Bench:
                     user_offset=100,
                 )
                 cpu1 = cpu_seconds(system.pids)
+                if spy is not None:
+                    spy.stop()
                 storm = max(1e-6, res["last_ready"] - res["started"])
                 time.sleep(1.5)
                 rss1 = rss_bytes(system.pids)

@@ -79,10 +79,11 @@ class Vhost:
 
 
 def broker_pid() -> int | None:
-    """The RabbitMQ node's process (its CPU is reported beside the pods')."""
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] == "beam.smp":
-            return int(p.pid)
+    """The RabbitMQ node listening on the bench's port (its CPU is reported beside the pods')."""
+    with contextlib.suppress(psutil.Error):
+        for c in psutil.net_connections("tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == RABBIT_PORT:
+                return int(c.pid) if c.pid else None
     return None
 
 
@@ -161,26 +162,34 @@ def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str
 
     ``clarion``: the shipped ``clarion serve``; ``clarion+deflate``: the same
     with ``--compression``; ``clarion[ws=X]``: the bench launcher with uvicorn's
-    WebSocket implementation X; ``sio``: python-socketio; ``raw``: websockets
-    ``broadcast()``.
+    WebSocket implementation X; ``clarion[gc]``: the launcher with a tuned GC;
+    ``sio``: python-socketio; ``raw``: websockets ``broadcast()``;
+    ``raw+coalesce``: one write per socket per loop iteration.
     """
     py = sys.executable
-    if label in ("clarion", "clarion+deflate"):
+    if label in ("clarion", "clarion+deflate") or label.startswith("clarion@"):
         cmd = [py, "-m", "clarion", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--pod-name", name, "--amqp-url", amqp_url, "--auth", "none"]
         cmd += ["--log-level", "warning", "--drain-delay", "0", "--drain-window", "0"]
         if label == "clarion+deflate":
             cmd.append("--compression")
         return "clarion", cmd
-    if label.startswith("clarion[ws="):
-        ws = label[len("clarion[ws=") : -1]
+    if label.startswith("clarion["):
+        # clarion[ws=X] or clarion[gc]: the bench launcher with other settings.
+        opts = label[len("clarion[") : -1].split(",")
         cmd = [py, "-m", "bench.clarion_pod", "--port", str(port), "--pod-name", name]
-        return "clarion", [*cmd, "--amqp-url", amqp_url, "--ws", ws]
+        cmd += ["--amqp-url", amqp_url]
+        ws = next((o[3:] for o in opts if o.startswith("ws=")), "websockets-sansio")
+        cmd += ["--ws", ws]
+        if "gc" in opts:
+            cmd.append("--gc")
+        return "clarion", cmd
     if label == "sio":
         return "sio", [py, "-m", "bench.sio_server", "--port", str(port), "--amqp-url", amqp_url]
-    if label == "raw":
+    if label in ("raw", "raw+coalesce"):
         cmd = [py, "-m", "bench.raw_server", "--port", str(port), "--amqp-url", amqp_url]
-        return "raw", [*cmd, "--name", name]
+        cmd += ["--name", name]
+        return "raw", [*cmd, "--coalesce"] if label == "raw+coalesce" else cmd
     raise ValueError(f"unknown system {label!r}")
 
 
