@@ -70,7 +70,16 @@ class Metrics:
             registry=r,
         )
         # Pre-create the label sets the dashboard queries, so they exist at 0.
-        for reason in ("client", "slow_client", "drain", "shed", "error", "policy", "too_big"):
+        for reason in (
+            "client",
+            "slow_client",
+            "drain",
+            "shed",
+            "error",
+            "policy",
+            "too_big",
+            "outage",
+        ):
             self.closed.labels(reason=reason)
         for reason in ("slow_client", "rate_limited", "duplicate"):
             self.dropped.labels(reason=reason)

@@ -10,7 +10,9 @@ from ..protocol import Envelope
 
 #: Called for every message consumed from the pod's queue. Must not block.
 Consumer = Callable[[Envelope], object]
-#: Called when the broker connection goes up (True) or down (False).
+#: Called when the broker connection goes up (True) or down (False). "Up" is
+#: reported once right before the pod's queue is consumed again, so a listener
+#: can act before any message that waited in the queue is delivered.
 StateListener = Callable[[bool], None]
 
 

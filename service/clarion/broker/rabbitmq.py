@@ -160,7 +160,6 @@ class RabbitBroker(Broker):
                 await self._setup(conn)
                 delay = 0.2
                 log.info("broker connected, consuming %s", self.queue_name)
-                self._set_state(True)
                 self._first_attempt.set()
                 await closed.wait()
                 log.warning("broker connection lost")
@@ -203,8 +202,11 @@ class RabbitBroker(Broker):
         if self.history:
             await self._declare_history(conn)
         self._pub_exchange = exchange
-        await queue.consume(self._on_message, no_ack=False)
+        # "Up" before the queue is consumed: the listener may act (e.g. close
+        # sockets after a long outage) before anything buffered is delivered.
         self._consuming = True
+        self._set_state(True)
+        await queue.consume(self._on_message, no_ack=False)
 
     async def _declare_queue(self, conn: AbstractConnection, sub: AbstractChannel) -> AbstractQueue:
         try:
