@@ -25,6 +25,19 @@ MGMT_AUTH = ("guest", "guest")
 
 T = TypeVar("T")
 
+#: Debian's chromium (scripts/services.sh installs it); Playwright drives it.
+CHROMIUM = os.environ.get("CLARION_TEST_CHROMIUM", "/usr/bin/chromium")
+#: As root it needs --no-sandbox; the rest keep it off the (closed) network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:

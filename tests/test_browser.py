@@ -10,20 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost
+from .support import CHROMIUM, CHROMIUM_ARGS, GatewayProcess, Vhost
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.browser]
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 
 @pytest.fixture
@@ -55,7 +44,7 @@ def test_demo_page_reconnects_and_recovers_what_it_missed(
     page_pod, api_pod = two_pods
     api = f"{api_pod.http_url}/api/publish"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(f"{page_pod.http_url}/?user=shopper")

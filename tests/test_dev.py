@@ -18,12 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import free_port, wait_for_sync
+from .support import CHROMIUM, CHROMIUM_ARGS, free_port, wait_for_sync
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
-
-CHROMIUM = os.environ.get("CLARION_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 class DevServer:
@@ -126,15 +124,7 @@ def test_demo_page_two_windows_on_two_pods(dev: DevServer) -> None:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             left = browser.new_page()

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Envelope
+from ..protocol import Envelope, id_timestamp_ms
 
 #: Called for every message consumed from the pod's queue. Must not block.
 Consumer = Callable[[Envelope], object]
@@ -32,6 +32,41 @@ class Replay:
 
     messages: list[Envelope] = field(default_factory=list)
     complete: bool = True
+
+
+class ReplayCollector:
+    """Picks what a client missed out of history read in stream order.
+
+    Everything after the message ``since`` that ``match`` accepts, once each.
+    If ``since`` never shows up (it aged out of the window), the result is
+    what the window holds from ``since``'s timestamp on, marked incomplete.
+    """
+
+    def __init__(self, since: str, match: Callable[[Envelope], bool]) -> None:
+        self.since = since
+        self.since_ts = id_timestamp_ms(since)
+        self.match = match
+        self.found = False
+        self.after: list[Envelope] = []
+        self.fallback: list[Envelope] = []
+        self.seen: set[str] = set()
+
+    def add(self, env: Envelope) -> None:
+        if env.id in self.seen:
+            return
+        self.seen.add(env.id)
+        if self.found:
+            if self.match(env):
+                self.after.append(env)
+        elif env.id == self.since:
+            self.found = True
+        elif env.ts >= self.since_ts and self.match(env):
+            self.fallback.append(env)
+
+    def result(self) -> Replay:
+        if self.found:
+            return Replay(self.after, complete=True)
+        return Replay(self.fallback, complete=False)
 
 
 class Broker(abc.ABC):

@@ -11,8 +11,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ..protocol import Envelope, id_timestamp_ms
-from .base import Broker, Consumer, Replay, StateListener
+from ..protocol import Envelope
+from .base import Broker, Consumer, Replay, ReplayCollector, StateListener
 
 
 class MemoryExchange:
@@ -40,21 +40,10 @@ class MemoryExchange:
             consumer(envelope)
 
     def replay(self, since: str, match: Callable[[Envelope], bool]) -> Replay:
-        found = False
-        after: list[Envelope] = []
-        since_ts = id_timestamp_ms(since)
-        fallback: list[Envelope] = []
+        collector = ReplayCollector(since, match)
         for env in self.history:
-            if found:
-                if match(env):
-                    after.append(env)
-            elif env.id == since:
-                found = True
-            elif env.ts >= since_ts and match(env):
-                fallback.append(env)
-        if found:
-            return Replay(after, complete=True)
-        return Replay(fallback, complete=False)
+            collector.add(env)
+        return collector.result()
 
 
 class MemoryBroker(Broker):

@@ -27,7 +27,7 @@ from aio_pika.abc import (
 
 from ..names import EXCHANGE, HISTORY_QUEUE, QUEUE_PREFIX, queue_name
 from ..protocol import Envelope, Target, id_timestamp_ms, new_message_id
-from .base import Broker, BrokerUnavailable, Consumer, Replay, StateListener
+from .base import Broker, BrokerUnavailable, Consumer, Replay, ReplayCollector, StateListener
 
 log = logging.getLogger("clarion.broker")
 
@@ -282,15 +282,13 @@ class RabbitBroker(Broker):
             tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
             marker = aio_pika.Message(b"", message_id=marker_id, headers={HDR_KIND: KIND_MARKER})
             await exchange.publish(marker, routing_key="", timeout=self.publish_timeout)
-            found = False
-            after: list[Envelope] = []
-            fallback: list[Envelope] = []
-            since_ts = id_timestamp_ms(since)
-            seen: set[str] = set()
+            collector = ReplayCollector(since, match)
+            read = 0
             async with asyncio.timeout(timeout):
                 while True:
                     msg = await inbox.get()
-                    if inbox.empty() or len(seen) % 200 == 0:
+                    read += 1
+                    if inbox.empty() or read % 200 == 0:
                         await msg.ack(multiple=True)
                     if msg.message_id == marker_id:
                         break
@@ -298,19 +296,10 @@ class RabbitBroker(Broker):
                         env = message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {}))
                     except (_Marker, ValueError):
                         continue
-                    if env.id in seen:
-                        continue
-                    seen.add(env.id)
-                    if found:
-                        if match(env):
-                            after.append(env)
-                    elif env.id == since:
-                        found = True
-                    elif env.ts >= since_ts and match(env):
-                        fallback.append(env)
+                    collector.add(env)
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-            return Replay(after, True) if found else Replay(fallback, False)
+            return collector.result()
         except (
             TimeoutError,
             aiormq.exceptions.AMQPError,
