@@ -1,6 +1,6 @@
 """``python -m bench``: run the benchmark, print the table, append JSON lines.
 
-    python -m bench                 # full: S1 sweep, S2, S3/S4, S5, baselines (~5 min)
+    python -m bench                 # full: S1 sweep, S2, S3/S4, S5, baselines (5-8 min)
     python -m bench --quick         # one repetition, small sizes (~1 min)
     python -m bench --only s1,s2    # a subset of: s1 s2 s3 s5 broker deflate variants
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             bench.s1_broadcast(
                 "clarion+deflate", [sizes[-1] if quick else 400], deliveries, deflate=True, reps=1
             )
-        if "variants" in only:
+        if "variants" in only and "s1" in only:
             for label in VARIANTS:
                 print(f"S1 variant: {label}", flush=True)
                 bench.s1_broadcast(label, [400], deliveries, paced=False)
         if "s2" in only:
-            for label in ("clarion", *ab, "sio"):
+            s2_variants = ["clarion[transient]"] if "variants" in only else []
+            for label in ("clarion", *ab, *s2_variants, "sio"):
                 print(f"S2 targeted, 500/s through HTTP: {label}", flush=True)
                 bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 4.0)
         if "s3" in only:
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if "variants" in only:
                 for label in VARIANTS:
                     print(f"S3/S4 variant: {label}", flush=True)
-                    bench.s3_s4_idle(label, n, reps=1)
+                    bench.s3_s4_idle(label, n)
         if "s5" in only:
             print("S5: one pod, 10,000 sockets, broadcasts", flush=True)
             bench.s5_capacity("clarion", 10_000)

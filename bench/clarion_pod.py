@@ -8,6 +8,9 @@ so alternatives are measured without touching the shipped code. ``--gc``
 also tunes the garbage collector (``gc.freeze()`` after start-up, and a
 gen-0 threshold of 50,000 allocations instead of 700): with thousands of
 sockets, every full collection walks every object the pod holds.
+``--transient`` publishes non-persistent messages, so a publisher confirm
+does not wait for the pod queues' disk write (the history stream still
+stores every message).
 """
 
 from __future__ import annotations
@@ -21,6 +24,22 @@ from clarion.app import Gateway, create_app
 from clarion.config import Settings
 
 
+def _transient_messages() -> None:
+    """Publish with delivery mode 1: no disk write before the broker confirms."""
+    import aio_pika
+
+    from clarion.broker import rabbitmq
+
+    persistent = rabbitmq.envelope_to_message
+
+    def transient(env: object) -> aio_pika.Message:
+        msg = persistent(env)  # type: ignore[arg-type]
+        msg.delivery_mode = aio_pika.DeliveryMode.NOT_PERSISTENT
+        return msg
+
+    rabbitmq.envelope_to_message = transient
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
@@ -30,7 +49,14 @@ def main() -> None:
     p.add_argument("--ws", default="auto")
     p.add_argument("--compression", action="store_true")
     p.add_argument("--gc", action="store_true", help="gc.freeze() + gen-0 threshold 50,000")
+    p.add_argument(
+        "--transient",
+        action="store_true",
+        help="publish pod-queue messages non-persistent (the history stream still stores them)",
+    )
     args = p.parse_args()
+    if args.transient:
+        _transient_messages()
     settings = Settings(
         pod_name=args.pod_name,
         amqp_url=args.amqp_url,

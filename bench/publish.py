@@ -156,6 +156,7 @@ async def http_paced(
     total = int(rate * duration)
     statuses: dict[int, int] = {}
     kinds: dict[str, int] = {}
+    answered: list[float] = []  # due -> HTTP answer, seconds
     errors = 0
 
     async def one(i: int, due: float) -> None:
@@ -167,6 +168,7 @@ async def http_paced(
         try:
             status = await asyncio.wait_for(conn.post("/api/publish", body), 10)
             statuses[status] = statuses.get(status, 0) + 1
+            answered.append(time.time() - due)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             errors += 1
             kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
@@ -193,6 +195,7 @@ async def http_paced(
         "statuses": statuses,
         "errors": errors,
         "error_kinds": kinds,
+        "answered": answered,
         "first": start,
         "last": time.time(),
     }

@@ -59,6 +59,8 @@ COLUMNS = {
         ("lat_p99_ms", "p99 ms", "{:.1f}"),
         ("lost", "lost", "{:.0f}"),
         ("http_errors", "HTTP non-202", "{:.0f}"),
+        ("api_p50_ms", "API p50 ms", "{:.1f}"),
+        ("api_p99_ms", "API p99 ms", "{:.1f}"),
         ("cpu_us_per_message", "CPU us/msg", "{:.0f}"),
     ],
     "S3/S4": [
@@ -159,7 +161,12 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     med = medians(rows)
-    systems = sorted({k[1] for k in med if k[0] in ("S1", "S1-paced")})
+    # Systems measured at several socket counts (single-size variants are in the table).
+    systems = sorted(
+        name
+        for name in {k[1] for k in med if k[0] == "S1"}
+        if len({k[2] for k in med if k[0] == "S1" and k[1] == name}) > 1
+    )
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {name: palette[i % len(palette)] for i, name in enumerate(systems)}
@@ -186,7 +193,7 @@ def plot(rows: list[Row], path: Path) -> None:
     ax1.set_yscale("log")
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend()
-    ax2.set_title("Pod CPU per delivery, broadcast burst")
+    ax2.set_title("Pod CPU per delivery, broadcast bursts (median)")
     ax2.set_xlabel("sockets (over 2 pods)")
     ax2.set_ylabel("CPU microseconds per delivery")
     ax2.set_xscale("log")
@@ -195,5 +202,5 @@ def plot(rows: list[Row], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -237,6 +237,8 @@ class Bench:
                     cpu_us_per_message=round((cpu1 - cpu0) / max(1, got) * 1e6, 1),
                 )
                 _lat(row, lat)
+                # Due -> the HTTP answer (202 after the broker's confirm, for Clarion).
+                _lat(row, out["answered"], "api")
                 rows.append(row)
                 self.emit(row)
             if spy is not None:

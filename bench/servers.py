@@ -183,6 +183,8 @@ def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str
         cmd += ["--ws", ws]
         if "gc" in opts:
             cmd.append("--gc")
+        if "transient" in opts:
+            cmd.append("--transient")
         return "clarion", cmd
     if label == "sio":
         return "sio", [py, "-m", "bench.sio_server", "--port", str(port), "--amqp-url", amqp_url]
