@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clarion-rev", default=None, help="git revision of service/ to measure")
     p.add_argument("--ab", default=None, help="also measure this git revision, same run")
     p.add_argument("--sizes", default="", help="S1 socket counts, e.g. 100,400,1000")
+    p.add_argument(
+        "--systems", default="", help="S1 systems, e.g. clarion,clarion[gc+nometrics],raw"
+    )
     p.add_argument("--loadgen", type=int, default=2, help="load-generator processes")
     p.add_argument("--pad", type=int, default=200, help="payload padding, bytes")
     p.add_argument("--out", default=None, help="JSON lines file (default results/<date>.jsonl)")
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [int(x) for x in args.sizes.split(",")]
         deliveries = 10_000 if quick else 20_000
         s1_systems = ["clarion", *ab, "sio", "raw", "raw+coalesce"]
+        if args.systems:
+            s1_systems = args.systems.split(",")
         if "s1" in only:
             for label in s1_systems:
                 print(f"S1 broadcast: {label}", flush=True)

@@ -176,7 +176,7 @@ def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str
         return "clarion", cmd
     if label.startswith("clarion["):
         # clarion[ws=X] or clarion[gc]: the bench launcher with other settings.
-        opts = label[len("clarion[") : -1].split(",")
+        opts = label[len("clarion[") : -1].replace("+", ",").split(",")
         cmd = [py, "-m", "bench.clarion_pod", "--port", str(port), "--pod-name", name]
         cmd += ["--amqp-url", amqp_url]
         ws = next((o[3:] for o in opts if o.startswith("ws=")), "websockets-sansio")
@@ -185,6 +185,8 @@ def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str
             cmd.append("--gc")
         if "transient" in opts:
             cmd.append("--transient")
+        if "nometrics" in opts:
+            cmd.append("--no-socket-metrics")
         return "clarion", cmd
     if label == "sio":
         return "sio", [py, "-m", "bench.sio_server", "--port", str(port), "--amqp-url", amqp_url]
