@@ -200,9 +200,11 @@ async def test_broker_outage_loses_nothing_accepted(
 
     ``shutdown`` is an orderly node stop (a rolling restart); ``crash`` a SIGKILL of
     the node. Pod B is frozen (SIGSTOP) for a while before the outage, so messages
-    accepted meanwhile sit unconsumed in its durable queue across the restart:
-    they must reach B's sockets afterwards, once. Deliveries whose ack was lost
-    are redelivered by RabbitMQ, and must not reach a socket twice.
+    accepted meanwhile sit unconsumed in its queue when the broker goes (as
+    transient messages they do not survive the restart; B reads them back from
+    the history stream): they must reach B's sockets afterwards, once.
+    Deliveries whose ack was lost are redelivered by RabbitMQ, and with the
+    catch-up's overlap must not reach a socket twice.
     """
     pod_a, pod_b = outage_pods
     tag = _tag()
@@ -356,7 +358,10 @@ async def test_broker_outage_loses_nothing_accepted(
             if "broker connection failed: " in line or "retrying" in line
         }
         print(f"\n{pod.pod_name} reconnect failures: {sorted(failures)}")
-    print(f"\noutage: {skipped:.0f} broker redeliveries skipped by the pods as already pushed")
+    print(
+        f"\noutage: {skipped:.0f} duplicates skipped by the pods "
+        "(broker redeliveries, history catch-up overlap)"
+    )
     print(
         f"\noutage ({how}): {len(results)} publishes, {len(accepted)} accepted (202), "
         f"{len(refused)} refused (503), {len(down)} while the node was down, "

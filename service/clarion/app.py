@@ -91,7 +91,7 @@ class Gateway:
             )
         self.draining = False
         self.started = False
-        self._down_since: float | None = None
+        self.broker.on_gap = self._on_gap
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -113,26 +113,18 @@ class Gateway:
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.broker_connected.set(1 if up else 0)
         log.info("pod=%s broker %s", self.pod_name, "up" if up else "DOWN")
-        if not up:
-            self._down_since = time.monotonic()
-            return
-        down_since, self._down_since = self._down_since, None
-        if down_since is None:
-            return
-        outage = time.monotonic() - down_since
-        # The pod's queue kept what arrived meanwhile, but only for the queue's
-        # message TTL: after a longer outage it may have dropped some. Its
-        # sockets are asked to reconnect (1012), and with since= they get the
-        # gap from the history stream.
-        if outage * 1000 > self.settings.queue_message_ttl_ms * 0.9:
-            log.warning(
-                "pod=%s broker was away %.0fs, longer than the queue TTL: "
-                "asking %d sockets to reconnect and recover",
-                self.pod_name,
-                outage,
-                len(self.hub),
-            )
-            self.hub.close_all(CLOSE_RESTART, "broker outage: reconnect with since", "outage")
+
+    def _on_gap(self) -> None:
+        # After a reconnect the pod could not read the history stream to fill
+        # what its queue may have lost: its sockets reconnect (1012) and
+        # recover with since= on their own.
+        log.warning(
+            "pod=%s could not catch up from history after a broker outage: "
+            "asking %d sockets to reconnect and recover",
+            self.pod_name,
+            len(self.hub),
+        )
+        self.hub.close_all(CLOSE_RESTART, "broker outage: reconnect with since", "outage")
 
     @property
     def ready(self) -> bool:

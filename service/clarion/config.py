@@ -68,10 +68,5 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.send_buffer_bytes < self.max_body_bytes:
-            raise ValueError(
-                "--send-buffer-bytes must be at least --max-body-bytes, "
-                "or one large message would close every socket it is sent to"
-            )
         if self.drain_delay < 0 or self.drain_window < 0:
             raise ValueError("--drain-delay and --drain-window must be >= 0")

@@ -78,6 +78,10 @@ class Broker(abc.ABC):
     """
 
     pod_name: str
+    #: Called when the pod may have missed messages it could not recover
+    #: (history unreadable after a reconnect): its sockets should reconnect
+    #: and recover with since= themselves.
+    on_gap: Callable[[], None] | None = None
 
     @abc.abstractmethod
     async def start(self, consumer: Consumer, on_state: StateListener | None = None) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,8 @@ HDR_KIND = "clarion-target"
 HDR_NAME = "clarion-name"
 #: A marker a replaying pod publishes to learn where "now" is in the history stream.
 KIND_MARKER = "marker"
+#: A catch-up reads history from this long before the pod lost contact.
+CATCH_UP_MARGIN_MS = 2000
 
 
 class _Marker(Exception):
@@ -49,7 +52,10 @@ def envelope_to_message(env: Envelope) -> aio_pika.Message:
         env.body,
         message_id=env.id,
         content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        # Transient in the pod queues: confirms stay fast (docs/performance.md).
+        # Durability lives in the history stream, from which a pod catches up
+        # after every reconnect (RabbitBroker._catch_up).
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         headers=headers,
     )
 
@@ -127,6 +133,12 @@ class RabbitBroker(Broker):
         self._first_attempt = asyncio.Event()
         self._ack_raw_channel: Any = None
         self._ack_tag: int | None = None
+        #: When the pod lost the broker (ms), and the ts of the last message consumed.
+        self._lost_at: int | None = None
+        self._last_consumed_ms: int | None = None
+        self.catch_up_timeout = 30.0
+        #: Called when a catch-up could not read history: sockets may have missed messages.
+        self.on_gap: Callable[[], None] | None = None
         self._ack_scheduled = False
 
     @property
@@ -173,6 +185,7 @@ class RabbitBroker(Broker):
                 self._pub_exchange = None
                 self._ack_tag = None
                 if was:
+                    self._lost_at = int(time.time() * 1000)
                     self._set_state(False)
                 if self._conn is not None and not self._conn.is_closed:
                     with contextlib.suppress(Exception):
@@ -204,6 +217,7 @@ class RabbitBroker(Broker):
         self._pub_exchange = exchange
         # "Up" before the queue is consumed: the listener may act (e.g. close
         # sockets after a long outage) before anything buffered is delivered.
+        await self._catch_up()
         self._consuming = True
         self._set_state(True)
         await queue.consume(self._on_message, no_ack=False)
@@ -261,18 +275,27 @@ class RabbitBroker(Broker):
     async def replay(
         self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
     ) -> Replay:
-        """Read the history stream from just before ``since`` up to a fresh marker.
+        """What a client missed since the message ``since``, from the history stream."""
+        collector = ReplayCollector(since, match)
+        ok = await self._read_history(id_timestamp_ms(since), collector.add, timeout)
+        return collector.result() if ok else Replay([], complete=False)
+
+    async def _read_history(
+        self, since_ms: int, each: Callable[[Envelope], object], timeout: float
+    ) -> bool:
+        """Read the history stream from just before ``since_ms`` up to a fresh marker.
 
         The stream has no end-of-stream marker, so the pod publishes one (a tiny
-        message all pods ignore): everything published before the replay began
+        message all pods ignore): everything published before the read began
         is in the stream before it. Timestamps are per chunk with 1 s
-        resolution, so the read starts a little early and skips by id.
+        resolution, so the read starts a little early; callers skip by id.
+        Returns False if the history could not be read to the marker.
         """
         conn = self._conn
         exchange = self._pub_exchange
         if not self.history or conn is None or conn.is_closed or exchange is None:
-            return Replay([], complete=False)
-        start = datetime.fromtimestamp(max(0, id_timestamp_ms(since) / 1000 - 2), tz=UTC)
+            return False
+        start = datetime.fromtimestamp(max(0, since_ms / 1000 - 2), tz=UTC)
         marker_id = new_message_id()
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         ch = await conn.channel(publisher_confirms=False)
@@ -282,7 +305,6 @@ class RabbitBroker(Broker):
             tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
             marker = aio_pika.Message(b"", message_id=marker_id, headers={HDR_KIND: KIND_MARKER})
             await exchange.publish(marker, routing_key="", timeout=self.publish_timeout)
-            collector = ReplayCollector(since, match)
             read = 0
             async with asyncio.timeout(timeout):
                 while True:
@@ -296,21 +318,48 @@ class RabbitBroker(Broker):
                         env = message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {}))
                     except (_Marker, ValueError):
                         continue
-                    collector.add(env)
+                    each(env)
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-            return collector.result()
+            return True
         except (
             TimeoutError,
             aiormq.exceptions.AMQPError,
             aio_pika.exceptions.AMQPException,
         ) as exc:
-            log.warning("history replay since %s failed: %r", since, exc)
-            return Replay([], complete=False)
+            log.warning("history read from %s failed: %r", start.isoformat(), exc)
+            return False
         finally:
             if not ch.is_closed:
                 with contextlib.suppress(Exception):
                     await ch.close()
+
+    async def _catch_up(self) -> None:
+        """After a reconnect, deliver from history what the pod's queue may have lost.
+
+        Pod-queue messages are transient (fast confirms): a broker restart, or a
+        cut-off longer than the queue's TTL or length bound, loses what waited
+        there. Every message is also in the durable history stream, so before
+        consuming its queue again the pod reads the stream from shortly before
+        it lost contact; the hub skips what it already delivered, by id.
+        """
+        if self._lost_at is None or self._consumer is None:
+            return
+        since = min(self._lost_at, self._last_consumed_ms or self._lost_at) - CATCH_UP_MARGIN_MS
+        consumer = self._consumer
+        caught = 0
+
+        def deliver(env: Envelope) -> None:
+            nonlocal caught
+            if env.ts >= since:
+                caught += 1
+                consumer(env)
+
+        ok = await self._read_history(since, deliver, self.catch_up_timeout)
+        log.info("caught up %d messages from history after reconnecting (complete: %s)", caught, ok)
+        if not ok and self.on_gap is not None:
+            self.on_gap()
+        self._lost_at = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -326,6 +375,7 @@ class RabbitBroker(Broker):
             log.warning("dropping malformed broker message %s: %s", message.message_id, exc)
         else:
             assert self._consumer is not None
+            self._last_consumed_ms = env.ts
             try:
                 self._consumer(env)
             except Exception:
