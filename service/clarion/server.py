@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -83,6 +84,12 @@ async def run_pods(specs: list[PodSpec], log_level: str = "info") -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # Start-up objects (modules, the app) never die: move them out of the
+    # collector's way, and collect the young generation less often. Measured:
+    # connect CPU -22%, connect storm 1,605 -> 2,038/s (docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
