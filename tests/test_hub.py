@@ -173,3 +173,56 @@ def test_prebuilt_text_frame_matches_the_websockets_library() -> None:
         assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(
             mask=False, extensions=[]
         )
+
+
+class FakeRaw:
+    """Stands in for uvicorn's sans-I/O protocol: what the fast path looks at."""
+
+    def __init__(self) -> None:
+        from websockets.protocol import State
+
+        self.writes: list[bytes] = []
+        self.transport = self
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.close_sent = False
+        self.disconnected = False
+        self.handshake_complete = True
+        self.conn = type("Conn", (), {"state": State.OPEN})()
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_fast_path_joins_one_iterations_frames_into_one_write_per_socket() -> None:
+    from clarion.hub import text_frame
+
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    raws = [FakeRaw(), FakeRaw()]
+    conns = [Connection(str(i), "u", FakeSocket(), metrics, raw=raw) for i, raw in enumerate(raws)]
+    for c in conns:
+        hub.add(c)
+    envs = [Envelope.create(Target("broadcast"), i) for i in range(3)]
+    for env in envs:
+        assert hub.deliver(env) == 2
+    assert raws[0].writes == []  # gathered until the end of this loop iteration
+    await asyncio.sleep(0)
+    expected = b"".join(text_frame(e.body) for e in envs)
+    assert [r.writes for r in raws] == [[expected], [expected]]
+    assert sample(metrics, "clarion_messages_delivered_total") == 6
+
+
+async def test_a_frame_sent_the_ordinary_way_waits_for_gathered_frames() -> None:
+    from clarion.hub import text_frame
+
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    raw, sock = FakeRaw(), FakeSocket()
+    conn = Connection("1", "u", sock, metrics, raw=raw)
+    hub.add(conn)
+    env = Envelope.create(Target("user", "u"), "first")
+    hub.deliver(env)
+    conn.push('{"type":"pong"}', 0)  # e.g. a reply to the client's ping
+    assert raw.writes == [text_frame(env.body)]  # flushed before the pong went out
+    assert [m["text"] for m in sock.sent] == ['{"type":"pong"}']

@@ -81,6 +81,8 @@ class Connection:
         "_buf_bytes",
         "_closing",
         "_on_close",
+        "_on_dirty",
+        "_out",
         "_pending",
         "_raw",
         "_send",
@@ -124,6 +126,10 @@ class Connection:
         self._pending: list[tuple[str, str, int, int]] | None = None
         #: Called once when the server closes this socket (the hub forgets it at once).
         self._on_close: Callable[[Connection], None] | None = None
+        #: Fast-path frames waiting for the end of this event-loop iteration, and
+        #: how the hub is told to flush them then: (frame, text, nbytes, ts).
+        self._out: list[tuple[bytes, str, int, int]] | None = None
+        self._on_dirty: Callable[[Connection], None] | None = None
 
     @property
     def closing(self) -> bool:
@@ -156,10 +162,25 @@ class Connection:
                 return self._overflow(1)
             self._pending.append((mid, text, nbytes, ts_ms))
             return True
+        if frame is not None and self._raw_writable():
+            # Fast path: the same pre-built frame bytes for every socket, and
+            # every frame of one event-loop iteration in one write per socket.
+            out = self._out
+            if out is None:
+                self._out = [(frame, text, nbytes, ts_ms)]
+                if self._on_dirty is None:
+                    self.flush_out()
+                else:
+                    self._on_dirty(self)
+            else:
+                out.append((frame, text, nbytes, ts_ms))
+            return True
+        return self.push(text, nbytes, ts_ms)
+
+    def _raw_writable(self) -> bool:
         raw = self._raw
-        if (
-            frame is not None
-            and raw is not None
+        return (
+            raw is not None
             and self._writer is None
             and not self._closing
             and raw.handshake_complete
@@ -167,17 +188,34 @@ class Connection:
             and not raw.disconnected
             and raw.writable.is_set()
             and raw.conn.state is State.OPEN
-        ):
-            # Fast path: the same pre-built frame bytes for every socket.
-            raw.transport.write(frame)
-            self._sent(ts_ms)
-            return True
-        return self.push(text, nbytes, ts_ms)
+        )
+
+    def flush_out(self) -> None:
+        """Write the frames gathered by the fast path, joined into one write."""
+        out, self._out = self._out, None
+        if not out or self._closing:
+            return
+        if self._raw_writable():
+            if len(out) == 1:
+                self._raw.transport.write(out[0][0])
+            else:
+                self._raw.transport.write(b"".join([item[0] for item in out]))
+            for item in out:
+                self._sent(item[3])
+            return
+        # The socket changed state since: the ordinary path, in order.
+        for _, text, nbytes, ts in out:
+            if not self.push(text, nbytes, ts):
+                return
 
     def push(self, text: str, nbytes: int, ts_ms: int = 0) -> bool:
         """Send or buffer a frame without waiting; False if closing or overflowed."""
         if self._closing:
             return False
+        if self._out:
+            self.flush_out()  # frames gathered earlier go first
+            if self._closing:
+                return False
         if self._writer is None:
             return self._send_now(text, ts_ms)
         buf = self._buf
@@ -267,6 +305,7 @@ class Connection:
         self._closing = True
         self.close_code = code
         self.close_reason = reason
+        self._out = None
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
         task = asyncio.ensure_future(self._send_close(code, message))
@@ -308,6 +347,8 @@ class Hub:
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
         self.recent_limit = 50_000
+        self._dirty: list[Connection] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._prefix = f"{pod_name}-{int(time.time() * 1000) % 1_000_000:06d}-"
 
     def new_id(self) -> str:
@@ -320,8 +361,22 @@ class Hub:
         self.connections[conn.id] = conn
         self.by_user.setdefault(conn.user, set()).add(conn)
         conn._on_close = self._closed_by_server
+        conn._on_dirty = self._mark_dirty
         self.metrics.connections.set(len(self.connections))
         self.metrics.opened.inc()
+
+    def _mark_dirty(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Runs once per event-loop iteration in which messages were delivered:
+        # every socket gets all of that iteration's frames in one write.
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush_out()
 
     def _closed_by_server(self, conn: Connection) -> None:
         # A socket we closed (slow, drained, shed, expired) stops counting now,
