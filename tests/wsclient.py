@@ -21,6 +21,7 @@ class Client:
         self.ws = ws
         self.name = name
         self.frames: list[Any] = []
+        self._messages: list[dict[str, Any]] = []
         self.received_at: list[float] = []
         self.welcome: dict[str, Any] = {}
         self.close_code: int | None = None
@@ -41,6 +42,8 @@ class Client:
                 except (ValueError, TypeError):
                     frame = raw
                 self.frames.append(frame)
+                if isinstance(frame, dict) and frame.get("type") == "message":
+                    self._messages.append(frame)
                 self.received_at.append(time.time())
         except websockets.ConnectionClosed:
             pass
@@ -57,7 +60,7 @@ class Client:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        return self.of_type("message")
+        return self._messages
 
     def data(self) -> list[Any]:
         return [m["data"] for m in self.messages]

@@ -397,32 +397,62 @@ def _json_error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-async def publish_endpoint(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+async def _publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int, dict[str, Any]]:
+    """The publish API, as (status, JSON body): 202 only after the broker's confirm."""
     s = gw.settings
-    if not api_key_ok(request.headers, s.api_keys):
-        return _json_error(
-            401, "unauthorized", "missing or invalid API key (Authorization: Bearer)"
-        )
-    declared = request.headers.get("content-length")
+
+    def error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+        return status, {"error": code, "message": message}
+
+    if not api_key_ok(headers, s.api_keys):
+        return error(401, "unauthorized", "missing or invalid API key (Authorization: Bearer)")
+    too_large = error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
-        return _json_error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+        return too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return error(400, "bad_body", "client went away")
+        body += message.get("body", b"")
         if len(body) > s.max_body_bytes:
-            return _json_error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+            return too_large
+        if not message.get("more_body", False):
+            break
     try:
         items, batch = parse_publish_body(bytes(body))
     except ProtocolError as exc:
-        return _json_error(400, exc.code, exc.message)
+        return error(400, exc.code, exc.message)
     try:
         ids = await gw.publish(items, source="api")
     except BrokerUnavailable as exc:
-        return _json_error(503, "unavailable", f"broker unavailable: {exc}")
-    if batch:
-        return JSONResponse({"ids": ids}, status_code=202)
-    return JSONResponse({"id": ids[0]}, status_code=202)
+        return error(503, "unavailable", f"broker unavailable: {exc}")
+    return 202, ({"ids": ids} if batch else {"id": ids[0]})
+
+
+async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /api/publish`` as a plain ASGI handler: the hot path of every publish
+    skips Starlette's request, routing and response objects (docs/performance.md)."""
+    status, payload = await _publish(gw, Headers(scope=scope), receive)
+    body = orjson.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def publish_endpoint(request: Request) -> Response:
+    """The same API through Starlette (``GatewayApp`` routes POSTs to ``publish_asgi``)."""
+    status, payload = await _publish(request.app.state.gateway, request.headers, request.receive)
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 async def shed_endpoint(request: Request) -> Response:
@@ -483,6 +513,13 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
             await websocket_session(self.gateway, scope, receive, send)
+            return
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/api/publish"
+            and (scope["method"] == "POST")
+        ):
+            await publish_asgi(self.gateway, scope, receive, send)
             return
         await self.http(scope, receive, send)
 
