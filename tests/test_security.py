@@ -411,6 +411,7 @@ async def test_origin_allowlist(hs: GatewayProcess) -> None:
 async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]) -> None:
     tiny = pods["tiny"]
     overload0 = _metric(tiny, "clarion_connections_closed_total", reason="overload")
+    hits0 = _metric(tiny, "clarion_limit_hits_total", limit="connections")
     held = [await Session.open(f"{tiny.ws_url}?user=u{i}") for i in range(MAX_CONNECTIONS)]
     for s in held:
         await s.welcome()
@@ -418,6 +419,7 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
     assert (code, frames) == (1013, []) and "try again" in reason, (code, reason)
     assert _metric(tiny, "clarion_connections") == MAX_CONNECTIONS
     assert _metric(tiny, "clarion_connections_closed_total", reason="overload") == overload0 + 1
+    assert _metric(tiny, "clarion_limit_hits_total", limit="connections") == hits0 + 1
     await held[0].close()
     await wait_for(lambda: _metric(tiny, "clarion_connections") == MAX_CONNECTIONS - 1, 5)
     s = await Session.open(f"{tiny.ws_url}?user=next")  # room again
@@ -428,6 +430,7 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
 
 @pytest.mark.timeout(30)
 async def test_max_subscriptions(hs: GatewayProcess) -> None:
+    hits0 = _metric(hs, "clarion_limit_hits_total", limit="subscriptions")
     s = await Session.open(f"{hs.ws_url}?token={hs256('sub-user')}")
     await s.welcome()
     for i in range(MAX_SUBSCRIPTIONS):
@@ -436,6 +439,7 @@ async def test_max_subscriptions(hs: GatewayProcess) -> None:
     await s.send({"type": "subscribe", "channel": "one-more"})
     err = await s.reply("error")
     assert err["code"] == "too_many_subscriptions", err
+    assert _metric(hs, "clarion_limit_hits_total", limit="subscriptions") == hits0 + 1
     assert _metric(hs, "clarion_subscriptions") == MAX_SUBSCRIPTIONS
     await s.send({"type": "subscribe", "channel": "c0"})  # already held: still fine
     await s.reply("subscribed", MAX_SUBSCRIPTIONS + 1)
@@ -451,6 +455,7 @@ async def test_max_subscriptions(hs: GatewayProcess) -> None:
 @pytest.mark.timeout(30)
 async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
     limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
+    hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_rate")
     s = await Session.open(f"{hs.ws_url}?token={hs256('flooder')}")
     await s.welcome()
     flood = 60
@@ -468,6 +473,7 @@ async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
     assert len(errors) == flood - len(pongs)
     limited = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited") - limited0
     assert limited == len(errors)
+    assert _metric(hs, "clarion_limit_hits_total", limit="frame_rate") - hits0 == len(errors)
     # The socket stays usable once the client slows down.
     await asyncio.sleep(2.0 / MAX_FRAMES_PER_SECOND)  # the bucket refills at the rate
     await s.send({"type": "ping"})
@@ -479,6 +485,7 @@ async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
 @pytest.mark.timeout(30)
 async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
     too_big0 = _metric(hs, "clarion_connections_closed_total", reason="too_big")
+    hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_size")
     s = await Session.open(f"{hs.ws_url}?token={hs256('big')}")
     await s.welcome()
     await s.send({"type": "ping", "pad": "x" * (MAX_FRAME_BYTES - 100)})  # just under: fine
@@ -490,6 +497,7 @@ async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
         lambda: _metric(hs, "clarion_connections_closed_total", reason="too_big") == too_big0 + 1,
         5,
     )
+    assert _metric(hs, "clarion_limit_hits_total", limit="frame_size") == hits0 + 1
     # Only that socket: the pod is fine.
     other = await Session.open(f"{hs.ws_url}?token={hs256('after-big')}")
     assert (await other.welcome())["user"] == "after-big"
@@ -500,6 +508,7 @@ async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
 async def test_publish_body_limit_413(hs: GatewayProcess) -> None:
     url = f"{hs.http_url}/api/publish"
     headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
+    hits0 = _metric(hs, "clarion_limit_hits_total", limit="body_size")
     async with httpx.AsyncClient() as http:
         small = {"broadcast": True, "data": "x" * (MAX_BODY_BYTES - 100)}
         assert (await http.post(url, json=small, headers=headers)).status_code == 202
@@ -513,6 +522,7 @@ async def test_publish_body_limit_413(hs: GatewayProcess) -> None:
 
         r = await http.post(url, content=chunks(), headers=headers)
         assert r.status_code == 413, r.text
+        assert _metric(hs, "clarion_limit_hits_total", limit="body_size") == hits0 + 2
         # The key is checked before the body is read.
         r = await http.post(url, json=big)
         assert r.status_code == 401

@@ -231,6 +231,7 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
     if gw.draining:
         return await refuse(CLOSE_GOING_AWAY, "draining: reconnect", "drain")
     if len(gw.hub) >= s.max_connections:
+        gw.metrics.limit_hits.labels(limit="connections").inc()
         return await refuse(CLOSE_TRY_AGAIN, "pod full: try again later", "overload")
     try:
         ident: Identity = gw.auth.authenticate(query, headers)
@@ -293,11 +294,13 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
             if message["type"] == "websocket.disconnect":
                 if message.get("code") == CLOSE_TOO_BIG:  # the server refused an oversized frame
                     reason = "too_big"
+                    gw.metrics.limit_hits.labels(limit="frame_size").inc()
                 break
             if conn.closing:
                 continue
             if not limiter.allow():
                 gw.metrics.dropped.labels(reason="rate_limited").inc()
+                gw.metrics.limit_hits.labels(limit="frame_rate").inc()
                 conn.push(error_frame("rate_limited", "too many frames per second"), 0)
                 continue
             text = message.get("text")
@@ -332,6 +335,7 @@ async def _handle_text(gw: Gateway, conn: Connection, ident: Identity, text: str
             conn.push(error_frame("forbidden", f"not allowed to subscribe to {frame.channel!r}"), 0)
             return
         if frame.channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
+            gw.metrics.limit_hits.labels(limit="subscriptions").inc()
             conn.push(
                 error_frame(
                     "too_many_subscriptions",
@@ -409,6 +413,7 @@ async def _publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int
     too_large = error(413, "too_large", f"body over {s.max_body_bytes} bytes")
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+        gw.metrics.limit_hits.labels(limit="body_size").inc()
         return too_large
     body = bytearray()
     while True:
@@ -417,6 +422,7 @@ async def _publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int
             return error(400, "bad_body", "client went away")
         body += message.get("body", b"")
         if len(body) > s.max_body_bytes:
+            gw.metrics.limit_hits.labels(limit="body_size").inc()
             return too_large
         if not message.get("more_body", False):
             break

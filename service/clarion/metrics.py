@@ -69,6 +69,15 @@ class Metrics:
             "1 while connected to the broker and consuming this pod's queue",
             registry=r,
         )
+        self.limit_hits = Counter(
+            names.M_LIMIT_HITS,
+            "Requests refused by a limit: connections (pod full), subscriptions, "
+            "frame_size, frame_rate, body_size",
+            ["limit"],
+            registry=r,
+        )
+        for limit in ("connections", "subscriptions", "frame_size", "frame_rate", "body_size"):
+            self.limit_hits.labels(limit=limit)
         # Pre-create the label sets the dashboard queries, so they exist at 0.
         for reason in (
             "client",
