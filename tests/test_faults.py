@@ -243,11 +243,19 @@ async def test_broker_outage_loses_nothing_accepted(
         # Healthy for a moment.
         await wait_for(lambda: len([r for r in publisher.results if r.status == 202]) >= 30, 15)
 
-        # Pod B stops consuming: what is accepted now waits in its durable queue.
+        # Pod B stops consuming: what is accepted now waits in its queue. First
+        # publish through A only, and wait until no request to B is in flight
+        # (a request to a frozen pod would hang the sequential publisher).
+        publisher.pods = [pod_a]
+        n_switch = len(publisher.results)
+        await wait_for(
+            lambda: any(r.pod == pod_a.pod_name for r in publisher.results[n_switch + 1 :]),
+            15,
+            message="the publisher on pod A only",
+        )
         assert pod_b.proc is not None
         pod_b.signal(signal.SIGSTOP)
         frozen = True
-        publisher.pods = [pod_a]
         n_frozen = len(publisher.results)
         await wait_for(
             lambda: sum(r.status == 202 for r in publisher.results[n_frozen:]) >= 20,
