@@ -18,4 +18,15 @@ if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: that is a broken suite, not a pass" >&2
   exit 1
 fi
+if [ "$rc" = 1 ] && [ "${CI:-}" = "true" ]; then
+  # The suite drives real processes and a real broker on a shared 2-core
+  # machine. In CI, failed tests get one more run on their own: a failure that
+  # repeats fails the build; one that does not is reported as FLAKY above the
+  # final result, to be fixed, not hidden.
+  echo "==> pytest: re-running the failed tests once (CI); if they pass now, they are FLAKY" >&2
+  set +e
+  .venv/bin/python -m pytest --last-failed --last-failed-no-failures none "$@"
+  rc=$?
+  set -e
+fi
 exit "$rc"
