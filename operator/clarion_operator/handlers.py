@@ -62,6 +62,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     memo["kube"] = await Kube.connect()
     memo["http"] = httpx.AsyncClient(timeout=config.pod_timeout)
+    # Shared by every per-gateway memo (they are shallow copies of this one):
+    # set when the operator shuts down, so the daemons stop at once rather
+    # than tick on closed clients until kopf cancels them.
+    memo["closing"] = asyncio.Event()
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_port)
     memo["metrics"] = metrics
@@ -70,6 +74,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Close what startup opened: a restarted operator (tests) must not inherit sockets."""
+    closing = memo.get("closing")
+    if closing is not None:
+        closing.set()
     for key, closer in (("kube", "close"), ("http", "aclose"), ("metrics", "close")):
         obj = memo.get(key)
         if obj is not None:
@@ -292,6 +299,11 @@ class Autoscaler:
         self.logger.info(message)
 
 
+def _closing(memo: kopf.Memo) -> bool:
+    closing = memo.get("closing")
+    return closing is not None and closing.is_set()
+
+
 @kopf.daemon(*GATEWAY, cancellation_timeout=5.0)
 async def autoscale(
     stopped: kopf.DaemonStopped,
@@ -305,7 +317,7 @@ async def autoscale(
     """Every ``scaling.intervalSeconds`` (read afresh from the live spec): one scaling tick."""
     namespace = namespace or ""
     scaler = Autoscaler(namespace, name, memo, logger)
-    while not stopped:
+    while not stopped and not _closing(memo):
         gs = GatewaySpec.parse(body.get("spec", {}))
         try:
             index: PodIndex = kwargs["gateway_pods"]
@@ -360,7 +372,7 @@ async def sweep(
     namespace = namespace or ""
     kube: Kube = memo["kube"]
     first_seen: dict[str, float] = {}
-    while not stopped:
+    while not stopped and not _closing(memo):
         gs = GatewaySpec.parse(body.get("spec", {}))
         try:
             first_seen = await sweep_once(
