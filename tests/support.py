@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -246,3 +246,33 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def running_pods(
+    prefix: str,
+    count: int,
+    first_host: int,
+    amqp_url: str,
+    log_dir: Path,
+    args: list[str] | None = None,
+) -> Iterator[list[GatewayProcess]]:
+    """``count`` ready gateway pods on 127.0.0.<first_host>, .<first_host + 1>, ...;
+    killed on exit."""
+    pods = [
+        GatewayProcess(
+            f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
+            host=f"127.0.0.{first_host + i}",
+            amqp_url=amqp_url,
+            args=args if args is not None else ["--auth", "none"],
+            log_dir=log_dir,
+        ).start()
+        for i in range(count)
+    ]
+    try:
+        for p in pods:
+            p.wait_ready()
+        yield pods
+    finally:
+        for p in pods:
+            p.kill()

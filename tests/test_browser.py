@@ -10,30 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import CHROMIUM, CHROMIUM_ARGS, GatewayProcess, Vhost
+from .support import CHROMIUM, CHROMIUM_ARGS, GatewayProcess, Vhost, running_pods
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.browser]
 
 
 @pytest.fixture
 def two_pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    pods = [
-        GatewayProcess(
-            f"web-{i}-{uuid.uuid4().hex[:6]}",
-            host=f"127.0.0.{40 + i}",
-            amqp_url=vhost.amqp_url,
-            args=["--auth", "none"],
-            log_dir=tmp_path,
-        ).start()
-        for i in range(2)
-    ]
-    try:
-        for p in pods:
-            p.wait_ready()
+    with running_pods("web", 2, 40, vhost.amqp_url, tmp_path) as pods:
         yield pods
-    finally:
-        for p in pods:
-            p.kill()
 
 
 def test_demo_page_reconnects_and_recovers_what_it_missed(

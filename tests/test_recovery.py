@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from .support import GatewayProcess, Vhost, wait_for
+from .support import GatewayProcess, Vhost, running_pods, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,23 +23,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    procs = [
-        GatewayProcess(
-            f"rec-{i}-{uuid.uuid4().hex[:6]}",
-            host=f"127.0.0.{10 + i}",
-            amqp_url=vhost.amqp_url,
-            args=["--auth", "none"],
-            log_dir=tmp_path,
-        ).start()
-        for i in range(3)
-    ]
-    try:
-        for p in procs:
-            p.wait_ready()
+    with running_pods("rec", 3, 10, vhost.amqp_url, tmp_path) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.kill()
 
 
 class Reconnecting:

@@ -76,7 +76,7 @@ def message_to_envelope(
     ts = 0
     if message_id:
         with contextlib.suppress(ValueError):
-            ts = int(message_id.replace("-", "")[:12], 16)
+            ts = id_timestamp_ms(message_id)
     return Envelope(
         id=message_id or "",
         target=Target(kind, name),  # type: ignore[arg-type]
