@@ -1,0 +1,581 @@
+import { Backoff } from "./backoff.js";
+import { closeAction } from "./close-codes.js";
+import { Emitter } from "./emitter.js";
+import { ClarionError, isUnauthorized } from "./errors.js";
+import { tokenExpiry } from "./jwt.js";
+import { Subscription, type SubscriptionHost } from "./subscription.js";
+import type {
+  ClarionOptions,
+  ClientEvents,
+  Message,
+  State,
+  StorageLike,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./types.js";
+
+/** A client frame that waits for its answer; the server answers every frame once, in order. */
+interface Pending {
+  answer: "subscribed" | "unsubscribed" | "published" | "pong";
+  ok: (frame: ServerFrame) => void;
+  fail: (error: ClarionError) => void;
+}
+
+interface ServerFrame {
+  type?: string;
+  [key: string]: unknown;
+}
+
+/** Close codes the client itself uses when it gives up on a socket. */
+const LOST = 1006;
+/** Timers are clamped to this (setTimeout overflows past 2^31 ms). */
+const MAX_TIMER = 86_400_000;
+
+type Timer = ReturnType<typeof setTimeout>;
+
+/**
+ * A Clarion WebSocket client: one socket, reconnected by the close-code
+ * policy in `CloseCodes`, recovering missed messages with `since`.
+ *
+ *     const client = new Clarion("wss://push.example.com/ws", { getToken });
+ *     client.on("message", (m) => console.log(m.data));
+ *     client.subscribe("orders.eu").on("message", (m) => ...);
+ *     client.connect();
+ */
+export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
+  readonly url: string;
+  private readonly opts: ClarionOptions;
+  private readonly WS: WebSocketConstructor;
+  private readonly backoff: Backoff;
+  private readonly pingInterval: number;
+  private readonly timeout: number;
+  private readonly refreshMargin: number;
+  private readonly dedupeSize: number;
+  private readonly storage: StorageLike | null;
+  private readonly persistKey: string;
+
+  private _state: State = "disconnected";
+  private ws: WebSocketLike | null = null;
+  /** True once the current socket's welcome arrived. */
+  private welcomed = false;
+  /** Bumped by close() and by each new socket: async work of an older one stops. */
+  private epoch = 0;
+  private token: string | undefined;
+  /** When the token is due for a refresh (before its exp); undefined: never. */
+  private refreshAt: number | undefined;
+  /** The token the current socket was opened with. */
+  private socketToken: string | undefined;
+  private tokenPromise: Promise<string> | null = null;
+  private pending: Pending[] = [];
+  private readonly subs = new Map<string, Subscription>();
+  /** Channels subscribed at least once since connect(): their re-subscribe is a recovery. */
+  private readonly resubscribing = new WeakSet<Subscription>();
+  private readonly seen = new Set<string>();
+  /** The id of the last message received: `since` of the next connection. */
+  lastId: string | null = null;
+  /** True after the first welcome since connect(): later connections are recoveries. */
+  private hadConnection = false;
+  /** The welcome frame's pod, connection id and user. */
+  info: { pod: string; conn: string; user: string } | null = null;
+
+  private timers: { [name: string]: Timer | undefined } = {};
+  private removeGlobals: (() => void) | null = null;
+
+  constructor(url: string, options: ClarionOptions = {}) {
+    super((error, event) => {
+      if (event === "error") throw error;
+      this.emit("error", new ClarionError("callback_error", `a ${String(event)} listener threw: ${error}`, { cause: error }));
+    });
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new TypeError("clarion: no WebSocket; pass options.WebSocket (in Node: the ws package)");
+    this.url = url;
+    this.opts = options;
+    this.WS = WS;
+    if (options.token !== undefined) this.setToken(options.token);
+    this.backoff = new Backoff(options.backoff);
+    this.pingInterval = options.pingInterval ?? 25_000;
+    this.timeout = options.timeout ?? 10_000;
+    this.refreshMargin = options.refreshMargin ?? 30_000;
+    this.dedupeSize = options.dedupeSize ?? 1000;
+    const persist = options.persist;
+    this.storage =
+      persist === true
+        ? ((globalThis as { sessionStorage?: StorageLike }).sessionStorage ?? null)
+        : persist || null;
+    this.persistKey = options.persistKey ?? `clarion:${url}`;
+  }
+
+  get state(): State {
+    return this._state;
+  }
+
+  /** The subscriptions, by channel. */
+  get subscriptions(): ReadonlyMap<string, Subscription> {
+    return this.subs;
+  }
+
+  /** Starts connecting (and reconnecting, by the close-code policy) until close(). */
+  connect(): void {
+    if (this._state !== "disconnected") return;
+    this.hadConnection = false;
+    if (this.lastId === null && this.storage) {
+      try {
+        this.lastId = this.storage.getItem(this.persistKey);
+      } catch {
+        // storage can be disabled (private mode): recovery across reloads is optional
+      }
+    }
+    this.addGlobals();
+    this.setState("connecting", 0, "connect");
+    void this.open();
+  }
+
+  /** Closes the socket (1000), stops reconnecting and removes every timer and global listener. */
+  close(): void {
+    if (this._state === "disconnected") return;
+    this.stop(1000, "client closed");
+  }
+
+  /**
+   * The subscription of `channel`: the same object until its unsubscribe().
+   * It is (re-)subscribed on every connection.
+   */
+  subscribe(channel: string): Subscription {
+    if (typeof channel !== "string" || channel === "") throw new TypeError("clarion: a channel is a non-empty string");
+    let sub = this.subs.get(channel);
+    if (sub) return sub;
+    sub = new Subscription(channel, this);
+    this.subs.set(channel, sub);
+    if (this.welcomed) this.sendSubscribe(sub);
+    return sub;
+  }
+
+  /** @internal Use `subscription.unsubscribe()`. */
+  unsubscribe(sub: Subscription): void {
+    if (this.subs.get(sub.channel) !== sub) return;
+    this.subs.delete(sub.channel);
+    if (this.welcomed) this.request({ type: "unsubscribe", channel: sub.channel }, "unsubscribed", ignore, ignore);
+    sub._setState("unsubscribed", "unsubscribe");
+  }
+
+  /** Publishes to a channel (the server must allow client publishing); resolves to the message id. */
+  publish(channel: string, data: unknown): Promise<string> {
+    return new Promise((resolve, reject) => {
+      if (!this.welcomed) return reject(new ClarionError("not_connected", "not connected", { channel }));
+      this.request({ type: "publish", channel, data }, "published", (frame) => resolve(frame.id as string), reject);
+    });
+  }
+
+  // --- connection -------------------------------------------------------
+
+  private async open(): Promise<void> {
+    const epoch = ++this.epoch;
+    this.clearTimer("reconnect");
+    if (this.opts.getToken && this.tokenStale()) {
+      try {
+        await this.fetchToken();
+      } catch (error) {
+        if (epoch === this.epoch) this.tokenFailed(error);
+        return;
+      }
+      if (epoch !== this.epoch) return;
+    }
+    const sentSince = this.lastId;
+    const url = this.socketUrl();
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(url);
+    } catch (error) {
+      this.emitError(new ClarionError("bad_url", `cannot open ${this.url}: ${error}`, { cause: error }));
+      this.stop(0, "bad url");
+      return;
+    }
+    this.ws = ws;
+    this.welcomed = false;
+    this.socketToken = this.token;
+    ws.onmessage = (event) => {
+      if (this.ws === ws) this.frame(event.data, sentSince);
+    };
+    ws.onclose = (event) => {
+      if (this.ws === ws) this.lost(event.code || LOST, event.reason || "connection closed");
+    };
+    ws.onerror = () => {}; // a close event follows
+    this.setTimer("welcome", this.timeout, () => this.drop(LOST, "no welcome in time"));
+  }
+
+  private socketUrl(): string {
+    const params: string[] = [];
+    if (this.token !== undefined) params.push("token=" + encodeURIComponent(this.token));
+    else if (this.opts.user !== undefined) params.push("user=" + encodeURIComponent(this.opts.user));
+    if (this.lastId) params.push("since=" + encodeURIComponent(this.lastId));
+    if (!params.length) return this.url;
+    return this.url + (this.url.includes("?") ? "&" : "?") + params.join("&");
+  }
+
+  /** Closes the current socket from this side, then handles it as a close with `code`. */
+  private drop(code: number, reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    detach(ws);
+    try {
+      ws.close(4000, reason);
+    } catch {
+      // already closing
+    }
+    this.lost(code, reason);
+  }
+
+  /** The socket is gone: follow the close-code policy. */
+  private lost(code: number, reason: string): void {
+    const wasConnected = this.welcomed;
+    if (this.ws) detach(this.ws);
+    this.ws = null;
+    this.welcomed = false;
+    this.epoch++;
+    this.clearSocketTimers();
+    this.rejectPending(new ClarionError("disconnected", `disconnected (${code}): ${reason}`, { closeCode: code }));
+    for (const sub of this.subs.values()) sub._setState("subscribing", "reconnecting");
+    const action = closeAction(code);
+    if (action === "stop" || action === "fatal" || (action === "token" && !this.opts.getToken)) {
+      if (action !== "stop") {
+        const what = action === "token" ? "token expired and there is no getToken" : "closed by the server";
+        this.emitError(new ClarionError("closed", `${what} (${code}): ${reason}`, { closeCode: code }));
+      }
+      this.stop(code, reason);
+      return;
+    }
+    // Expired: a token refreshed while the socket was open is new enough, else get one.
+    if (action === "token" && this.token === this.socketToken) this.token = undefined;
+    this.setState("connecting", code, reason);
+    let delay: number;
+    if (action === "slow") delay = this.backoff.slow();
+    else if (action === "backoff" || !wasConnected) delay = this.backoff.next();
+    else delay = action === "soon" ? this.backoff.soon() : 0;
+    this.scheduleReconnect(delay);
+  }
+
+  private scheduleReconnect(delay: number): void {
+    this.setTimer("reconnect", delay, () => void this.open());
+  }
+
+  /** Back to disconnected: no socket, no timer, no global listener. */
+  private stop(code: number, reason: string): void {
+    this.epoch++;
+    const ws = this.ws;
+    this.ws = null;
+    this.welcomed = false;
+    if (ws) {
+      detach(ws);
+      try {
+        ws.close(1000, reason);
+      } catch {
+        // already closed
+      }
+    }
+    for (const name of Object.keys(this.timers)) this.clearTimer(name);
+    this.removeGlobals?.();
+    this.removeGlobals = null;
+    this.rejectPending(new ClarionError("disconnected", `disconnected: ${reason}`, { closeCode: code }));
+    for (const sub of this.subs.values()) sub._setState("subscribing", reason);
+    this.setState("disconnected", code, reason);
+  }
+
+  // --- frames -----------------------------------------------------------
+
+  private frame(raw: unknown, sentSince: string | null): void {
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(typeof raw === "string" ? raw : String(raw));
+    } catch {
+      return; // bare text (a "pong" to a bare "ping"): nothing the client asked for
+    }
+    if (typeof frame !== "object" || frame === null) return;
+    switch (frame.type) {
+      case "welcome":
+        return this.welcome(frame, sentSince);
+      case "message":
+        return this.message(frame as unknown as Message);
+      case "subscribed":
+      case "unsubscribed":
+      case "published":
+      case "pong":
+        return this.answer(frame);
+      case "error":
+        return this.serverError(frame);
+    }
+  }
+
+  private welcome(frame: ServerFrame, sentSince: string | null): void {
+    const ws = this.ws;
+    this.clearTimer("welcome");
+    this.welcomed = true;
+    this.backoff.reset();
+    this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
+    const recovery = this.hadConnection;
+    this.hadConnection = true;
+    this.setState("connected", 0, "welcome");
+    if (this.ws !== ws) return; // a listener closed the client
+    if (typeof frame.recovered === "boolean") {
+      const event = { recovered: frame.recovered, missed: Number(frame.missed ?? 0), since: sentSince };
+      this.emit(frame.recovered ? "recovered" : "resync", event);
+    } else if (recovery) {
+      this.emit("resync", { recovered: false, missed: 0, since: null });
+    }
+    if (this.ws !== ws) return;
+    for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    this.schedulePing();
+    this.scheduleRefresh();
+  }
+
+  private sendSubscribe(sub: Subscription): void {
+    const since = sub.lastId;
+    const recovery = this.resubscribing.has(sub);
+    this.resubscribing.add(sub);
+    this.request(
+      since ? { type: "subscribe", channel: sub.channel, since } : { type: "subscribe", channel: sub.channel },
+      "subscribed",
+      (frame) => {
+        if (this.subs.get(sub.channel) !== sub) return;
+        sub._setState("subscribed", "subscribed");
+        if (typeof frame.recovered === "boolean") {
+          sub._recovery({ recovered: frame.recovered, missed: Number(frame.missed ?? 0), since });
+        } else if (recovery) {
+          sub._recovery({ recovered: false, missed: 0, since: null });
+        }
+      },
+      (error: ClarionError) => {
+        if (error.code === "disconnected" || this.subs.get(sub.channel) !== sub) return;
+        const failed = new ClarionError(error.code, error.message, { channel: sub.channel });
+        sub._error(failed);
+        this.emitError(failed);
+        if (error.code === "forbidden" || error.code === "too_many_subscriptions") {
+          this.subs.delete(sub.channel);
+          sub._setState("unsubscribed", error.code);
+        }
+      },
+    );
+  }
+
+  private message(m: Message): void {
+    if (typeof m.id !== "string" || !m.target) return;
+    if (this.seen.has(m.id)) return;
+    this.seen.add(m.id);
+    if (this.seen.size > this.dedupeSize) this.seen.delete(this.seen.values().next().value as string);
+    const channel = (m.target as { channel?: string }).channel;
+    const sub = channel === undefined ? undefined : this.subs.get(channel);
+    if (channel !== undefined && !sub) return; // in flight when it was unsubscribed
+    this.lastId = m.id;
+    if (this.storage) {
+      try {
+        this.storage.setItem(this.persistKey, m.id);
+      } catch {
+        // full or disabled: recovery across reloads is optional
+      }
+    }
+    const message: Message = { id: m.id, target: m.target, data: m.data, ts: m.ts };
+    this.emit("message", message);
+    sub?._message(message);
+  }
+
+  private answer(frame: ServerFrame): void {
+    const i = this.pending.findIndex((p) => p.answer === frame.type);
+    if (i < 0) return;
+    const [p] = this.pending.splice(i, 1);
+    p!.ok(frame);
+  }
+
+  private serverError(frame: ServerFrame): void {
+    const error = new ClarionError(String(frame.code ?? "error"), String(frame.message ?? "error"), {
+      channel: frame.channel as string | undefined,
+    });
+    const p = this.pending.shift();
+    if (p) p.fail(error);
+    else this.emitError(error);
+  }
+
+  /** Sends a frame; `ok` or `fail` is called with its answer, or `fail` when the socket goes first. */
+  private request(frame: object, answer: Pending["answer"], ok: Pending["ok"], fail: Pending["fail"]): void {
+    if (!this.ws || !this.welcomed) return fail(new ClarionError("disconnected", "not connected"));
+    this.pending.push({ answer, ok, fail });
+    try {
+      this.ws.send(JSON.stringify(frame));
+    } catch {
+      // closing: the close event fails it
+    }
+  }
+
+  private rejectPending(error: ClarionError): void {
+    const pending = this.pending;
+    this.pending = [];
+    for (const p of pending) p.fail(error);
+  }
+
+  // --- liveness ---------------------------------------------------------
+
+  /**
+   * Pings every `pingInterval`; no pong within `timeout` drops the socket
+   * (browsers cannot see WebSocket pings, and a dead network sends no close).
+   */
+  private schedulePing(): void {
+    this.setTimer("ping", this.pingInterval, () => this.ping());
+  }
+
+  private ping(): void {
+    if (!this.welcomed || this.timers.pong !== undefined) return;
+    const epoch = this.epoch;
+    this.setTimer("pong", this.timeout, () => this.drop(LOST, "no pong in time"));
+    this.request(
+      { type: "ping" },
+      "pong",
+      () => {
+        if (epoch !== this.epoch) return;
+        this.clearTimer("pong");
+        this.schedulePing();
+      },
+      ignore,
+    );
+  }
+
+  /** Something suggests the network is back or the page woke up: check or reconnect now. */
+  private wake(): void {
+    if (this.welcomed) {
+      this.clearTimer("ping");
+      this.ping();
+    } else if (this.timers.reconnect !== undefined) {
+      void this.open();
+    }
+  }
+
+  private addGlobals(): void {
+    const g = globalThis as { window?: EventTarget; document?: EventTarget & { visibilityState?: string } };
+    const win = g.window;
+    const doc = g.document;
+    const onWake = () => this.wake();
+    const onVisible = () => {
+      if (doc?.visibilityState !== "hidden") this.wake();
+    };
+    win?.addEventListener?.("online", onWake);
+    win?.addEventListener?.("pageshow", onWake);
+    doc?.addEventListener?.("visibilitychange", onVisible);
+    this.removeGlobals = () => {
+      win?.removeEventListener?.("online", onWake);
+      win?.removeEventListener?.("pageshow", onWake);
+      doc?.removeEventListener?.("visibilitychange", onVisible);
+    };
+    this.startClock();
+  }
+
+  /**
+   * A wall-clock check: this timer firing far later than planned means the
+   * page's timers were throttled or the machine slept, and the socket may be
+   * dead without a close event: ping now, or reconnect now.
+   */
+  private startClock(): void {
+    const planned = Date.now() + this.pingInterval;
+    this.setTimer("clock", this.pingInterval, () => {
+      this.startClock();
+      if (Date.now() - planned > this.pingInterval) this.wake();
+    });
+  }
+
+  // --- tokens -----------------------------------------------------------
+
+  /**
+   * Keeps a token and when to refresh it: `refreshMargin` before `exp`, or
+   * half-way for a token that lives shorter than twice the margin (so a
+   * short-lived token cannot make the client call getToken in a loop).
+   */
+  private setToken(token: string): void {
+    this.token = token;
+    const exp = tokenExpiry(token);
+    const now = Date.now();
+    this.refreshAt = exp === undefined ? undefined : now + Math.max((exp - now) / 2, exp - now - this.refreshMargin);
+  }
+
+  private tokenStale(): boolean {
+    return this.token === undefined || (this.refreshAt !== undefined && Date.now() >= this.refreshAt);
+  }
+
+  /** getToken(), one call at a time: concurrent callers share it. */
+  private fetchToken(): Promise<string> {
+    this.tokenPromise ??= (async () => {
+      try {
+        await undefined; // so that a getToken() that throws at once still clears tokenPromise after it was set
+        const token = await this.opts.getToken!();
+        if (isUnauthorized(token)) throw token;
+        if (typeof token !== "string" || token === "") throw new ClarionError("token", "getToken() returned no token");
+        this.setToken(token);
+        return token;
+      } finally {
+        this.tokenPromise = null;
+      }
+    })();
+    return this.tokenPromise;
+  }
+
+  private tokenFailed(error: unknown): void {
+    if (isUnauthorized(error)) {
+      this.emitError(new ClarionError("unauthorized", `getToken(): ${(error as Error).message ?? error}`, { cause: error }));
+      this.stop(0, "unauthorized");
+      return;
+    }
+    this.emitError(new ClarionError("token", `getToken() failed: ${error}`, { cause: error }));
+    this.scheduleReconnect(this.backoff.next());
+  }
+
+  /** Refreshes the token `refreshMargin` before its `exp`, so a reconnect does not wait for it. */
+  private scheduleRefresh(): void {
+    if (!this.opts.getToken || this.refreshAt === undefined) return;
+    const delay = Math.min(MAX_TIMER, Math.max(0, this.refreshAt - Date.now()));
+    this.setTimer("refresh", delay, () => {
+      if (!this.tokenStale()) return this.scheduleRefresh();
+      const epoch = this.epoch;
+      this.fetchToken().then(
+        () => {
+          if (epoch === this.epoch) this.scheduleRefresh();
+        },
+        (error) => {
+          if (isUnauthorized(error)) this.tokenFailed(error);
+          else this.emitError(new ClarionError("token", `getToken() failed: ${error}`, { cause: error }));
+        },
+      );
+    });
+  }
+
+  // --- helpers ----------------------------------------------------------
+
+  private setState(state: State, code: number, reason: string): void {
+    if (state === this._state) return;
+    const previous = this._state;
+    this._state = state;
+    this.emit("state", { state, previous, code, reason });
+  }
+
+  private emitError(error: ClarionError): void {
+    this.emit("error", error);
+  }
+
+  private setTimer(name: string, delay: number, fn: () => void): void {
+    this.clearTimer(name);
+    this.timers[name] = setTimeout(() => {
+      this.timers[name] = undefined;
+      fn();
+    }, delay);
+  }
+
+  private clearTimer(name: string): void {
+    const t = this.timers[name];
+    if (t !== undefined) clearTimeout(t);
+    this.timers[name] = undefined;
+  }
+
+  private clearSocketTimers(): void {
+    for (const name of ["welcome", "ping", "pong", "refresh", "reconnect"]) this.clearTimer(name);
+  }
+}
+
+function ignore(): void {}
+
+function detach(ws: WebSocketLike): void {
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+}
