@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"S1 variant: {label}", flush=True)
                 bench.s1_broadcast(label, [400], deliveries, paced=False)
         if "s2" in only:
-            s2_variants = ["clarion[transient]"] if "variants" in only else []
-            for label in ("clarion", *ab, *s2_variants, "sio"):
+            for label in ("clarion", *ab, "sio"):
                 print(f"S2 targeted, 500/s through HTTP: {label}", flush=True)
                 bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 4.0)
         if "s3" in only:

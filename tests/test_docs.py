@@ -1,4 +1,4 @@
-"""The README's configuration table matches the command line, flag for flag."""
+"""The README says what the code does: its configuration table, its two commands."""
 
 from __future__ import annotations
 
@@ -6,36 +6,29 @@ import argparse
 import re
 from pathlib import Path
 
+from clarion import config
 from clarion.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def _serve_flags() -> dict[str, str]:
+def test_the_readme_configuration_table_is_the_declared_settings() -> None:
+    """Every setting is declared once (config.py); the README shows those declarations."""
+    table = config.markdown_table()
+    assert table in README.read_text(), (
+        "README's configuration table differs from the declarations; regenerate it with\n"
+        "python -c 'from clarion import config; print(config.markdown_table())'"
+    )
+
+
+def test_every_declared_setting_is_a_serve_flag_and_reads_its_env_var() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     serve = sub.choices["serve"]
-    flags = {}
-    for action in serve._actions:
-        if action.option_strings and action.dest != "help":
-            flag = action.option_strings[0]
-            env = "CLARION_" + (
-                "API_KEYS" if flag == "--api-key" else flag[2:].upper().replace("-", "_")
-            )
-            flags[flag] = env
-    return flags
-
-
-def test_every_serve_flag_and_env_var_is_in_the_readme_table() -> None:
-    text = README.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| `--")]
-    documented = {re.match(r"\| `(--[a-z-]+)`", row).group(1): row for row in rows}  # type: ignore[union-attr]
-    flags = _serve_flags()
-    assert set(flags) == set(documented), (
-        f"missing: {set(flags) - set(documented)}, stale: {set(documented) - set(flags)}"
-    )
-    for flag, env in flags.items():
-        assert f"`{env}`" in documented[flag], f"{flag}: env var {env} not in its row"
+    flags = {a.option_strings[0]: a for a in serve._actions if a.option_strings}
+    for opt in config.options():
+        assert opt.flag in flags, opt.flag
+        assert opt.env in flags[opt.flag].help, (opt.flag, opt.env)
 
 
 def test_readme_starts_with_the_two_commands() -> None:

@@ -1,27 +1,60 @@
-"""The hub's fan-out never waits for a client; a slow one is cut off and counted."""
+"""The hub's fan-out never waits for a client; a slow one is cut off and counted.
+
+The writer is driven through a fake of the transport seam (transport.py); that
+the real uvicorn fast path is engaged is tested against a real server in
+test_fast_path.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from clarion import disconnects
 from clarion.broker import MemoryBroker, MemoryExchange
-from clarion.hub import CLOSE_TRY_AGAIN, Connection, Hub
+from clarion.frames import control, text_frame
+from clarion.hub import Connection, ConnectionState, Hub
 from clarion.metrics import Metrics
 from clarion.protocol import Envelope, Target
+from clarion.writer import SocketWriter
 
 
-class FakeSocket:
-    """An ASGI send that records frames; ``stalled`` makes every send hang."""
+class FakeTransport:
+    """The transport seam: sends complete at once while the gate is open, else they wait."""
 
-    def __init__(self, stalled: bool = False) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.stalled = stalled
+    def __init__(self, *, frames: bool = False, stalled: bool = False) -> None:
+        self.texts: list[str] = []
+        self.writes: list[bytes] = []
+        self.closes: list[tuple[int, str]] = []
+        self.frames = frames
+        self.gate = asyncio.Event()
+        if not stalled:
+            self.gate.set()
 
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if self.stalled and message["type"] == "websocket.send":
-            await asyncio.Event().wait()
-        self.sent.append(message)
+    def can_write_frames(self) -> bool:
+        return self.frames and self.gate.is_set()
+
+    def write_frames(self, data: bytes, count: int) -> None:
+        self.writes.append(data)
+
+    def send_now(self, text: str) -> Any:
+        if self.gate.is_set():
+            self.texts.append(text)
+            return None
+        return self.send(text)
+
+    async def send(self, text: str) -> None:
+        await self.gate.wait()
+        self.texts.append(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+
+
+def connection(
+    conn_id: str, user: str, transport: FakeTransport, metrics: Metrics, **limits: int
+) -> Connection:
+    return Connection(conn_id, user, SocketWriter(transport, metrics, **limits))
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -32,33 +65,34 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_slow_client_is_closed_1013_and_others_keep_receiving() -> None:
     metrics = Metrics()
     hub = Hub(metrics, "p")
-    slow_sock, fast_sock = FakeSocket(stalled=True), FakeSocket()
-    slow = Connection("c1", "u", slow_sock, metrics, max_buffer_messages=5)
-    fast = Connection("c2", "u", fast_sock, metrics, max_buffer_messages=5)
+    slow_t, fast_t = FakeTransport(stalled=True), FakeTransport()
+    slow = connection("c1", "u", slow_t, metrics, max_messages=5)
+    fast = connection("c2", "u", fast_t, metrics, max_messages=5)
     for c in (slow, fast):
         hub.add(c)
 
     for i in range(20):
         hub.deliver(Envelope.create(Target("broadcast"), i))
         await asyncio.sleep(0)  # let writers run, as the event loop would
-    await asyncio.sleep(0.01)
-    assert slow.closing and slow.close_code == CLOSE_TRY_AGAIN
-    closes = [m for m in slow_sock.sent if m["type"] == "websocket.close"]
-    assert closes and closes[0]["code"] == 1013
-    assert len([m for m in fast_sock.sent if m["type"] == "websocket.send"]) == 20
+    await wait_until(lambda: slow_t.closes)
+    assert slow.state is ConnectionState.CLOSED and slow.disconnect is disconnects.SLOW_CLIENT
+    assert slow_t.closes == [(1013, disconnects.SLOW_CLIENT.reason)]
+    assert len(fast_t.texts) == 20
     assert sample(metrics, "clarion_messages_dropped_total", reason="slow_client") >= 1
+    assert sample(metrics, "clarion_connections_closed_total", reason="slow_client") == 1
+    assert slow.id not in hub.connections  # it stops counting at once
     await slow.stop()
     await fast.stop()
 
 
 async def test_byte_bound_also_cuts_off() -> None:
     metrics = Metrics()
-    conn = Connection("c", "u", FakeSocket(stalled=True), metrics, max_buffer_bytes=100)
+    conn = connection("c", "u", FakeTransport(stalled=True), metrics, max_bytes=100)
 
-    assert conn.push("x" * 60, 60)
+    assert conn.send(control("x" * 60))
     await asyncio.sleep(0)
-    assert conn.push("y" * 60, 60)  # the first is in flight, this one is buffered
-    assert not conn.push("z" * 60, 60)  # 120 bytes buffered > 100
+    assert conn.send(control("y" * 60))  # the first is in flight, this one is buffered
+    assert not conn.send(control("z" * 60))  # 120 bytes buffered > 100
     assert conn.closing
     await conn.stop()
 
@@ -66,11 +100,11 @@ async def test_byte_bound_also_cuts_off() -> None:
 async def test_deliver_targets_only_matching_sockets() -> None:
     metrics = Metrics()
     hub = Hub(metrics, "p")
-    socks = {name: FakeSocket() for name in ("u1a", "u1b", "u2")}
+    ts = {name: FakeTransport() for name in ("u1a", "u1b", "u2")}
     conns = {
-        "u1a": Connection("1", "u1", socks["u1a"], metrics),
-        "u1b": Connection("2", "u1", socks["u1b"], metrics),
-        "u2": Connection("3", "u2", socks["u2"], metrics),
+        "u1a": connection("1", "u1", ts["u1a"], metrics),
+        "u1b": connection("2", "u1", ts["u1b"], metrics),
+        "u2": connection("3", "u2", ts["u2"], metrics),
     }
     for c in conns.values():
         hub.add(c)
@@ -80,21 +114,38 @@ async def test_deliver_targets_only_matching_sockets() -> None:
     assert hub.deliver(Envelope.create(Target("channel", "news"), "b")) == 1
     assert hub.deliver(Envelope.create(Target("channel", "nobody"), "c")) == 0
     await asyncio.sleep(0.01)
-    assert [len(s.sent) for s in socks.values()] == [1, 1, 1]
-    hub.remove(conns["u2"], "client")
+    assert [len(t.texts) for t in ts.values()] == [1, 1, 1]
+    hub.remove(conns["u2"])
     assert sample(metrics, "clarion_subscriptions") == 0
     for c in conns.values():
         await c.stop()
 
 
+class Collect:
+    """A broker listener that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[Envelope] = []
+
+    def on_message(self, env: Envelope) -> object:
+        self.got.append(env)
+        return None
+
+    def on_state(self, up: bool) -> None:
+        pass
+
+    def on_gap(self) -> None:
+        pass
+
+
 async def test_memory_broker_replay_since() -> None:
     exchange = MemoryExchange()
-    got: list[Envelope] = []
+    listener = Collect()
     broker = MemoryBroker(exchange, "p")
-    await broker.start(got.append)
+    await broker.start(listener)
     envs = [Envelope.create(Target("user", "u" if i % 2 else "v"), i) for i in range(6)]
     await broker.publish(envs)
-    assert len(got) == 6
+    assert len(listener.got) == 6
     replay = await broker.replay(envs[1].id, lambda e: e.target.name == "u")
     assert replay.complete
     assert [e.id for e in replay.messages] == [envs[3].id, envs[5].id]
@@ -103,56 +154,43 @@ async def test_memory_broker_replay_since() -> None:
 
 
 async def test_a_redelivered_message_is_not_pushed_twice() -> None:
-    import dataclasses
-
     metrics = Metrics()
     hub = Hub(metrics, "p")
-    sock = FakeSocket()
-    conn = Connection("1", "u", sock, metrics)
+    t = FakeTransport()
+    conn = connection("1", "u", t, metrics)
     hub.add(conn)
 
     env = Envelope.create(Target("user", "u"), "once")
     assert hub.deliver(env) == 1
-    assert hub.deliver(dataclasses.replace(env, redelivered=True)) == 0
-    other = Envelope.create(Target("user", "u"), "first time, but redelivered")
-    assert hub.deliver(dataclasses.replace(other, redelivered=True)) == 1
+    assert hub.deliver(env) == 0  # the broker delivered it again
+    assert hub.deliver(Envelope.create(Target("user", "u"), "another")) == 1
     await asyncio.sleep(0.01)
-    assert len(sock.sent) == 2
+    assert len(t.texts) == 2
     assert sample(metrics, "clarion_messages_dropped_total", reason="duplicate") == 1
     await conn.stop()
 
 
-class GatedSocket:
-    """A send that waits while the gate is closed, like a transport paused by a slow reader."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.texts: list[str] = []
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        await self.gate.wait()
-        if message["type"] == "websocket.send":
-            self.texts.append(message["text"])
-
-
 async def test_a_send_that_waits_hands_over_to_a_writer_and_keeps_order() -> None:
     metrics = Metrics()
-    sock = GatedSocket()
-    conn = Connection("c", "u", sock, metrics, max_buffer_messages=100)
-    assert conn.push("0", 1, 1)  # writable: sent at once, no task
-    assert sock.texts == ["0"] and conn._writer is None
-    sock.gate.clear()  # the client stops reading
-    for i in range(1, 6):
-        assert conn.push(str(i), 1, 1)
-    assert conn._writer is not None  # the first waiting send started a writer
+    hub = Hub(metrics, "p")
+    t = FakeTransport()
+    conn = connection("c", "u", t, metrics, max_messages=100)
+    hub.add(conn)
+    envs = [Envelope.create(Target("user", "u"), i) for i in range(7)]
+    assert hub.deliver(envs[0]) == 1  # writable: sent at once, no task
+    assert t.texts == [envs[0].body.decode()] and conn.writer.backlog == 0
+    t.gate.clear()  # the client stops reading
+    for env in envs[1:6]:
+        assert hub.deliver(env) == 1
     await asyncio.sleep(0.01)
-    assert sock.texts == ["0"]
-    sock.gate.set()  # the client catches up
-    await wait_until(lambda: sock.texts == ["0", "1", "2", "3", "4", "5"])
-    await wait_until(lambda: conn._writer is None)  # back to sending without a task
-    assert conn.push("6", 1, 1) and sock.texts[-1] == "6"
+    assert len(t.texts) == 1 and conn.writer.backlog == 4  # one in flight, four waiting
+    t.gate.set()  # the client catches up
+    await wait_until(lambda: len(t.texts) == 6)
+    assert t.texts == [e.body.decode() for e in envs[:6]]
+    await wait_until(lambda: conn.writer._task is None)  # back to sending without a task
+    assert hub.deliver(envs[6]) == 1 and t.texts[-1] == envs[6].body.decode()
     assert sample(metrics, "clarion_messages_delivered_total") == 7
+    await conn.stop()
 
 
 async def wait_until(pred: Any, timeout: float = 2.0) -> None:
@@ -166,8 +204,6 @@ async def wait_until(pred: Any, timeout: float = 2.0) -> None:
 def test_prebuilt_text_frame_matches_the_websockets_library() -> None:
     from websockets.frames import Frame, Opcode
 
-    from clarion.hub import text_frame
-
     for size in (0, 1, 125, 126, 65535, 65536, 200_000):
         payload = ("é" * size).encode()[:size]
         assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(
@@ -175,54 +211,61 @@ def test_prebuilt_text_frame_matches_the_websockets_library() -> None:
         )
 
 
-class FakeRaw:
-    """Stands in for uvicorn's sans-I/O protocol: what the fast path looks at."""
-
-    def __init__(self) -> None:
-        from websockets.protocol import State
-
-        self.writes: list[bytes] = []
-        self.transport = self
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.close_sent = False
-        self.disconnected = False
-        self.handshake_complete = True
-        self.conn = type("Conn", (), {"state": State.OPEN})()
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-
 async def test_fast_path_joins_one_iterations_frames_into_one_write_per_socket() -> None:
-    from clarion.hub import text_frame
-
     metrics = Metrics()
     hub = Hub(metrics, "p")
-    raws = [FakeRaw(), FakeRaw()]
-    conns = [Connection(str(i), "u", FakeSocket(), metrics, raw=raw) for i, raw in enumerate(raws)]
+    ts = [FakeTransport(frames=True), FakeTransport(frames=True)]
+    conns = [connection(str(i), "u", t, metrics) for i, t in enumerate(ts)]
     for c in conns:
         hub.add(c)
     envs = [Envelope.create(Target("broadcast"), i) for i in range(3)]
     for env in envs:
         assert hub.deliver(env) == 2
-    assert raws[0].writes == []  # gathered until the end of this loop iteration
+    assert ts[0].writes == []  # gathered until the end of this loop iteration
     await asyncio.sleep(0)
     expected = b"".join(text_frame(e.body) for e in envs)
-    assert [r.writes for r in raws] == [[expected], [expected]]
+    assert [t.writes for t in ts] == [[expected], [expected]]
     assert sample(metrics, "clarion_messages_delivered_total") == 6
 
 
 async def test_a_frame_sent_the_ordinary_way_waits_for_gathered_frames() -> None:
-    from clarion.hub import text_frame
-
     metrics = Metrics()
     hub = Hub(metrics, "p")
-    raw, sock = FakeRaw(), FakeSocket()
-    conn = Connection("1", "u", sock, metrics, raw=raw)
+    t = FakeTransport(frames=True)
+    conn = connection("1", "u", t, metrics)
     hub.add(conn)
     env = Envelope.create(Target("user", "u"), "first")
     hub.deliver(env)
-    conn.push('{"type":"pong"}', 0)  # e.g. a reply to the client's ping
-    assert raw.writes == [text_frame(env.body)]  # flushed before the pong went out
-    assert [m["text"] for m in sock.sent] == ['{"type":"pong"}']
+    conn.send(control('{"type":"pong"}'))  # e.g. a reply to the client's ping
+    assert t.writes == [text_frame(env.body)]  # flushed before the pong went out
+    assert t.texts == ['{"type":"pong"}']
+
+
+async def test_live_messages_wait_behind_a_replay_and_are_not_sent_twice() -> None:
+    from clarion.session import replay_frames
+
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    t = FakeTransport()
+    conn = connection("1", "u", t, metrics)
+    hub.add(conn)
+    old, both, live = (Envelope.create(Target("user", "u"), i) for i in range(3))
+    conn.hold()
+    assert conn.state is ConnectionState.RECOVERING
+    hub.deliver(both)
+    hub.deliver(live)
+    assert t.texts == []  # held while the replay is read
+    conn.release(replay_frames([old, both]))
+    assert conn.state is ConnectionState.LIVE
+    assert t.texts == [e.body.decode() for e in (old, both, live)]
+
+
+def test_every_disconnect_label_exists_at_zero() -> None:
+    metrics = Metrics()
+    for d in disconnects.ALL:
+        assert (
+            metrics.registry.get_sample_value(
+                "clarion_connections_closed_total", {"reason": d.label}
+            )
+            == 0
+        ), d

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
-import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -149,7 +148,3 @@ def token_ok(headers: Mapping[str, str], token: str | None) -> bool:
         return False
     given = bearer(headers)
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
-
-
-def load_json(path: str) -> Any:
-    return json.loads(Path(path).read_text())

@@ -1,52 +1,186 @@
-"""Settings of one gateway pod.
+"""Every setting of a gateway pod, declared once.
 
-Every field is a ``clarion serve`` flag and a ``CLARION_<FLAG>`` environment
-variable (see cli.py); the defaults here are the documented ones.
+Each field of ``Settings`` carries its flag, its ``CLARION_*`` environment
+variable, its type (the parser), its default and its help. The command line
+(``cli.py``), the environment reading, the README's configuration table and the
+operator's pod environment are all generated from these declarations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from . import envvars
+
+ENV_PREFIX = "CLARION_"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting appears outside the code."""
+
+    name: str  # the field name
+    help: str
+    parse: Callable[[str], Any]
+    #: Shown in the docs' default column when the default is computed.
+    doc_default: str | None = None
+    #: The default under ``clarion dev`` when it differs (None: the same).
+    dev_default: Any = None
+    #: ``clarion dev`` sets this itself; it has no dev flag.
+    serve_only: bool = False
+    #: A repeatable flag instead of a comma-separated one (``--api-key K1 --api-key K2``).
+    repeat_flag: str | None = None
+    #: Secret values: never logged, never shown as a default.
+    secret: bool = False
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.repeat_flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return envvars.env_name(ENV_PREFIX, self.name)
+
+    @property
+    def is_bool(self) -> bool:
+        return self.parse is envvars.parse_bool
+
+
+def _choice(*values: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        v = raw.strip().lower()
+        if v not in values:
+            raise ValueError(f"must be one of {', '.join(values)}, not {raw!r}")
+        return v
+
+    parse.choices = values  # type: ignore[attr-defined]
+    return parse
+
+
+def _optional(raw: str) -> str | None:
+    return raw or None
+
+
+def setting(default: Any, help: str, parse: Callable[[str], Any] = str, **kw: Any) -> Any:
+    """A ``Settings`` field with its outside appearance (see ``Option``)."""
+    meta = {"parse": parse, "help": help, **kw}
+    if getattr(parse, "choices", None):
+        meta["choices"] = parse.choices  # type: ignore[attr-defined]
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"clarion": meta})
+    if callable(default):
+        return field(default_factory=default, metadata={"clarion": meta})
+    return field(default=default, metadata={"clarion": meta})
 
 
 @dataclass
 class Settings:
-    pod_name: str = field(default_factory=socket.gethostname)
-    amqp_url: str | None = None
-    exchange: str = "clarion.fanout"
-    queue_prefix: str = "clarion.pod."
-    # Auth: "none" (clients name themselves with ?user=) or "jwt".
-    auth: str = "jwt"
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None  # path of a PEM file (RS256)
-    jwks_file: str | None = None  # path of a JWKS JSON file (RS256)
-    jwt_audience: str | None = None
-    api_keys: list[str] = field(default_factory=list)
-    admin_token: str | None = None
-    allow_client_publish: bool = False
-    allowed_origins: list[str] = field(default_factory=list)  # empty: any origin
-    # Limits.
-    max_connections: int = 20_000
-    max_subscriptions: int = 100
-    max_frame_bytes: int = 1024 * 1024
-    max_body_bytes: int = 1024 * 1024
-    max_frames_per_second: float = 50.0
-    send_buffer_messages: int = 1000
-    send_buffer_bytes: int = 4 * 1024 * 1024
-    # Broker queue bounds.
-    queue_max_length: int = 100_000
-    queue_message_ttl_ms: int = 300_000
-    queue_expires_ms: int = 1_800_000
-    history_max_age: str = "1h"
-    history_max_bytes: int = 512 * 1024 * 1024
-    # Drain on SIGTERM.
-    drain_delay: float = 5.0
-    drain_window: float = 10.0
-    # Serve the demo page at "/".
-    demo: bool = True
-    # Per-message deflate: browsers offer it; it costs memory and CPU per socket.
-    compression: bool = False
+    host: str = setting("0.0.0.0", "address to listen on", dev_default="127.0.0.1")
+    port: int = setting(8080, "port (`dev`: the first of `--pods` consecutive ports)", int)
+    pod_name: str = setting(
+        socket.gethostname,
+        "this pod's name; its queue is `clarion.pod.<name>`",
+        doc_default="the hostname",
+        serve_only=True,
+    )
+    amqp_url: str | None = setting(
+        None,
+        "RabbitMQ URL, `amqp://user:pass@host:5672/vhost`",
+        _optional,
+        doc_default="none: embedded broker",
+        secret=True,
+    )
+    exchange: str = setting("clarion.fanout", "the fanout exchange")
+    queue_prefix: str = setting("clarion.pod.", "prefix of the pod's queue")
+    auth: str = setting(
+        "jwt",
+        "`jwt`, or `none` (clients name themselves with `?user=`; development only, "
+        "logs a warning)",
+        _choice("jwt", "none"),
+        dev_default="none",
+        serve_only=True,
+    )
+    jwt_secret: str | None = setting(
+        None, "HS256 secret for client tokens", _optional, doc_default="—", secret=True
+    )
+    jwt_public_key: str | None = setting(
+        None, "PEM file with the RS256 public key", _optional, doc_default="—"
+    )
+    jwks_file: str | None = setting(
+        None, "JWKS JSON file with RS256 keys (picked by `kid`)", _optional, doc_default="—"
+    )
+    jwt_audience: str | None = setting(None, "required `aud` claim", _optional, doc_default="—")
+    api_keys: list[str] = setting(
+        [],
+        "keys for `POST /api/publish`; several at once for rotation",
+        envvars.parse_list,
+        doc_default="none: the API is open",
+        repeat_flag="--api-key",
+        secret=True,
+    )
+    admin_token: str | None = setting(
+        None,
+        "token for `POST /admin/shed`",
+        _optional,
+        doc_default="none: endpoint off",
+        secret=True,
+    )
+    allow_client_publish: bool = setting(
+        False,
+        "let clients publish (publish frames, bare text)",
+        envvars.parse_bool,
+        dev_default=True,
+        serve_only=True,
+    )
+    allowed_origins: list[str] = setting(
+        [],
+        "comma-separated `Origin` allowlist for browsers",
+        envvars.parse_list,
+        doc_default="any",
+    )
+    max_connections: int = setting(20_000, "sockets per pod; beyond it new sockets close 1013", int)
+    max_subscriptions: int = setting(100, "channel subscriptions per socket", int)
+    max_frame_bytes: int = setting(1024 * 1024, "largest client frame; larger closes 1009", int)
+    max_body_bytes: int = setting(1024 * 1024, "largest publish body; larger is 413", int)
+    max_frames_per_second: float = setting(
+        50.0, "client frames per second per socket (bursts of twice that)", float
+    )
+    send_buffer_messages: int = setting(1000, "per-socket send buffer; overflow closes 1013", int)
+    send_buffer_bytes: int = setting(4 * 1024 * 1024, "per-socket send buffer in bytes", int)
+    queue_max_length: int = setting(
+        100_000, "pod queue bound (`x-max-length`, oldest dropped)", int
+    )
+    queue_message_ttl_ms: int = setting(300_000, "pod queue message TTL (`x-message-ttl`)", int)
+    queue_expires_ms: int = setting(
+        1_800_000,
+        "unused pod queue expiry (`x-expires`), a safety net behind the operator",
+        int,
+    )
+    history_max_age: str = setting(
+        "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"
+    )
+    history_max_bytes: int = setting(512 * 1024 * 1024, "size bound of the history stream", int)
+    drain_delay: float = setting(
+        5.0,
+        "seconds between SIGTERM (readiness 503 at once) and the first close",
+        float,
+        dev_default=0.0,
+    )
+    drain_window: float = setting(10.0, "seconds over which sockets are closed with 1001", float)
+    compression: bool = setting(
+        False, "per-message deflate (see [performance](docs/performance.md))", envvars.parse_bool
+    )
+    demo: bool = setting(True, "serve the demo page at `/`", envvars.parse_bool)
+    log_level: str = setting(
+        "info",
+        "`debug`, `info`, `warning`, `error`",
+        _choice("debug", "info", "warning", "error"),
+    )
 
     def validate(self) -> None:
         if not self.pod_name:
@@ -70,3 +204,62 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.drain_delay < 0 or self.drain_window < 0:
             raise ValueError("--drain-delay and --drain-window must be >= 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, dev: bool = False, **given: Any) -> Settings:
+        """Settings from ``CLARION_*`` variables; ``given`` (flags) win over them."""
+        values: dict[str, Any] = {}
+        for opt, f in _declared():
+            if opt.name in given:
+                values[opt.name] = given[opt.name]
+                continue
+            default = default_of(f, dev=dev)
+            values[opt.name] = envvars.read(environ, opt.env, opt.parse, default)
+        return cls(**values)
+
+
+def _declared() -> Iterator[tuple[Option, dataclasses.Field[Any]]]:
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata.get("clarion")
+        if meta is not None:
+            yield Option(name=f.name, **meta), f
+
+
+def options() -> list[Option]:
+    """Every declared setting, in declaration order."""
+    return [opt for opt, _ in _declared()]
+
+
+def option(name: str) -> Option:
+    for opt in options():
+        if opt.name == name:
+            return opt
+    raise KeyError(name)
+
+
+def default_of(f: dataclasses.Field[Any] | str, *, dev: bool = False) -> Any:
+    if isinstance(f, str):
+        f = next(x for x in dataclasses.fields(Settings) if x.name == f)
+    meta = f.metadata["clarion"]
+    if dev and meta.get("dev_default") is not None:
+        return meta["dev_default"]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def markdown_table() -> str:
+    """The README's configuration table, as the declarations say it."""
+    rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for opt, f in _declared():
+        flag = f"`{opt.flag}`" + (" (repeatable)" if opt.repeat_flag else "")
+        env = f"`{opt.env}`" + (" (comma-separated)" if opt.repeat_flag else "")
+        if opt.doc_default is not None:
+            default = opt.doc_default
+        else:
+            default = f"`{envvars.describe(default_of(f))}`"
+        dev = opt.dev_default
+        if dev is not None:
+            default += f" (`dev`: `{envvars.describe(dev)}`)"
+        rows.append(f"| {flag} | {env} | {default} | {opt.help} |")
+    return "\n".join(rows)

@@ -6,9 +6,14 @@ several pods in one process and each ``/metrics`` shows only its own numbers.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
-from . import names
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import disconnects, names
+from .transport import WriteCounts
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -78,20 +83,33 @@ class Metrics:
         )
         for limit in ("connections", "subscriptions", "frame_size", "frame_rate", "body_size"):
             self.limit_hits.labels(limit=limit)
+        #: Socket writes per transport path (transport.py), counted as plain ints.
+        self.writes = WriteCounts()
+        r.register(_WritesCollector(self.writes))
         # Pre-create the label sets the dashboard queries, so they exist at 0.
-        for reason in (
-            "client",
-            "slow_client",
-            "drain",
-            "shed",
-            "error",
-            "policy",
-            "too_big",
-            "outage",
-        ):
+        for reason in disconnects.LABELS:
             self.closed.labels(reason=reason)
         for reason in ("slow_client", "rate_limited", "duplicate"):
             self.dropped.labels(reason=reason)
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):
                 self.published.labels(source=source, target=target)
+
+
+class _WritesCollector(Collector):
+    """``clarion_socket_writes_total{path}``: read at scrape time, free on the hot path."""
+
+    def __init__(self, counts: WriteCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            names.M_SOCKET_WRITES,
+            "Frames written to sockets, by path: frame (pre-built, uvicorn fast path), "
+            "direct (ASGI send completed at once) or asgi (awaited)",
+            labels=["path"],
+        )
+        family.add_metric(["frame"], self.counts.frame)
+        family.add_metric(["direct"], self.counts.direct)
+        family.add_metric(["asgi"], self.counts.asgi)
+        yield family

@@ -39,8 +39,10 @@ M_DELIVERED = "clarion_messages_delivered"
 M_DROPPED = "clarion_messages_dropped"
 M_DELIVERY_LATENCY = "clarion_delivery_latency_seconds"
 M_BROKER_CONNECTED = "clarion_broker_connected"
-#: Beyond DESIGN.md's list: how often each limit refused something.
+#: How often each limit refused something.
 M_LIMIT_HITS = "clarion_limit_hits"
+#: Frames written to sockets, by transport path (fast or asgi).
+M_SOCKET_WRITES = "clarion_socket_writes"
 
 # Operator metrics.
 M_OP_DESIRED = "clarion_operator_desired_replicas"

@@ -84,11 +84,9 @@ class Envelope:
     target: Target
     ts: int
     body: bytes
-    #: The broker delivered it before (e.g. its ack was lost in a connection blip).
-    redelivered: bool = False
 
     @classmethod
-    def create(cls, target: Target, data: Any, source: str = "api") -> Envelope:
+    def create(cls, target: Target, data: Any) -> Envelope:
         ts = int(time.time() * 1000)
         mid = new_message_id(ts)
         frame = {"type": "message", "id": mid, "target": target.as_json(), "data": data, "ts": ts}

@@ -13,11 +13,11 @@ import gc
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import uvicorn
 
-from .app import Gateway, create_app
+from .app import create_app
+from .gateway import Gateway
 
 log = logging.getLogger("clarion.server")
 
@@ -28,24 +28,18 @@ class _Server(uvicorn.Server):
         yield  # signals are handled by run_pods
 
 
-@dataclass
-class PodSpec:
-    gateway: Gateway
-    host: str
-    port: int
-
-
-def _config(spec: PodSpec, log_level: str) -> uvicorn.Config:
-    s = spec.gateway.settings
+def uvicorn_config(gateway: Gateway) -> uvicorn.Config:
+    """Clarion's uvicorn settings for one pod (the benchmark and the tests use them too)."""
+    s = gateway.settings
     return uvicorn.Config(
-        create_app(spec.gateway),
-        host=spec.host,
-        port=spec.port,
-        log_level=log_level,
+        create_app(gateway),
+        host=s.host,
+        port=s.port,
+        log_level=s.log_level,
         access_log=False,
         # The sans-I/O websockets implementation: about 8 KiB less per socket than
         # the legacy one, and its send completes without suspending while the
-        # transport is writable, which Connection relies on (docs/performance.md).
+        # transport is writable, which transport.py relies on (docs/performance.md).
         ws="websockets-sansio",
         ws_max_size=s.max_frame_bytes,
         ws_per_message_deflate=s.compression,
@@ -57,15 +51,15 @@ def _config(spec: PodSpec, log_level: str) -> uvicorn.Config:
     )
 
 
-async def run_pods(specs: list[PodSpec], log_level: str = "info") -> None:
-    servers = [_Server(_config(spec, log_level)) for spec in specs]
+async def run_pods(gateways: list[Gateway]) -> None:
+    servers = [_Server(uvicorn_config(gw)) for gw in gateways]
     loop = asyncio.get_running_loop()
     stopping = False
     tasks: list[asyncio.Task[None]] = []
 
     async def shutdown(drain: bool) -> None:
         if drain:
-            await asyncio.gather(*(spec.gateway.drain() for spec in specs))
+            await asyncio.gather(*(gw.drain() for gw in gateways))
         for server in servers:
             server.should_exit = True
 
@@ -99,11 +93,11 @@ async def run_pods(specs: list[PodSpec], log_level: str = "info") -> None:
         raise SystemExit(1)
 
 
-def run(specs: list[PodSpec], log_level: str = "info") -> None:
+def run(gateways: list[Gateway]) -> None:
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run  # type: ignore[assignment]
-    runner(run_pods(specs, log_level))
+    runner(run_pods(gateways))

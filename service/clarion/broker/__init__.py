@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerUnavailable, Consumer, Replay
+from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Replay
 from .memory import MemoryBroker, MemoryExchange
 
 __all__ = [
     "Broker",
+    "BrokerListener",
+    "BrokerOptions",
     "BrokerUnavailable",
-    "Consumer",
     "MemoryBroker",
     "MemoryExchange",
     "Replay",
@@ -26,8 +27,8 @@ def create_broker(
     url: str | None,
     pod_name: str,
     *,
+    options: BrokerOptions,
     memory_exchange: MemoryExchange | None = None,
-    **options: object,
 ) -> Broker:
     """The backend for ``url``; ``memory_exchange`` is shared by in-process pods."""
     scheme = urlsplit(url).scheme if url else "memory"
@@ -37,7 +38,7 @@ def create_broker(
         from .rabbitmq import RabbitBroker
 
         assert url is not None
-        return RabbitBroker(url, pod_name, **options)  # type: ignore[arg-type]
+        return RabbitBroker(url, pod_name, options)
     raise ValueError(
         f"unsupported broker URL scheme {scheme!r} (use amqp://, amqps:// or memory://)"
     )

@@ -1,19 +1,66 @@
-"""The broker seam: one small interface, two implementations."""
+"""The broker seam: one small interface (after encode/broadcaster), two implementations.
+
+A broker is started with one ``BrokerListener`` (the pod) and told its typed
+``BrokerOptions``; it hands consumed messages to the listener, says when it
+goes up or down, and says when the pod may have missed messages it could not
+recover (a gap).
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ..config import Settings
 from ..protocol import Envelope, id_timestamp_ms
 
-#: Called for every message consumed from the pod's queue. Must not block.
-Consumer = Callable[[Envelope], object]
-#: Called when the broker connection goes up (True) or down (False). "Up" is
-#: reported once right before the pod's queue is consumed again, so a listener
-#: can act before any message that waited in the queue is delivered.
-StateListener = Callable[[bool], None]
+
+class BrokerListener(Protocol):
+    """What a broker tells the pod it serves."""
+
+    def on_message(self, env: Envelope) -> object:
+        """A message consumed from the pod's queue (or caught up from history). Must not block."""
+
+    def on_state(self, up: bool) -> None:
+        """Connected and consuming (True) or not (False).
+
+        "Up" is reported right before the pod's queue is consumed again, so the
+        listener can act before anything that waited in the queue is delivered.
+        """
+
+    def on_gap(self) -> None:
+        """The pod may have missed messages it could not recover (history unreadable)."""
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """The broker's part of the pod's settings, typed."""
+
+    exchange: str
+    queue_prefix: str
+    queue_max_length: int
+    queue_message_ttl_ms: int
+    queue_expires_ms: int
+    history_max_age: str
+    history_max_bytes: int
+    prefetch: int = 1024
+    publish_timeout: float = 5.0
+    reconnect_max_delay: float = 5.0
+    catch_up_timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BrokerOptions:
+        return cls(
+            exchange=s.exchange,
+            queue_prefix=s.queue_prefix,
+            queue_max_length=s.queue_max_length,
+            queue_message_ttl_ms=s.queue_message_ttl_ms,
+            queue_expires_ms=s.queue_expires_ms,
+            history_max_age=s.history_max_age,
+            history_max_bytes=s.history_max_bytes,
+        )
 
 
 class BrokerUnavailable(RuntimeError):
@@ -78,13 +125,9 @@ class Broker(abc.ABC):
     """
 
     pod_name: str
-    #: Called when the pod may have missed messages it could not recover
-    #: (history unreadable after a reconnect): its sockets should reconnect
-    #: and recover with since= themselves.
-    on_gap: Callable[[], None] | None = None
 
     @abc.abstractmethod
-    async def start(self, consumer: Consumer, on_state: StateListener | None = None) -> None:
+    async def start(self, listener: BrokerListener) -> None:
         """Connect, declare the topology and consume this pod's queue.
 
         Returns once the first connection attempt finished; keeps reconnecting

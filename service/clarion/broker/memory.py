@@ -12,18 +12,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ..protocol import Envelope
-from .base import Broker, Consumer, Replay, ReplayCollector, StateListener
+from .base import Broker, BrokerListener, Replay, ReplayCollector
 
 
 class MemoryExchange:
     """The shared part: every bound pod's consumer receives every message."""
 
     def __init__(self, history_max_messages: int = 10_000, history_max_age: float = 3600) -> None:
-        self._consumers: dict[str, Consumer] = {}
+        self._consumers: dict[str, Callable[[Envelope], object]] = {}
         self.history: deque[Envelope] = deque(maxlen=history_max_messages)
         self.history_max_age = history_max_age
 
-    def bind(self, pod_name: str, consumer: Consumer) -> None:
+    def bind(self, pod_name: str, consumer: Callable[[Envelope], object]) -> None:
         if pod_name in self._consumers:
             raise ValueError(f"pod name {pod_name!r} is already bound to this exchange")
         self._consumers[pod_name] = consumer
@@ -52,11 +52,10 @@ class MemoryBroker(Broker):
         self.pod_name = pod_name
         self._started = False
 
-    async def start(self, consumer: Consumer, on_state: StateListener | None = None) -> None:
-        self.exchange.bind(self.pod_name, consumer)
+    async def start(self, listener: BrokerListener) -> None:
+        self.exchange.bind(self.pod_name, listener.on_message)
         self._started = True
-        if on_state:
-            on_state(True)
+        listener.on_state(True)
 
     async def stop(self) -> None:
         self.exchange.unbind(self.pod_name)

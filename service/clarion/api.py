@@ -1,0 +1,139 @@
+"""The HTTP API of a pod: publish, admin (shed), metrics, health, the demo page.
+
+``POST /api/publish`` is a plain ASGI handler: the hot path of every publish
+skips Starlette's request, routing and response objects
+(docs/performance.md). The rest are ordinary Starlette endpoints.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from .auth import api_key_ok, token_ok
+from .broker import BrokerUnavailable
+from .gateway import Gateway
+from .protocol import ProtocolError, parse_publish_body
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": code, "message": message}
+
+
+async def _read_body(gw: Gateway, headers: Headers, receive: Receive) -> bytes | None:
+    """The request body, or None when it is over ``--max-body-bytes``."""
+    limit = gw.settings.max_body_bytes
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client went away")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int, dict[str, Any]]:
+    """The publish API, as (status, JSON body): 202 only after the broker's confirm."""
+    s = gw.settings
+    if not api_key_ok(headers, s.api_keys):
+        return _error(401, "unauthorized", "missing or invalid API key (Authorization: Bearer)")
+    try:
+        body = await _read_body(gw, headers, receive)
+    except ConnectionError:
+        return _error(400, "bad_body", "client went away")
+    if body is None:
+        gw.metrics.limit_hits.labels(limit="body_size").inc()
+        return _error(413, "too_large", f"body over {s.max_body_bytes} bytes")
+    try:
+        items, batch = parse_publish_body(body)
+    except ProtocolError as exc:
+        return _error(400, exc.code, exc.message)
+    try:
+        ids = await gw.publish(items, source="api")
+    except BrokerUnavailable as exc:
+        return _error(503, "unavailable", f"broker unavailable: {exc}")
+    return 202, ({"ids": ids} if batch else {"id": ids[0]})
+
+
+async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /api/publish``."""
+    status, payload = await publish(gw, Headers(scope=scope), receive)
+    body = orjson.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return JSONResponse(body, status_code=status)
+
+
+def _gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def shed(request: Request) -> Response:
+    """``POST /admin/shed {"count": N}``: the operator's rebalancing."""
+    gw = _gateway(request)
+    if not token_ok(request.headers, gw.settings.admin_token):
+        return _json(*_error(401, "unauthorized", "missing or invalid admin token"))
+    try:
+        obj = orjson.loads(await request.body())
+        count = obj["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return _json(*_error(400, "bad_body", 'body must be {"count": N} with N >= 0'))
+    n = gw.shed(count)
+    return JSONResponse({"shed": n, "connections": len(gw.hub)})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(_gateway(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "pod": _gateway(request).pod_name})
+
+
+async def readyz(request: Request) -> Response:
+    gw = _gateway(request)
+    body = {
+        "ready": gw.ready,
+        "pod": gw.pod_name,
+        "broker": gw.broker.ready,
+        "draining": gw.draining,
+        "connections": len(gw.hub),
+    }
+    return JSONResponse(body, status_code=200 if gw.ready else 503)
+
+
+async def index(request: Request) -> Response:
+    gw = _gateway(request)
+    if not gw.settings.demo:
+        return JSONResponse({"service": "clarion", "pod": gw.pod_name})
+    return HTMLResponse(resources.files("clarion").joinpath("static/index.html").read_text())

@@ -1,0 +1,61 @@
+"""After losing the broker, deliver from history what the pod's queue may have lost.
+
+Pod-queue messages are transient (fast confirms): a broker restart, or a
+cut-off longer than the queue's TTL or length bound, loses what waited there.
+Every message is also in the durable history stream, so before consuming its
+queue again the pod reads the stream from shortly before it lost contact; the
+hub skips what it already delivered, by id. If the history cannot be read,
+the pod reports a gap (its sockets then recover with since= themselves).
+This policy belongs to no broker in particular: it needs only a way to read
+history from a point in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ..protocol import Envelope
+from .base import BrokerListener
+
+log = logging.getLogger("clarion.broker")
+
+#: A catch-up reads history from this long before the pod lost contact.
+MARGIN_MS = 2000
+
+#: Reads history from ``since_ms`` to now, handing each message over; False if it could not.
+ReadHistory = Callable[[int, Callable[[Envelope], object], float], Awaitable[bool]]
+
+
+class CatchUp:
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        #: When the pod lost the broker (ms), and the ts of the last message consumed.
+        self.lost_at: int | None = None
+        self.last_consumed_ms: int | None = None
+
+    def consumed(self, ts_ms: int) -> None:
+        self.last_consumed_ms = ts_ms
+
+    def lost(self) -> None:
+        self.lost_at = int(time.time() * 1000)
+
+    async def run(self, read: ReadHistory, listener: BrokerListener) -> None:
+        """Catch up if contact was lost since the last run; report a gap if it failed."""
+        if self.lost_at is None:
+            return
+        since = min(self.lost_at, self.last_consumed_ms or self.lost_at) - MARGIN_MS
+        caught = 0
+
+        def deliver(env: Envelope) -> None:
+            nonlocal caught
+            if env.ts >= since:
+                caught += 1
+                listener.on_message(env)
+
+        ok = await read(since, deliver, self.timeout)
+        log.info("caught up %d messages from history after reconnecting (complete: %s)", caught, ok)
+        if not ok:
+            listener.on_gap()
+        self.lost_at = None

@@ -1,0 +1,58 @@
+"""Envelopes as AMQP messages and back: the target rides in headers, the body is the frame."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aio_pika
+
+from ..protocol import Envelope, Target, id_timestamp_ms
+
+HDR_KIND = "clarion-target"
+HDR_NAME = "clarion-name"
+#: A marker a replaying pod publishes to learn where "now" is in the history stream.
+KIND_MARKER = "marker"
+
+
+class Marker(Exception):
+    """Raised for a marker message: not a message for sockets."""
+
+
+def envelope_to_message(env: Envelope) -> aio_pika.Message:
+    headers: dict[str, Any] = {HDR_KIND: env.target.kind}
+    if env.target.name is not None:
+        headers[HDR_NAME] = env.target.name
+    return aio_pika.Message(
+        env.body,
+        message_id=env.id,
+        content_type="application/json",
+        # Transient in the pod queues: confirms stay fast (docs/performance.md).
+        # Durability lives in the history stream, from which a pod catches up
+        # after every reconnect (catchup.py).
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        headers=headers,
+    )
+
+
+def marker_message(marker_id: str) -> aio_pika.Message:
+    return aio_pika.Message(b"", message_id=marker_id, headers={HDR_KIND: KIND_MARKER})
+
+
+def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, Any]) -> Envelope:
+    """The envelope of a consumed message; Marker for markers, ValueError if malformed."""
+    kind = headers.get(HDR_KIND)
+    name = headers.get(HDR_NAME)
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if isinstance(name, bytes):
+        name = name.decode()
+    if kind == KIND_MARKER:
+        raise Marker(message_id)
+    if kind not in ("user", "channel", "broadcast"):
+        raise ValueError(f"message without a valid {HDR_KIND} header")
+    ts = 0
+    if message_id:
+        with contextlib.suppress(ValueError):
+            ts = id_timestamp_ms(message_id)
+    return Envelope(id=message_id or "", target=Target(kind, name), ts=ts, body=body)  # type: ignore[arg-type]

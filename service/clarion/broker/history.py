@@ -1,0 +1,84 @@
+"""Reading the history stream from a point in time up to "now".
+
+The stream has no end-of-stream marker, so the reader publishes one (a tiny
+message every pod ignores): everything published before the read began is in
+the stream before it. Timestamps attach per chunk with 1 s resolution, so the
+read starts a little early; callers skip by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
+
+from ..names import HISTORY_QUEUE
+from ..protocol import Envelope, new_message_id
+from .codec import Marker, marker_message, message_to_envelope
+
+log = logging.getLogger("clarion.broker")
+
+#: The read starts this long before the time asked for (chunk timestamps are coarse).
+EARLY_S = 2
+#: The earliest and latest instants a stream offset can name.
+_MIN_TS = datetime(1970, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
+def offset_of(since_ms: int) -> datetime:
+    """The stream offset to start reading at for ``since_ms``, clamped to valid dates."""
+    seconds = min(max(_MIN_TS, since_ms / 1000 - EARLY_S), _MAX_TS)
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+async def read_history(
+    conn: AbstractConnection,
+    exchange: AbstractExchange,
+    since_ms: int,
+    each: Callable[[Envelope], object],
+    timeout: float,
+    publish_timeout: float,
+) -> bool:
+    """Hand every message from just before ``since_ms`` up to a fresh marker to ``each``.
+
+    Returns False if the history could not be read to the marker.
+    """
+    start = offset_of(since_ms)
+    marker_id = new_message_id()
+    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    ch = await conn.channel(publisher_confirms=False)
+    try:
+        await ch.set_qos(prefetch_count=500)
+        queue = await ch.get_queue(HISTORY_QUEUE, ensure=False)
+        tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
+        await exchange.publish(marker_message(marker_id), routing_key="", timeout=publish_timeout)
+        read = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await inbox.get()
+                read += 1
+                if inbox.empty() or read % 200 == 0:
+                    await msg.ack(multiple=True)
+                if msg.message_id == marker_id:
+                    break
+                try:
+                    env = message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {}))
+                except (Marker, ValueError):
+                    continue
+                each(env)
+        with contextlib.suppress(Exception):
+            await queue.cancel(tag)
+        return True
+    except (TimeoutError, aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException) as exc:
+        log.warning("history read from %s failed: %r", start.isoformat(), exc)
+        return False
+    finally:
+        if not ch.is_closed:
+            with contextlib.suppress(Exception):
+                await ch.close()

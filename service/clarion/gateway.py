@@ -1,0 +1,146 @@
+"""One gateway pod: its state (settings, broker, hub, metrics), lifecycle and drain.
+
+``Gateway`` is the pod's single object: the broker calls it (it is the broker's
+listener), the session and the HTTP API call it. Nothing is module-global, so
+several pods can share one process (``clarion dev``) and tests build as many
+as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from . import disconnects
+from .auth import Authenticator, JwtAuth, NoAuth
+from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
+from .config import Settings
+from .hub import Hub
+from .metrics import Metrics
+from .protocol import Envelope, Target
+
+log = logging.getLogger("clarion.gateway")
+
+
+class Gateway:
+    """The state of one pod."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        memory_exchange: MemoryExchange | None = None,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.pod_name = settings.pod_name
+        self.metrics = Metrics()
+        self.hub = Hub(self.metrics, self.pod_name)
+        self.broker = broker or create_broker(
+            settings.amqp_url,
+            settings.pod_name,
+            options=BrokerOptions.from_settings(settings),
+            memory_exchange=memory_exchange,
+        )
+        self.auth: Authenticator
+        if settings.auth == "none":
+            self.auth = NoAuth()
+        else:
+            self.auth = JwtAuth(
+                settings.jwt_secret,
+                settings.jwt_public_key,
+                settings.jwks_file,
+                settings.jwt_audience,
+            )
+        self.draining = False
+        self.started = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.auth == "none":
+            log.warning(
+                "pod=%s AUTH IS OFF (--auth none): any client can claim any user id; "
+                "use --auth jwt in production",
+                self.pod_name,
+            )
+        await self.broker.start(self)
+        self.metrics.broker_connected.set(1 if self.broker.ready else 0)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.hub.close_all(disconnects.SHUTDOWN)
+        await self.broker.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.broker.ready
+
+    async def drain(self, delay: float | None = None, window: float | None = None) -> None:
+        """Graceful shutdown: unready at once, wait, then close sockets spread over a window."""
+        delay = self.settings.drain_delay if delay is None else delay
+        window = self.settings.drain_window if window is None else window
+        self.draining = True
+        log.info(
+            "pod=%s draining: %d sockets, delay %.1fs, window %.1fs",
+            self.pod_name,
+            len(self.hub),
+            delay,
+            window,
+        )
+        await asyncio.sleep(delay)
+        conns = list(self.hub.connections.values())
+        random.shuffle(conns)
+        started = time.monotonic()
+        for i, conn in enumerate(conns):
+            due = started + window * i / max(1, len(conns))
+            pause = due - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            conn.close(disconnects.DRAIN)
+        # Give the close frames a moment to go out.
+        deadline = time.monotonic() + 2.0
+        while self.hub.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- the broker's listener -----------------------------------------------
+
+    def on_message(self, env: Envelope) -> object:
+        return self.hub.deliver(env)
+
+    def on_state(self, up: bool) -> None:
+        self.metrics.broker_connected.set(1 if up else 0)
+        log.info("pod=%s broker %s", self.pod_name, "up" if up else "DOWN")
+
+    def on_gap(self) -> None:
+        # After a reconnect the pod could not read the history stream to fill
+        # what its queue may have lost: its sockets reconnect (1012) and
+        # recover with since= on their own.
+        log.warning(
+            "pod=%s could not catch up from history after a broker outage: "
+            "asking %d sockets to reconnect and recover",
+            self.pod_name,
+            len(self.hub),
+        )
+        self.hub.close_all(disconnects.OUTAGE)
+
+    # -- what the session and the API ask of the pod ---------------------------
+
+    async def publish(self, items: list[tuple[Target, Any]], source: str) -> list[str]:
+        """Publish and wait for the broker's confirm; raises BrokerUnavailable."""
+        envelopes = [Envelope.create(t, d) for t, d in items]
+        await self.broker.publish(envelopes)
+        for env in envelopes:
+            self.metrics.published.labels(source=source, target=env.target.kind).inc()
+        return [e.id for e in envelopes]
+
+    def shed(self, count: int) -> int:
+        """Close up to ``count`` sockets with 1012 so the load balancer spreads them."""
+        conns = [c for c in self.hub.connections.values() if not c.closing]
+        random.shuffle(conns)
+        for conn in conns[:count]:
+            conn.close(disconnects.SHED)
+        return min(count, len(conns))

@@ -1,0 +1,250 @@
+"""One client socket's protocol, from the upgrade to the close (centrifuge's ``Client``).
+
+A plain ASGI handler: it bypasses Starlette's routing and WebSocket wrapper on
+purpose, because their frames stay alive for the whole life of a socket and at
+tens of thousands of sockets per pod every kilobyte counts
+(docs/performance.md). Messages reach the socket the other way, through the
+hub (hub.py) and the socket's writer (writer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Receive, Scope, Send
+
+from . import disconnects
+from .auth import AuthError, Identity
+from .broker import BrokerUnavailable
+from .disconnects import Disconnect
+from .frames import Kind, Outgoing, control
+from .gateway import Gateway
+from .hub import Connection
+from .protocol import (
+    Envelope,
+    ProtocolError,
+    Target,
+    encode,
+    error_frame,
+    is_message_id,
+    parse_client_frame,
+)
+from .ratelimit import RateLimiter
+from .transport import transport_for
+from .writer import SocketWriter
+
+log = logging.getLogger("clarion.session")
+
+
+def origin_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
+    if not allowed or "*" in allowed:
+        return True
+    origin = headers.get("origin")
+    return origin is None or origin in allowed
+
+
+def replay_frames(messages: list[Envelope]) -> list[Outgoing]:
+    return [Outgoing(e.body.decode(), len(e.body), Kind.REPLAY, e.id, e.ts) for e in messages]
+
+
+async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept (or refuse) one socket, then run its protocol until it closes."""
+    s = gw.settings
+    headers = Headers(scope=scope)
+    query = QueryParams(scope.get("query_string", b""))
+    first = await receive()
+    if first["type"] != "websocket.connect":
+        return
+
+    async def refuse(how: Disconnect) -> None:
+        # Accept, then close with a code and reason the client can read: a
+        # rejected handshake would only show the browser a bare 1006.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": how.code, "reason": how.reason})
+        gw.metrics.closed.labels(reason=how.label).inc()
+
+    if not origin_allowed(headers, s.allowed_origins):
+        return await refuse(disconnects.ORIGIN)
+    if gw.draining:
+        return await refuse(disconnects.DRAIN)
+    if len(gw.hub) >= s.max_connections:
+        gw.metrics.limit_hits.labels(limit="connections").inc()
+        return await refuse(disconnects.POD_FULL)
+    try:
+        ident: Identity = gw.auth.authenticate(query, headers)
+    except AuthError as exc:
+        log.info("pod=%s auth refused: %s", gw.pod_name, exc)
+        return await refuse(disconnects.UNAUTHORIZED.with_reason(str(exc)))
+
+    await send({"type": "websocket.accept"})
+    transport = transport_for(send, gw.metrics.writes, raw_frames=not s.compression)
+    writer = SocketWriter(transport, gw.metrics, s.send_buffer_messages, s.send_buffer_bytes)
+    conn = Connection(gw.hub.new_id(), ident.user, writer)
+    await Session(gw, conn, ident).run(receive, query.get("since"))
+
+
+class Session:
+    """The protocol of one accepted socket."""
+
+    def __init__(self, gw: Gateway, conn: Connection, ident: Identity) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.ident = ident
+        self.limiter = RateLimiter(gw.settings.max_frames_per_second)
+
+    def reply(self, text: str) -> None:
+        self.conn.send(control(text))
+
+    async def welcome(self, since: str | None) -> None:
+        gw, conn, ident = self.gw, self.conn, self.ident
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "pod": gw.pod_name,
+            "conn": conn.id,
+            "user": ident.user,
+        }
+        replayed: list[Outgoing] = []
+        bad_since = since is not None and not is_message_id(since)
+        # Registered and held before the welcome: live messages wait behind it
+        # (and, with since, behind the replay), so nothing falls in between.
+        gw.hub.add(conn)
+        conn.hold()
+        if since is not None and not bad_since:
+            user = ident.user
+            replay = await gw.broker.replay(
+                since,
+                lambda e: (
+                    e.target.kind == "broadcast"
+                    or (e.target.kind == "user" and e.target.name == user)
+                ),
+            )
+            welcome["recovered"] = replay.complete
+            welcome["missed"] = len(replay.messages)
+            replayed = replay_frames(replay.messages)
+        elif bad_since:
+            welcome["recovered"] = False
+        self.reply(encode(welcome))
+        if bad_since:
+            self.reply(error_frame("bad_field", "'since' must be a message id"))
+        conn.release(replayed)
+
+    async def run(self, receive: Receive, since: str | None) -> None:
+        gw, conn, ident = self.gw, self.conn, self.ident
+        await self.welcome(since)
+        expiry: asyncio.TimerHandle | None = None
+        if ident.expires_at is not None:
+            delay = max(0.0, ident.expires_at - time.time())
+            expiry = asyncio.get_running_loop().call_later(
+                delay, conn.close, disconnects.TOKEN_EXPIRED
+            )
+        log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
+        how = disconnects.CLIENT
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    if message.get("code") == disconnects.TOO_BIG.code:
+                        # uvicorn refused an oversized frame and closed the socket.
+                        how = disconnects.TOO_BIG
+                        gw.metrics.limit_hits.labels(limit="frame_size").inc()
+                    break
+                if conn.closing:
+                    continue
+                if not self.limiter.allow():
+                    gw.metrics.dropped.labels(reason="rate_limited").inc()
+                    gw.metrics.limit_hits.labels(limit="frame_rate").inc()
+                    self.reply(error_frame("rate_limited", "too many frames per second"))
+                    continue
+                text = message.get("text")
+                if text is None:
+                    self.reply(error_frame("binary_unsupported", "binary frames are not supported"))
+                    continue
+                await self.handle_text(text)
+        except Exception:
+            how = disconnects.ERROR
+            log.exception("pod=%s conn=%s user=%s session error", gw.pod_name, conn.id, conn.user)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            gw.hub.remove(conn, how)
+            await conn.stop()
+            log.debug(
+                "pod=%s conn=%s closed (%s)", gw.pod_name, conn.id, (conn.disconnect or how).label
+            )
+
+    async def handle_text(self, text: str) -> None:
+        try:
+            frame = parse_client_frame(text)
+        except ProtocolError as exc:
+            self.reply(error_frame(exc.code, exc.message))
+            return
+        if frame.type == "ping":
+            self.reply(encode({"type": "pong"}) if text.strip() != "ping" else "pong")
+        elif frame.type == "subscribe":
+            assert frame.channel is not None
+            await self.subscribe(frame.channel, frame.since)
+        elif frame.type == "unsubscribe":
+            assert frame.channel is not None
+            self.gw.hub.unsubscribe(self.conn, frame.channel)
+            self.reply(encode({"type": "unsubscribed", "channel": frame.channel}))
+        elif frame.type == "text":
+            await self.publish(
+                Target("broadcast"), {"from": self.conn.user, "text": frame.raw_text}
+            )
+        else:
+            assert frame.target is not None
+            await self.publish(frame.target, frame.data)
+
+    async def subscribe(self, channel: str, since: str | None) -> None:
+        gw, conn, s = self.gw, self.conn, self.gw.settings
+        if not self.ident.may_subscribe(channel):
+            self.reply(error_frame("forbidden", f"not allowed to subscribe to {channel!r}"))
+            return
+        if channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
+            gw.metrics.limit_hits.labels(limit="subscriptions").inc()
+            self.reply(
+                error_frame(
+                    "too_many_subscriptions",
+                    f"at most {s.max_subscriptions} subscriptions per socket",
+                )
+            )
+            return
+        gw.hub.subscribe(conn, channel)
+        if since is None:
+            self.reply(encode({"type": "subscribed", "channel": channel}))
+            return
+        conn.hold()
+        try:
+            replay = await gw.broker.replay(
+                since, lambda e: e.target.kind == "channel" and e.target.name == channel
+            )
+        except Exception:
+            conn.release([])
+            raise
+        self.reply(
+            encode(
+                {
+                    "type": "subscribed",
+                    "channel": channel,
+                    "recovered": replay.complete,
+                    "missed": len(replay.messages),
+                }
+            )
+        )
+        conn.release(replay_frames(replay.messages))
+
+    async def publish(self, target: Target, data: Any) -> None:
+        if not self.gw.settings.allow_client_publish:
+            self.reply(error_frame("forbidden", "client publishing is disabled on this gateway"))
+            return
+        try:
+            ids = await self.gw.publish([(target, data)], source="client")
+        except BrokerUnavailable:
+            self.reply(error_frame("unavailable", "broker unavailable, message not sent"))
+            return
+        self.reply(encode({"type": "published", "id": ids[0]}))

@@ -1,0 +1,168 @@
+"""The one seam between a socket's writer and the server under it.
+
+``AsgiTransport`` works on any ASGI server. ``UvicornTransport`` is the fast
+path, and the only code in Clarion allowed to touch uvicorn's private
+sans-I/O internals: it writes pre-built frames straight to the asyncio
+transport (one write per socket per event-loop iteration, no per-socket
+encoding), and it finishes an ASGI ``send`` without a task whenever uvicorn
+can complete it synchronously. It needs uvicorn >= 0.52.1 (the first release
+whose ``WebSocketsSansIOProtocol`` has every attribute it reads; pinned in
+pyproject.toml); ``tests/test_fast_path.py`` fails if a real uvicorn process
+stops using it. How often each path wrote shows in
+``clarion_socket_writes_total{path}`` (``frame``, ``direct``, ``asgi``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from websockets.protocol import State
+
+log = logging.getLogger("clarion.transport")
+
+#: Sends one ASGI message on the socket.
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class WriteCounts:
+    """Frames written per path, read by the metrics at scrape time (no per-write metric cost).
+
+    ``frame``: a pre-built frame written to the transport (uvicorn fast path);
+    ``direct``: an ASGI send uvicorn completed at once (no task); ``asgi``: an
+    ASGI send that was awaited.
+    """
+
+    __slots__ = ("asgi", "direct", "frame")
+
+    def __init__(self) -> None:
+        self.frame = 0
+        self.direct = 0
+        self.asgi = 0
+
+
+class Transport(Protocol):
+    def can_write_frames(self) -> bool:
+        """Pre-built frames can be written synchronously right now."""
+
+    def write_frames(self, data: bytes, count: int) -> None:
+        """Write ``count`` pre-built frames joined in ``data``."""
+
+    def send_now(self, text: str) -> Awaitable[None] | None:
+        """Start sending ``text``: None when it went out at once, else what finishes it.
+
+        Raises when the socket is gone.
+        """
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class AsgiTransport:
+    """Plain ASGI: every send is awaited (a writer task does it)."""
+
+    __slots__ = ("_send", "counts")
+
+    def __init__(self, send: Send, counts: WriteCounts) -> None:
+        self._send = send
+        self.counts = counts
+
+    def can_write_frames(self) -> bool:
+        return False
+
+    def write_frames(self, data: bytes, count: int) -> None:  # pragma: no cover - never called
+        raise RuntimeError("plain ASGI cannot write pre-built frames")
+
+    def send_now(self, text: str) -> Awaitable[None] | None:
+        return self.send(text)
+
+    async def send(self, text: str) -> None:
+        self.counts.asgi += 1
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class UvicornTransport(AsgiTransport):
+    """uvicorn's websockets-sansio protocol, written to directly."""
+
+    __slots__ = ("_proto", "_raw_frames")
+
+    def __init__(self, send: Send, counts: WriteCounts, proto: Any, raw_frames: bool) -> None:
+        super().__init__(send, counts)
+        self._proto = proto
+        #: Off with per-message deflate: pre-built frames are uncompressed.
+        self._raw_frames = raw_frames
+
+    def can_write_frames(self) -> bool:
+        p = self._proto
+        return (
+            self._raw_frames
+            and p.handshake_complete
+            and not p.close_sent
+            and not p.disconnected
+            and p.writable.is_set()
+            and p.conn.state is State.OPEN
+        )
+
+    def write_frames(self, data: bytes, count: int) -> None:
+        self._proto.transport.write(data)
+        self.counts.frame += count
+
+    def send_now(self, text: str) -> Awaitable[None] | None:
+        # Step the ASGI send coroutine by hand: on uvicorn it completes without
+        # suspending whenever the transport is writable, so no task is needed.
+        coro: Coroutine[Any, Any, None] = self._send({"type": "websocket.send", "text": text})  # type: ignore[assignment]
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self.counts.direct += 1
+            return None
+        return self._finish(coro, waiting)
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        """Drive a send that had to wait (transport paused) as a Task would."""
+        while True:
+            try:
+                if waiting is None:
+                    await asyncio.sleep(0)
+                else:
+                    # What a Task does with a yielded future: clear the flag the
+                    # future set when the coroutine yielded it, then wait here.
+                    waiting._asyncio_future_blocking = False
+                    await waiting
+            except asyncio.CancelledError:
+                coro.close()
+                raise
+            except Exception:
+                pass  # the coroutine sees the same outcome when resumed
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                self.counts.asgi += 1
+                return
+
+
+def _uvicorn_protocol_class() -> type | None:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:  # pragma: no cover - another server, or an older uvicorn
+        return None
+    return WebSocketsSansIOProtocol
+
+
+_UVICORN = _uvicorn_protocol_class()
+
+
+def transport_for(send: Send, counts: WriteCounts, *, raw_frames: bool = True) -> Transport:
+    """The fastest transport that fits the server behind ``send``."""
+    proto = getattr(send, "__self__", None)
+    if _UVICORN is not None and isinstance(proto, _UVICORN):
+        return UvicornTransport(send, counts, proto, raw_frames)
+    return AsgiTransport(send, counts)

@@ -1,0 +1,205 @@
+"""One socket's outgoing side: the bounded buffer, write batching, overflow.
+
+Fan-out never awaits a client. While nothing is in flight a frame is written
+at once; pre-built frames pushed during one event-loop iteration are gathered
+and written in one go when the hub flushes them. Only when a send has to wait
+(the client reads slowly) does a task take over and drain the buffer; a
+buffer over its bounds (messages or bytes) overflows: the socket is closed
+1013 and its pending messages are counted as dropped (``slow_client``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .frames import Kind, Outgoing
+from .metrics import Metrics
+from .transport import Transport
+
+log = logging.getLogger("clarion.writer")
+
+
+class SocketWriter:
+    __slots__ = (
+        "_buf",
+        "_buf_bytes",
+        "_gathered",
+        "_task",
+        "closed",
+        "max_bytes",
+        "max_messages",
+        "metrics",
+        "on_dirty",
+        "on_overflow",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        metrics: Metrics,
+        max_messages: int = 1000,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.transport = transport
+        self.metrics = metrics
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        #: Nothing more is written (closed by the server, or the socket is gone).
+        self.closed = False
+        # Created on first need: most sockets never have a backlog.
+        self._buf: deque[Outgoing] | None = None
+        self._buf_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        #: Pre-built frames waiting for the hub's end-of-iteration flush.
+        self._gathered: list[Outgoing] | None = None
+        #: How the hub is told to flush this writer at the end of the iteration
+        #: (None: flush at once).
+        self.on_dirty: Callable[[SocketWriter], None] | None = None
+        #: Called with the number of messages lost when the buffer overflows.
+        self.on_overflow: Callable[[int], None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._buf) if self._buf else 0
+
+    def push(self, out: Outgoing) -> bool:
+        """Queue a frame without waiting; False if closed or overflowed."""
+        if out.frame is not None and self._task is None and not self.closed:
+            if self.transport.can_write_frames():
+                gathered = self._gathered
+                if gathered is None:
+                    self._gathered = [out]
+                    if self.on_dirty is None:
+                        self.flush()
+                    else:
+                        self.on_dirty(self)
+                else:
+                    gathered.append(out)
+                return True
+        return self.send(out)
+
+    def flush(self) -> None:
+        """Write the gathered pre-built frames, joined into one write."""
+        gathered, self._gathered = self._gathered, None
+        if not gathered or self.closed:
+            return
+        if self._task is None and self.transport.can_write_frames():
+            if len(gathered) == 1:
+                self.transport.write_frames(gathered[0].frame, 1)  # type: ignore[arg-type]
+            else:
+                data = b"".join([out.frame for out in gathered])  # type: ignore[misc]
+                self.transport.write_frames(data, len(gathered))
+            for out in gathered:
+                self._sent(out)
+            return
+        # The socket changed state since: the ordinary path, in order.
+        for out in gathered:
+            if not self.send(out):
+                return
+
+    def send(self, out: Outgoing) -> bool:
+        """Send through the transport, or buffer behind a send in flight."""
+        if self.closed:
+            return False
+        if self._gathered:
+            self.flush()  # frames gathered earlier go first
+            if self.closed:
+                return False
+        if self._task is None:
+            return self._send_now(out)
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = deque()
+        # One message larger than the byte bound is still taken into an empty
+        # buffer: only a backlog marks a slow client.
+        if len(buf) >= self.max_messages or (buf and self._buf_bytes + out.nbytes > self.max_bytes):
+            return self.overflow(len(buf) + 1)
+        buf.append(out)
+        self._buf_bytes += out.nbytes
+        return True
+
+    def overflow(self, dropped: int) -> bool:
+        self.metrics.dropped.labels(reason="slow_client").inc(dropped)
+        self._buf = None
+        self._buf_bytes = 0
+        if self.on_overflow is not None:
+            self.on_overflow(dropped)
+        return False
+
+    def _sent(self, out: Outgoing) -> None:
+        kind = out.kind
+        if kind is Kind.CONTROL:
+            return
+        self.metrics.delivered.inc()
+        if kind is Kind.LIVE:  # replayed messages would skew live latency
+            self.metrics.latency.observe(max(0.0, time.time() - out.ts / 1000.0))
+
+    def _send_now(self, out: Outgoing) -> bool:
+        try:
+            pending = self.transport.send_now(out.text)
+        except Exception as exc:
+            # The socket is gone; its receive loop sees the disconnect.
+            log.debug("send failed: %s", exc)
+            self.closed = True
+            return False
+        if pending is None:
+            self._sent(out)
+            return True
+        # The send has to wait: a task finishes it, then drains what is pushed
+        # meanwhile, in order.
+        self._task = asyncio.ensure_future(self._drain(pending, out))
+        return True
+
+    async def _drain(self, pending: Awaitable[None], first: Outgoing) -> None:
+        try:
+            await pending
+            self._sent(first)
+            buf = self._buf
+            while buf:
+                out = buf.popleft()
+                self._buf_bytes -= out.nbytes
+                await self.transport.send(out.text)
+                self._sent(out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("writer stopped: %s", exc)
+            self.closed = True
+        finally:
+            self._task = None
+
+    def close(self, code: int, reason: str) -> None:
+        """Stop writing and send a close frame (in the background, bounded)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._gathered = None
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        task = asyncio.ensure_future(self._send_close(code, reason))
+        task.add_done_callback(_consume_result)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
+
+    async def stop(self) -> None:
+        """Wait for nothing more: cancel a send in flight (the session is over)."""
+        self.closed = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _consume_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,73 @@
+"""The uvicorn fast path (transport.py) is the one a real pod uses.
+
+It reaches into uvicorn's private websockets-sansio protocol; an upgrade that
+renamed what it reads would silently drop every socket to the slow path.
+These tests run a real ``clarion serve`` process and fail if it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .support import GatewayProcess, wait_for
+from .wsclient import Client
+
+pytestmark = pytest.mark.timeout(60)
+
+SOCKETS = 5
+MESSAGES = 20
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "compression"])
+def pod(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProcess]:
+    args = ["--auth", "none", "--api-key", "k"]
+    if request.param:
+        args.append("--compression")
+    p = GatewayProcess(f"fast-{uuid.uuid4().hex[:6]}", args=args, log_dir=tmp_path).start()
+    try:
+        p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
+async def test_a_real_uvicorn_pod_writes_through_the_fast_path(pod: GatewayProcess) -> None:
+    compression = "--compression" in pod.args
+    clients = [
+        await Client.connect(
+            f"{pod.ws_url}?user=u{i}", f"c{i}", compression="deflate" if compression else None
+        )
+        for i in range(SOCKETS)
+    ]
+    for c in clients:
+        await c.wait_welcome()
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer k"}) as http:
+        for i in range(MESSAGES):
+            r = await http.post(
+                f"{pod.http_url}/api/publish", json={"broadcast": True, "data": i}, timeout=10
+            )
+            assert r.status_code == 202
+    for c in clients:
+        await wait_for(lambda c=c: len(c.messages) == MESSAGES, 10, message="all messages")
+        assert c.data() == list(range(MESSAGES))
+    frame = pod.metric("clarion_socket_writes_total", {"path": "frame"})
+    direct = pod.metric("clarion_socket_writes_total", {"path": "direct"})
+    awaited = pod.metric("clarion_socket_writes_total", {"path": "asgi"})
+    deliveries = SOCKETS * MESSAGES
+    if compression:
+        # Pre-built frames are uncompressed: every write goes through uvicorn's send,
+        # completed without a task while the socket keeps up.
+        assert frame == 0
+        assert direct + awaited >= deliveries + SOCKETS and direct > awaited
+    else:
+        assert frame >= deliveries, (frame, direct, awaited)
+        assert awaited <= SOCKETS  # at most the odd send that had to wait
+    for c in clients:
+        await c.close()
+    await asyncio.sleep(0)
