@@ -60,6 +60,21 @@ def is_message_id(value: object) -> bool:
     return value[14] == "7"
 
 
+#: How far ahead of this pod's clock a ``since`` may be (clock skew between pods).
+SINCE_MAX_SKEW_MS = 60_000
+
+
+def parse_since(value: object, now_ms: int | None = None) -> str:
+    """A client's ``since``: the id of a message that can exist, else ProtocolError."""
+    if not is_message_id(value):
+        raise ProtocolError("bad_field", "'since' must be a message id")
+    assert isinstance(value, str)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if id_timestamp_ms(value) > now + SINCE_MAX_SKEW_MS:
+        raise ProtocolError("bad_field", "'since' names a message from the future")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     kind: TargetKind
@@ -191,8 +206,8 @@ def parse_client_frame(text: str) -> ClientFrame:
             raise ProtocolError("missing_field", "'channel' is required")
         channel = _check_name(obj["channel"], "channel")
         since = obj.get("since")
-        if since is not None and not is_message_id(since):
-            raise ProtocolError("bad_field", "'since' must be a message id")
+        if since is not None:
+            since = parse_since(since)
         return ClientFrame(type=ftype, channel=channel, since=since)
     if ftype == "publish":
         target, data = parse_publish(obj)

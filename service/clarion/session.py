@@ -31,8 +31,8 @@ from .protocol import (
     Target,
     encode,
     error_frame,
-    is_message_id,
     parse_client_frame,
+    parse_since,
 )
 from .ratelimit import RateLimiter
 from .transport import transport_for
@@ -109,12 +109,17 @@ class Session:
             "user": ident.user,
         }
         replayed: list[Outgoing] = []
-        bad_since = since is not None and not is_message_id(since)
-        # Registered and held before the welcome: live messages wait behind it
-        # (and, with since, behind the replay), so nothing falls in between.
-        gw.hub.add(conn)
+        refused: ProtocolError | None = None
+        if since is not None:
+            try:
+                since = parse_since(since)
+            except ProtocolError as exc:
+                refused, since = exc, None
+                welcome["recovered"] = False
+        # Held before the welcome: live messages wait behind it (and, with
+        # since, behind the replay), so nothing falls in between.
         conn.hold()
-        if since is not None and not bad_since:
+        if since is not None:
             user = ident.user
             replay = await gw.broker.replay(
                 since,
@@ -126,25 +131,25 @@ class Session:
             welcome["recovered"] = replay.complete
             welcome["missed"] = len(replay.messages)
             replayed = replay_frames(replay.messages)
-        elif bad_since:
-            welcome["recovered"] = False
         self.reply(encode(welcome))
-        if bad_since:
-            self.reply(error_frame("bad_field", "'since' must be a message id"))
+        if refused is not None:
+            self.reply(error_frame(refused.code, refused.message))
         conn.release(replayed)
 
     async def run(self, receive: Receive, since: str | None) -> None:
+        """The whole session. The socket is registered for exactly as long as this runs."""
         gw, conn, ident = self.gw, self.conn, self.ident
-        await self.welcome(since)
         expiry: asyncio.TimerHandle | None = None
-        if ident.expires_at is not None:
-            delay = max(0.0, ident.expires_at - time.time())
-            expiry = asyncio.get_running_loop().call_later(
-                delay, conn.close, disconnects.TOKEN_EXPIRED
-            )
-        log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
         how = disconnects.CLIENT
+        gw.hub.add(conn)
         try:
+            await self.welcome(since)
+            if ident.expires_at is not None:
+                delay = max(0.0, ident.expires_at - time.time())
+                expiry = asyncio.get_running_loop().call_later(
+                    delay, conn.close, disconnects.TOKEN_EXPIRED
+                )
+            log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
@@ -168,6 +173,8 @@ class Session:
         except Exception:
             how = disconnects.ERROR
             log.exception("pod=%s conn=%s user=%s session error", gw.pod_name, conn.id, conn.user)
+            # The client gets a close frame, not a silent drop.
+            conn.close(disconnects.ERROR)
         finally:
             if expiry is not None:
                 expiry.cancel()
