@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Build the gateway and operator images locally with podman (tests/images runs them).
-#   scripts/images.sh            # install podman if missing, build the base image once, build both
-#   scripts/images.sh --check    # only say whether podman can run here (exit 0) or why not
+#   scripts/images.sh    # install podman if missing, build the base image once, build both
 # No registry can be pulled from here, so the Python base image is made with debootstrap
 # and cached as localhost/pybase:3.11-bookworm; the Dockerfiles take it as PYTHON_IMAGE.
 # Tags: localhost/clarion:test and localhost/clarion-operator:test (override with
@@ -46,16 +45,11 @@ runtime = "runc"
 EOF
 fi
 
-if [ "${1:-}" = "--check" ]; then
-  podman info >/dev/null
-  exit 0
-fi
-
 # --- the base image: Debian bookworm with Python 3.11, built once ----------
 if ! podman image exists "$BASE"; then
   echo "==> building $BASE with debootstrap (about 1.5 min, once)"
   rootfs=$(mktemp -d /var/tmp/pybase.XXXXXX)
-  trap 'rm -rf "$rootfs"' EXIT
+  trap 'rm -rf "$rootfs" "$rootfs.log"' EXIT
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1 \
     || { tail -20 "$rootfs.log" >&2; exit 1; }
@@ -68,7 +62,7 @@ if ! podman image exists "$BASE"; then
   # TLS to the package index is intercepted by a CA only the host's bundle has.
   cp "$CA" "$rootfs/usr/local/share/host-ca-certificates.crt"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | podman import \
+  tar -C "$rootfs" -c . | podman import --quiet \
     --change "ENV PIP_CERT=/usr/local/share/host-ca-certificates.crt" \
     --change "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change 'CMD ["python3"]' - "$BASE" >/dev/null
@@ -76,16 +70,19 @@ if ! podman image exists "$BASE"; then
   trap - EXIT
 fi
 
-# --- the two images (layers cached by podman: a re-run with no change is quick) ---
-for pair in "service/Dockerfile $GATEWAY" "operator/Dockerfile $OPERATOR"; do
-  set -- $pair
+# --- the two images (podman's layer cache makes a re-run with no change quick) ---
+build() {  # build DOCKERFILE TAG
   echo "==> podman build -f $1 -t $2"
+  local log
   log=$(mktemp)
-  if ! podman build --network host --build-arg "PYTHON_IMAGE=$BASE" -f "$CONTEXT/$1" -t "$2" "$CONTEXT" >"$log" 2>&1; then
+  if ! podman build --network host --build-arg "PYTHON_IMAGE=$BASE" \
+      -f "$CONTEXT/$1" -t "$2" "$CONTEXT" >"$log" 2>&1; then
     tail -40 "$log" >&2
     rm -f "$log"
     exit 1
   fi
   rm -f "$log"
-done
+}
+build service/Dockerfile "$GATEWAY"
+build operator/Dockerfile "$OPERATOR"
 echo "==> images ready: $GATEWAY $OPERATOR"

