@@ -6,9 +6,11 @@ written: adding a call means adding it there too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -30,6 +32,8 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        #: One read-modify-write of a gateway's status at a time (see ``update_gateway_status``).
+        self._status_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -102,6 +106,11 @@ class Kube:
         return base64.b64decode(data[ref.key]).decode()
 
     # -- the gateway itself (clarion.dev websocketgateways: get, status patch) --
+    #
+    # Status fields that are set (the autoscaler's, apply's) are merge-patched
+    # from the body kopf handed over. A field that is *added to* (a count) is
+    # read fresh and patched under a per-gateway lock, so two handlers counting
+    # at once both count: the pod-deletion handler and the sweep can.
 
     async def get_gateway(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -130,3 +139,18 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:  # the gateway went away meanwhile: nothing to report on
                 raise
+
+    async def update_gateway_status(
+        self,
+        namespace: str,
+        name: str,
+        change: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> None:
+        """Patch what ``change`` makes of the gateway's current status (nothing if it is empty)."""
+        async with self._status_locks[namespace, name]:
+            gateway = await self.get_gateway(namespace, name)
+            if gateway is None:
+                return
+            delta = change(gateway.get("status") or {})
+            if delta:
+                await self.patch_gateway_status(namespace, name, delta)

@@ -37,6 +37,31 @@ def shed_plan(
     return plan
 
 
+def settled(serving: int, replicas: int) -> bool:
+    """Every pod the Deployment wants is serving: none starting, none draining on top.
+
+    Judging balance before that would count a pod that is about to fill (or go).
+    """
+    return serving == replicas
+
+
+def plan(
+    readings: Mapping[str, int | None],
+    replicas: int,
+    now: float,
+    last: float | None,
+    interval: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, int]:
+    """This tick's shed plan: none unless every serving pod was read, the Deployment
+    has settled and the cooldown since the ``last`` rebalance is over."""
+    if not readings or any(c is None for c in readings.values()):
+        return {}
+    if not settled(len(readings), replicas) or not due(now, last, interval):
+        return {}
+    return shed_plan({p: c for p, c in readings.items() if c is not None}, tolerance)
+
+
 def due(now: float, last: float | None, interval: float) -> bool:
     """Rate limit: at most one rebalance per ``COOLDOWN_INTERVALS`` scaling intervals."""
     return last is None or now - last >= COOLDOWN_INTERVALS * interval

@@ -14,8 +14,11 @@ never happens on missing data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import GatewaySpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,18 @@ class Policy:
     up_window: float = 0.0
     down_window: float = 300.0
     max_down_step: int = 1
+
+    @classmethod
+    def from_spec(cls, spec: GatewaySpec) -> Policy:
+        sc = spec.scaling
+        return cls(
+            spec.min_replicas,
+            spec.max_replicas,
+            sc.target_connections_per_pod,
+            sc.scale_up_stabilization_seconds,
+            sc.scale_down_stabilization_seconds,
+            sc.max_scale_down_step,
+        )
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
@@ -64,6 +79,12 @@ class Decision:
         if self.replicas < current:
             return "down"
         return None
+
+
+def current_replicas(deployment: Mapping[str, Any]) -> int:
+    """The Deployment's ``spec.replicas``; unset is the API server's default, 1."""
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    return 1 if replicas is None else int(replicas)
 
 
 def recommend(total: int, policy: Policy) -> int:

@@ -1,10 +1,17 @@
-"""Status conditions, Kubernetes style: one entry per type, transition time kept when unchanged."""
+"""What the operator writes in a gateway's status: pure functions from what it saw.
+
+Each builder returns only the fields that changed (empty: write nothing), so a
+handler that runs twice writes once. Conditions are Kubernetes style: one entry
+per type, the transition time kept while the status stays the same.
+"""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .scaling import Decision
 
 #: The Deployment and Service match the spec.
 DEPLOYED = "Deployed"
@@ -60,3 +67,51 @@ def changed(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> dic
     """The part of ``wanted`` that differs from ``current``: an unchanged status is not written."""
     current = current or {}
     return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+
+def applied(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """After ``apply`` made the Deployment and Service match the spec."""
+    status = status or {}
+    conditions = set_condition(
+        status.get("conditions"), DEPLOYED, True, "Applied", "Deployment and Service match the spec"
+    )
+    return changed(status, {"conditions": conditions})
+
+
+def scaled(
+    status: Mapping[str, Any] | None,
+    decision: Decision,
+    connections: int,
+    deployment: Mapping[str, Any],
+    serving: int,
+    scaled_at: str | None = None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """After an autoscaler tick: the fields it owns (``scaled_at`` when it changed replicas)."""
+    status = status or {}
+    known = decision.recommendation is not None
+    ready = (deployment.get("status") or {}).get("readyReplicas")
+    wanted: dict[str, Any] = {
+        "connections": connections,
+        "desiredReplicas": decision.recommendation if known else decision.replicas,
+        "replicas": decision.replicas,
+        # The Deployment's own count, else the serving pods seen (a young Deployment).
+        "readyReplicas": int(ready or serving),
+        "conditions": set_condition(
+            status.get("conditions"),
+            SCALING_ACTIVE,
+            known,
+            "MetricsRead" if known else "MetricsUnknown",
+            decision.reason,
+            now,
+        ),
+    }
+    if scaled_at is not None:
+        wanted["lastScaleTime"] = scaled_at
+    return changed(status, wanted)
+
+
+def orphans_counted(status: Mapping[str, Any] | None, deleted: int) -> dict[str, Any]:
+    """``orphanQueuesDeleted`` after ``deleted`` more queues went."""
+    before = int((status or {}).get("orphanQueuesDeleted") or 0)
+    return changed(status, {"orphanQueuesDeleted": before + deleted})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from clarion_operator.scaling import Policy, State, decide, recommend
+from clarion_operator.scaling import Policy, State, current_replicas, decide, recommend
+from clarion_operator.spec import GatewaySpec
 
 P = Policy(min_replicas=2, max_replicas=10, target_per_pod=100, up_window=0, down_window=60)
 
@@ -120,3 +122,38 @@ def test_direction() -> None:
 def test_no_window_means_no_memory() -> None:
     policy = Policy(1, 10, 100, up_window=0, down_window=0, max_down_step=10)
     assert run(1, [(0, [0]), (1, [500]), (2, [0])], policy) == [1, 5, 1]
+
+
+def test_policy_from_spec() -> None:
+    gs = GatewaySpec.parse(
+        {
+            "image": "i",
+            "replicas": {"min": 3, "max": 7},
+            "scaling": {
+                "targetConnectionsPerPod": 10,
+                "scaleUpStabilizationSeconds": 5,
+                "scaleDownStabilizationSeconds": 50,
+                "maxScaleDownStep": 2,
+            },
+        }
+    )
+    assert Policy.from_spec(gs) == Policy(3, 7, 10, up_window=5, down_window=50, max_down_step=2)
+    d = GatewaySpec.parse({"image": "i"})
+    assert Policy.from_spec(d) == Policy(
+        d.min_replicas,
+        d.max_replicas,
+        d.scaling.target_connections_per_pod,
+        d.scaling.scale_up_stabilization_seconds,
+        d.scaling.scale_down_stabilization_seconds,
+        d.scaling.max_scale_down_step,
+    )
+
+
+@pytest.mark.parametrize(
+    ("deployment", "replicas"),
+    [({"spec": {"replicas": 3}}, 3), ({"spec": {"replicas": 0}}, 0), ({"spec": {}}, 1), ({}, 1)],
+)
+def test_current_replicas_defaults_like_the_api_server(
+    deployment: dict[str, Any], replicas: int
+) -> None:
+    assert current_replicas(deployment) == replicas
