@@ -32,11 +32,6 @@ class Sweep:
     first_seen: dict[str, float]  # orphan candidates and when they were first seen
 
 
-def queue_pod(queue: str, prefix: str = names.QUEUE_PREFIX) -> str | None:
-    """The pod a queue belongs to, or None for a queue that is not a pod queue."""
-    return names.pod_of_queue(queue, prefix)
-
-
 def sweep(
     queues: Iterable[QueueInfo],
     live_pods: Collection[str],
@@ -54,7 +49,7 @@ def sweep(
     seen: dict[str, float] = {}
     delete: list[str] = []
     for q in queues:
-        pod = queue_pod(q.name, prefix)
+        pod = names.pod_of_queue(q.name, prefix)
         if pod is None or pod in live_pods or q.consumers > 0:
             continue
         since = first_seen.get(q.name, now)

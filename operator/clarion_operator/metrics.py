@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -40,12 +39,11 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` (0: not at all)."""
         if port:
-            self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+            self._server, _ = start_http_server(port, addr, registry=self.registry)
 
     def close(self) -> None:
         if self._server is not None:

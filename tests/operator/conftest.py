@@ -1,6 +1,6 @@
 """End-to-end harness: KMock as the API server, real RabbitMQ, real gateway processes as pods.
 
-``Emulator`` closes KMock's known gaps (DESIGN.md): resource versions bumped on
+``Emulator`` closes KMock's known gaps (docs/operator.md, Tests): resource versions bumped on
 every write with a 422 for a failed JSON-patch ``test``, ``generateName``,
 label and field selectors, an isolated ``/status`` subresource, watches that
 start after the listing's resource version, and PUT as a replace. KMock has no
