@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import kmock
 import pytest
 
 from clarion_operator import resources
 from clarion_operator.spec import GatewaySpec
-from tests.operator.conftest import GATEWAY_RESOURCE, NS, Cluster, _emulator
+from tests.operator.conftest import (  # cluster: the emulator, KUBECONFIG set to it
+    GATEWAY_RESOURCE,
+    NS,
+    Cluster,
+    cluster,  # noqa: F401
+)
 from tests.support import Vhost, free_port, wait_for
 
 from .conftest import Images
@@ -24,33 +28,13 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(90, func_only=True)]
 PEERING = "clarion-images"
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Path]]:
-    """A fresh emulated API server and a kubeconfig for it (the container mounts it)."""
-    async with _emulator() as k, kmock.Server(k) as server:
-        url = str(server.url).rstrip("/")
-        config = tmp_path / "kubeconfig"
-        config.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
-            f"clusters: [{{name: kmock, cluster: {{server: '{url}'}}}}]\n"
-            "users: [{name: kmock, user: {token: test}}]\n"
-            "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
-        )
-        config.chmod(0o644)  # the container's user 10001 reads it
-        c = Cluster(k, url)
-        try:
-            yield c, config
-        finally:
-            await c.http.aclose()
-
-
 async def test_operator_image_creates_the_gateways_deployment(
     containers: Containers,
     images: Images,
-    cluster: tuple[Cluster, Path],
+    cluster: Cluster,  # noqa: F811
     vhost: Vhost,
 ) -> None:
-    k, kubeconfig = cluster
+    k, kubeconfig = cluster, Path(os.environ["KUBECONFIG"])
     await k.secrets(vhost)
     # The chart creates the peering object the operator's --peering names.
     r = await k.http.post(
