@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -25,69 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from .private_broker import PrivateBroker
 from .support import GatewayProcess, wait_for
+from .wsclient import Client
 
 pytestmark = pytest.mark.slow
 
 
 def _tag() -> str:
     return uuid.uuid4().hex[:6]
-
-
-class Socket:
-    """A WebSocket client that records every frame (and when) until it closes."""
-
-    def __init__(self, ws: websockets.ClientConnection, name: str) -> None:
-        self.ws = ws
-        self.name = name
-        self.frames: list[Any] = []
-        self.messages: list[tuple[dict[str, Any], float]] = []  # (frame, wall time received)
-        self.closed_at: float | None = None  # monotonic
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self._task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, url: str, name: str) -> Socket:
-        ws = await websockets.connect(url, max_size=None, open_timeout=10, ping_interval=None)
-        return cls(ws, name)
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                now = time.time()
-                frame = json.loads(raw)
-                self.frames.append(frame)
-                if isinstance(frame, dict) and frame.get("type") == "message":
-                    self.messages.append((frame, now))
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            self.closed_at = time.monotonic()
-            self.close_code = self.ws.close_code
-            self.close_reason = self.ws.close_reason or ""
-
-    @property
-    def closed(self) -> bool:
-        return self._task.done()
-
-    def first(self, ftype: str) -> dict[str, Any] | None:
-        return next((f for f in self.frames if f.get("type") == ftype), None)
-
-    async def welcome(self) -> dict[str, Any]:
-        frame: dict[str, Any] = await wait_for(
-            lambda: self.first("welcome"), 10, message=f"{self.name} welcome"
-        )
-        return dict(frame)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 3)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._task, 3)
 
 
 async def _ready_status(client: httpx.AsyncClient, pod: GatewayProcess) -> int:
@@ -218,13 +164,13 @@ async def test_broker_outage_loses_nothing_accepted(
         "b-alice": (pod_b, alice, set()),
         "b-bob": (pod_b, bob, {news}),
     }
-    sockets: dict[str, Socket] = {}
+    sockets: dict[str, Client] = {}
     for name, (pod, user, chans) in layout.items():
-        s = await Socket.open(f"{pod.ws_url}?user={user}", name)
-        await s.welcome()
+        s = await Client.connect(f"{pod.ws_url}?user={user}", name, ping_interval=None)
+        await s.wait_welcome()
         for ch in chans:
-            await s.ws.send(json.dumps({"type": "subscribe", "channel": ch}))
-            await wait_for(lambda s=s: s.first("subscribed"), 5, message=f"{name} subscribed")
+            await s.send({"type": "subscribe", "channel": ch})
+            await s.wait_reply("subscribed")
         sockets[name] = s
     expected_of = {name: (user, chans) for name, (_, user, chans) in layout.items()}
 
@@ -328,7 +274,7 @@ async def test_broker_outage_loses_nothing_accepted(
     def missing_and_dupes() -> tuple[list[str], list[str]]:
         missing, dupes = [], []
         for name, s in sockets.items():
-            counts = Counter(m["id"] for m, _ in s.messages)
+            counts = Counter(m["id"] for m in s.messages)
             for r in accepted:
                 if name in _recipients(r.target, expected_of):
                     n = counts.get(r.id, 0)
@@ -348,12 +294,12 @@ async def test_broker_outage_loses_nothing_accepted(
     misrouted = [
         f"{name}:seq{m['data']['seq']}"
         for name, s in sockets.items()
-        for m, _ in s.messages
+        for m in s.messages
         if name not in _recipients(by_seq[m["data"]["seq"]].target, expected_of)
     ]
     assert not misrouted, misrouted[:10]
     # A 503 is a promise of nothing: such a message may or may not have been routed.
-    refused_seen = {m["data"]["seq"] for s in sockets.values() for m, _ in s.messages} & {
+    refused_seen = {m["data"]["seq"] for s in sockets.values() for m in s.messages} & {
         r.seq for r in refused
     }
     deliveries = sum(len(s.messages) for s in sockets.values())
@@ -500,12 +446,17 @@ async def test_stalled_socket_does_not_slow_the_others(slow_pod: GatewayProcess)
     without pushing hundreds of megabytes to the live sockets.
     """
     pod = slow_pod
-    live: list[Socket] = []
+    live: list[Client] = []
     for batch in range(4):
         live += await asyncio.gather(
-            *(Socket.open(f"{pod.ws_url}?user=live-{batch}-{i}", f"live{i}") for i in range(25))
+            *(
+                Client.connect(
+                    f"{pod.ws_url}?user=live-{batch}-{i}", f"live{i}", ping_interval=None
+                )
+                for i in range(25)
+            )
         )
-    await asyncio.gather(*(s.welcome() for s in live))
+    await asyncio.gather(*(s.wait_welcome() for s in live))
     pad = "x" * 4000  # about 4 KB per broadcast frame
     filler = "y" * 96_000
     per_phase = 60
@@ -527,7 +478,7 @@ async def test_stalled_socket_does_not_slow_the_others(slow_pod: GatewayProcess)
                 to_stalled += 2
             await asyncio.sleep(0.04)
         await wait_for(
-            lambda: all(sum(m["data"]["phase"] == name for m, _ in s.messages) == n for s in live),
+            lambda: all(sum(m["data"]["phase"] == name for m in s.messages) == n for s in live),
             20,
             message=f"every live socket got phase {name}",
         )
@@ -537,7 +488,7 @@ async def test_stalled_socket_does_not_slow_the_others(slow_pod: GatewayProcess)
         return [
             recv - m["ts"] / 1000
             for s in live
-            for m, recv in s.messages
+            for m, recv in zip(s.messages, s.received_at, strict=True)
             if m["data"]["phase"] == name
         ]
 
@@ -615,8 +566,11 @@ async def test_sigterm_drains_gracefully(drain_pod: GatewayProcess) -> None:
     """SIGTERM: unready at once, refuse new sockets, close 1001 spread over the window, exit."""
     pod = drain_pod
     n = 20
-    sockets = [await Socket.open(f"{pod.ws_url}?user=d{i}", f"d{i}") for i in range(n)]
-    await asyncio.gather(*(s.welcome() for s in sockets))
+    sockets = [
+        await Client.connect(f"{pod.ws_url}?user=d{i}", f"d{i}", ping_interval=None)
+        for i in range(n)
+    ]
+    await asyncio.gather(*(s.wait_welcome() for s in sockets))
     await wait_for(lambda: _conns_are(pod, n), 5)
     assert pod.proc is not None
 
@@ -635,10 +589,10 @@ async def test_sigterm_drains_gracefully(drain_pod: GatewayProcess) -> None:
         )
         assert r.status_code == 202
     # ... but takes no new ones.
-    late = await Socket.open(f"{pod.ws_url}?user=late", "late")
+    late = await Client.connect(f"{pod.ws_url}?user=late", "late", ping_interval=None)
     await wait_for(lambda: late.closed, 2, message="new socket refused")
     # No welcome: refused at the door, not a session that was drained.
-    assert late.close_code == 1001 and late.first("welcome") is None, (late.close_code, late.frames)
+    assert late.close_code == 1001 and not late.of_type("welcome"), (late.close_code, late.frames)
 
     await wait_for(lambda: all(s.closed for s in sockets), 8, message="all sockets closed")
     returncode = await asyncio.to_thread(pod.proc.wait, max(0.1, 6 - (time.monotonic() - t0)))
@@ -647,7 +601,7 @@ async def test_sigterm_drains_gracefully(drain_pod: GatewayProcess) -> None:
     codes = Counter(s.close_code for s in sockets)
     assert codes == {1001: n}, codes
     assert all("reconnect" in s.close_reason for s in sockets), sockets[0].close_reason
-    assert all(any(m["data"] == "last words" for m, _ in s.messages) for s in sockets)
+    assert all("last words" in s.data() for s in sockets)
     closes = sorted(s.closed_at - t0 for s in sockets if s.closed_at is not None)
     assert closes[0] >= 0.9, f"first close {closes[0]:.2f}s after SIGTERM, before the 1 s delay"
     spread = closes[-1] - closes[0]

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import websockets
 
 from .support import GatewayProcess, Vhost, running_pods, wait_for
-from .wsclient import Client
+from .wsclient import Client, User
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,44 +26,14 @@ def pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
         yield procs
 
 
-class Reconnecting:
-    """A user's client: tracks the last id and reconnects with since= to a given pod."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.received: list[str] = []
-        self.data: list[int] = []
-        self.last_id: str | None = None
-        self.welcomes: list[dict[str, object]] = []
-        self.client: Client | None = None
-
-    async def connect(self, pod: GatewayProcess) -> None:
-        url = f"{pod.ws_url}?user={self.user}"
-        if self.last_id:
-            url += f"&since={self.last_id}"
-        self.client = await Client.connect(url, self.user)
-        self.welcomes.append(await self.client.wait_welcome())
-        self._seen = 0
-
-    def drain(self) -> None:
-        """Move newly received messages into the bookkeeping."""
-        assert self.client is not None
-        msgs = self.client.messages
-        for m in msgs[self._seen :]:
-            self.received.append(m["id"])
-            self.data.append(m["data"])
-            self.last_id = m["id"]
-        self._seen = len(msgs)
-
-
 async def test_sigkilled_pod_users_recover_everything_on_other_pods(
     pods: list[GatewayProcess],
 ) -> None:
     victim, survivor_b, survivor_c = pods
-    users = [Reconnecting(f"user{i}") for i in range(30)]
+    users = [User(f"user{i}") for i in range(30)]
     for u in users:
-        await u.connect(victim)
-    published: dict[str, list[str]] = {u.user: [] for u in users}
+        await u.connect(victim.ws_url)
+    published: dict[str, list[str]] = {u.name: [] for u in users}
     async with httpx.AsyncClient(base_url=survivor_b.http_url, timeout=10) as api:
 
         async def publish(user: str, n: int) -> None:
@@ -74,7 +43,7 @@ async def test_sigkilled_pod_users_recover_everything_on_other_pods(
 
         # Everyone gets a first message, so everyone has a `since` to come back with.
         for i, u in enumerate(users):
-            await publish(u.user, i)
+            await publish(u.name, i)
         for u in users:
             assert u.client is not None
             await wait_for(lambda u=u: len(u.client.messages) >= 1, 10, message="first message")
@@ -88,7 +57,7 @@ async def test_sigkilled_pod_users_recover_everything_on_other_pods(
             rng = random.Random(7)
             while not stop.is_set():
                 counter += 1
-                await publish(rng.choice(users).user, counter)
+                await publish(rng.choice(users).name, counter)
                 await asyncio.sleep(0.002)
 
         task = asyncio.create_task(publisher())
@@ -101,7 +70,7 @@ async def test_sigkilled_pod_users_recover_everything_on_other_pods(
             u.drain()
         # Everyone comes back, on one of the two surviving pods, while publishing goes on.
         for i, u in enumerate(users):
-            await u.connect(survivor_b if i % 2 else survivor_c)
+            await u.connect((survivor_b if i % 2 else survivor_c).ws_url)
         reconnected_in = time.monotonic() - killed_at
         await wait_for(lambda: counter > 1600, 30, message="more messages after the reconnect")
         stop.set()
@@ -112,30 +81,28 @@ async def test_sigkilled_pod_users_recover_everything_on_other_pods(
     def all_arrived() -> bool:
         for u in users:
             u.drain()
-        return all(len(u.received) >= len(published[u.user]) for u in users)
+        return all(len(u.ids) >= len(published[u.name]) for u in users)
 
     await wait_for(all_arrived, 20, message="every published message delivered")
     for u in users:
-        assert u.received == published[u.user], f"{u.user}: lost or reordered"
-        assert len(set(u.received)) == len(u.received), f"{u.user}: duplicates"
+        assert u.ids == published[u.name], f"{u.name}: lost or reordered"
+        assert len(set(u.ids)) == len(u.ids), f"{u.name}: duplicates"
         assert u.welcomes[-1]["recovered"] is True
     print(
         f"\nrecovery: {total} messages to {len(users)} users, pod killed mid-stream, "
         f"all reconnected in {reconnected_in:.2f}s, lost 0, duplicates 0"
     )
     for u in users:
-        assert u.client is not None
-        await u.client.close()
+        await u.close()
 
 
 async def test_since_older_than_history_says_not_recovered(pods: list[GatewayProcess]) -> None:
     pod = pods[0]
     ancient = "01000000-0000-7000-8000-000000000000"  # 1970: long out of the window
-    async with websockets.connect(f"{pod.ws_url}?user=old&since={ancient}") as ws:
-        import json
-
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert welcome["type"] == "welcome" and welcome["recovered"] is False
+    client = await Client.connect(f"{pod.ws_url}?user=old&since={ancient}", "old")
+    assert (await client.wait_welcome())["recovered"] is False
+    assert client.frames[0]["type"] == "welcome"
+    await client.close()
 
 
 async def test_channel_recovery_via_subscribe_since(pods: list[GatewayProcess]) -> None:

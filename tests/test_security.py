@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -24,12 +23,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from .support import GatewayProcess, wait_for, wait_for_sync
+from .wsclient import Client, refused
 
 SECRET = "s3cret-" + uuid.uuid4().hex
 API_KEYS = ("key-old-" + uuid.uuid4().hex[:8], "key-new-" + uuid.uuid4().hex[:8])
@@ -40,71 +39,6 @@ MAX_FRAMES_PER_SECOND = 5
 MAX_FRAME_BYTES = 4096
 MAX_BODY_BYTES = 2048
 MAX_CONNECTIONS = 3
-
-
-class Session:
-    """A WebSocket client that records frames until the server closes it."""
-
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[Any] = []
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self._task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, url: str, **kw: Any) -> Session:
-        return cls(await websockets.connect(url, open_timeout=10, max_size=None, **kw))
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                self.frames.append(json.loads(raw))
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            self.close_code = self.ws.close_code
-            self.close_reason = self.ws.close_reason or ""
-
-    @property
-    def closed(self) -> bool:
-        return self._task.done()
-
-    def of_type(self, ftype: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if isinstance(f, dict) and f.get("type") == ftype]
-
-    async def welcome(self) -> dict[str, Any]:
-        """The welcome frame, or {} if the server closed the socket instead."""
-        await wait_for(lambda: self.of_type("welcome") or self.closed, 10, message="welcome")
-        return (self.of_type("welcome") or [{}])[0]
-
-    async def until_closed(self, timeout: float = 10) -> tuple[int | None, str]:
-        await wait_for(lambda: self.closed, timeout, message="server closes the socket")
-        return self.close_code, self.close_reason
-
-    async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
-
-    async def reply(self, ftype: str, count: int = 1, timeout: float = 5) -> dict[str, Any]:
-        frames: list[dict[str, Any]] = await wait_for(
-            lambda: len(self.of_type(ftype)) >= count and self.of_type(ftype),
-            timeout,
-            message=f"{ftype} frame #{count}",
-        )
-        return frames[count - 1]
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 3)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._task, 3)
-
-
-async def refused(url: str, **kw: Any) -> tuple[int | None, str, list[Any]]:
-    """Connect and return how the server closed the socket, and what it sent before."""
-    s = await Session.open(url, **kw)
-    code, reason = await s.until_closed()
-    return code, reason, s.frames
 
 
 def hs256(sub: str, secret: str = SECRET, **claims: Any) -> str:
@@ -213,12 +147,12 @@ def _metric(pod: GatewayProcess, name: str, **labels: str) -> float:
 
 @pytest.mark.timeout(30)
 async def test_hs256_token_in_query_and_header(hs: GatewayProcess) -> None:
-    s = await Session.open(f"{hs.ws_url}?token={hs256('alice')}")
-    assert (await s.welcome())["user"] == "alice"
-    hdr = await Session.open(
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('alice')}")
+    assert (await s.wait_welcome())["user"] == "alice"
+    hdr = await Client.connect(
         hs.ws_url, additional_headers={"Authorization": f"Bearer {hs256('bob')}"}
     )
-    assert (await hdr.welcome())["user"] == "bob"
+    assert (await hdr.wait_welcome())["user"] == "bob"
     # The session works: the user's messages arrive.
     async with httpx.AsyncClient() as http:
         r = await http.post(
@@ -227,7 +161,7 @@ async def test_hs256_token_in_query_and_header(hs: GatewayProcess) -> None:
             headers={"Authorization": f"Bearer {API_KEYS[0]}"},
         )
     assert r.status_code == 202
-    assert (await hdr.reply("message"))["data"] == "hi bob"
+    assert (await hdr.wait_reply("message"))["data"] == "hi bob"
     await s.close()
     await hdr.close()
 
@@ -281,8 +215,8 @@ async def test_rs256_with_pem_and_jwks(
         headers={"kid": "key-2"},
     )
     for token, user in ((pem_token, "pem-user"), (jwks_token, "jwks-user")):
-        s = await Session.open(f"{rs.ws_url}?token={token}")
-        assert (await s.welcome()).get("user") == user, (s.close_code, s.close_reason)
+        s = await Client.connect(f"{rs.ws_url}?token={token}")
+        assert (await s.wait_welcome()).get("user") == user, (s.close_code, s.close_reason)
         await s.close()
     stranger = jwt.encode(
         {"sub": "eve", "exp": exp},
@@ -300,15 +234,15 @@ async def test_rs256_with_pem_and_jwks(
 
 @pytest.mark.timeout(30)
 async def test_channels_claim_limits_subscriptions(hs: GatewayProcess) -> None:
-    s = await Session.open(f"{hs.ws_url}?token={hs256('carol', channels=['orders.*', 'news'])}")
-    await s.welcome()
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('carol', channels=['orders.*', 'news'])}")
+    await s.wait_welcome()
     await s.send({"type": "subscribe", "channel": "orders.eu"})
-    assert (await s.reply("subscribed"))["channel"] == "orders.eu"
+    assert (await s.wait_reply("subscribed"))["channel"] == "orders.eu"
     await s.send({"type": "subscribe", "channel": "billing.eu"})
-    err = await s.reply("error")
+    err = await s.wait_reply("error")
     assert err["code"] == "forbidden" and "billing.eu" in err["message"]
     await s.send({"type": "subscribe", "channel": "news"})
-    assert (await s.reply("subscribed", 2))["channel"] == "news"
+    assert (await s.wait_reply("subscribed", 2))["channel"] == "news"
     assert not s.closed  # a forbidden subscribe is an error frame, not a disconnect
     await s.close()
 
@@ -316,11 +250,11 @@ async def test_channels_claim_limits_subscriptions(hs: GatewayProcess) -> None:
 @pytest.mark.timeout(30)
 async def test_token_expiring_while_connected_closes_1008(hs: GatewayProcess) -> None:
     expired0 = _metric(hs, "clarion_connections_closed_total", reason="token_expired")
-    s = await Session.open(f"{hs.ws_url}?token={hs256('dave', exp=int(time.time()) + 2)}")
-    assert (await s.welcome())["user"] == "dave"
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('dave', exp=int(time.time()) + 2)}")
+    assert (await s.wait_welcome())["user"] == "dave"
     t0 = time.monotonic()
-    code, reason = await s.until_closed(8)
-    assert (code, reason) == (1008, "token expired")
+    await s.wait_closed(8)
+    assert (s.close_code, s.close_reason) == (1008, "token expired")
     assert time.monotonic() - t0 < 4
     await wait_for(
         lambda: (
@@ -355,9 +289,9 @@ async def test_api_keys_rotation_and_refusal(hs: GatewayProcess) -> None:
 
 @pytest.mark.timeout(30)
 async def test_admin_shed_needs_its_token(hs: GatewayProcess) -> None:
-    sessions = [await Session.open(f"{hs.ws_url}?token={hs256(f'shed{i}')}") for i in range(3)]
+    sessions = [await Client.connect(f"{hs.ws_url}?token={hs256(f'shed{i}')}") for i in range(3)]
     for s in sessions:
-        await s.welcome()
+        await s.wait_welcome()
     url = f"{hs.http_url}/admin/shed"
     async with httpx.AsyncClient() as http:
         for headers in (
@@ -391,16 +325,16 @@ async def test_admin_shed_needs_its_token(hs: GatewayProcess) -> None:
 @pytest.mark.timeout(30)
 async def test_origin_allowlist(hs: GatewayProcess) -> None:
     token = hs256("olga")
-    s = await Session.open(f"{hs.ws_url}?token={token}", origin=ORIGIN)
-    assert (await s.welcome())["user"] == "olga"
+    s = await Client.connect(f"{hs.ws_url}?token={token}", origin=ORIGIN)
+    assert (await s.wait_welcome())["user"] == "olga"
     await s.close()
     code, reason, frames = await refused(
         f"{hs.ws_url}?token={token}", origin="https://evil.example.net"
     )
     assert (code, frames) == (1008, []) and "origin" in reason, (code, reason)
     # Non-browser clients send no Origin and are let in.
-    s = await Session.open(f"{hs.ws_url}?token={token}")
-    assert (await s.welcome())["user"] == "olga"
+    s = await Client.connect(f"{hs.ws_url}?token={token}")
+    assert (await s.wait_welcome())["user"] == "olga"
     await s.close()
 
 
@@ -412,9 +346,9 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
     tiny = pods["tiny"]
     overload0 = _metric(tiny, "clarion_connections_closed_total", reason="overload")
     hits0 = _metric(tiny, "clarion_limit_hits_total", limit="connections")
-    held = [await Session.open(f"{tiny.ws_url}?user=u{i}") for i in range(MAX_CONNECTIONS)]
+    held = [await Client.connect(f"{tiny.ws_url}?user=u{i}") for i in range(MAX_CONNECTIONS)]
     for s in held:
-        await s.welcome()
+        await s.wait_welcome()
     code, reason, frames = await refused(f"{tiny.ws_url}?user=one-too-many")
     assert (code, frames) == (1013, []) and "try again" in reason, (code, reason)
     assert _metric(tiny, "clarion_connections") == MAX_CONNECTIONS
@@ -422,8 +356,8 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
     assert _metric(tiny, "clarion_limit_hits_total", limit="connections") == hits0 + 1
     await held[0].close()
     await wait_for(lambda: _metric(tiny, "clarion_connections") == MAX_CONNECTIONS - 1, 5)
-    s = await Session.open(f"{tiny.ws_url}?user=next")  # room again
-    assert (await s.welcome())["user"] == "next"
+    s = await Client.connect(f"{tiny.ws_url}?user=next")  # room again
+    assert (await s.wait_welcome())["user"] == "next"
     for h in [*held, s]:
         await h.close()
 
@@ -431,22 +365,22 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
 @pytest.mark.timeout(30)
 async def test_max_subscriptions(hs: GatewayProcess) -> None:
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="subscriptions")
-    s = await Session.open(f"{hs.ws_url}?token={hs256('sub-user')}")
-    await s.welcome()
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('sub-user')}")
+    await s.wait_welcome()
     for i in range(MAX_SUBSCRIPTIONS):
         await s.send({"type": "subscribe", "channel": f"c{i}"})
-        await s.reply("subscribed", i + 1)
+        await s.wait_reply("subscribed", i + 1)
     await s.send({"type": "subscribe", "channel": "one-more"})
-    err = await s.reply("error")
+    err = await s.wait_reply("error")
     assert err["code"] == "too_many_subscriptions", err
     assert _metric(hs, "clarion_limit_hits_total", limit="subscriptions") == hits0 + 1
     assert _metric(hs, "clarion_subscriptions") == MAX_SUBSCRIPTIONS
     await s.send({"type": "subscribe", "channel": "c0"})  # already held: still fine
-    await s.reply("subscribed", MAX_SUBSCRIPTIONS + 1)
+    await s.wait_reply("subscribed", MAX_SUBSCRIPTIONS + 1)
     await s.send({"type": "unsubscribe", "channel": "c1"})
-    await s.reply("unsubscribed")
+    await s.wait_reply("unsubscribed")
     await s.send({"type": "subscribe", "channel": "one-more"})
-    assert (await s.reply("subscribed", MAX_SUBSCRIPTIONS + 2))["channel"] == "one-more"
+    assert (await s.wait_reply("subscribed", MAX_SUBSCRIPTIONS + 2))["channel"] == "one-more"
     assert not s.closed
     await s.close()
     await wait_for(lambda: _metric(hs, "clarion_subscriptions") == 0, 5)
@@ -456,8 +390,8 @@ async def test_max_subscriptions(hs: GatewayProcess) -> None:
 async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
     limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_rate")
-    s = await Session.open(f"{hs.ws_url}?token={hs256('flooder')}")
-    await s.welcome()
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('flooder')}")
+    await s.wait_welcome()
     flood = 60
     t0 = time.monotonic()
     for _ in range(flood):
@@ -486,21 +420,20 @@ async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
 async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
     too_big0 = _metric(hs, "clarion_connections_closed_total", reason="too_big")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_size")
-    s = await Session.open(f"{hs.ws_url}?token={hs256('big')}")
-    await s.welcome()
+    s = await Client.connect(f"{hs.ws_url}?token={hs256('big')}")
+    await s.wait_welcome()
     await s.send({"type": "ping", "pad": "x" * (MAX_FRAME_BYTES - 100)})  # just under: fine
-    await s.reply("pong")
+    await s.wait_reply("pong")
     await s.send({"type": "ping", "pad": "x" * MAX_FRAME_BYTES})
-    code, _ = await s.until_closed(5)
-    assert code == 1009
+    assert await s.wait_closed(5) == 1009
     await wait_for(
         lambda: _metric(hs, "clarion_connections_closed_total", reason="too_big") == too_big0 + 1,
         5,
     )
     assert _metric(hs, "clarion_limit_hits_total", limit="frame_size") == hits0 + 1
     # Only that socket: the pod is fine.
-    other = await Session.open(f"{hs.ws_url}?token={hs256('after-big')}")
-    assert (await other.welcome())["user"] == "after-big"
+    other = await Client.connect(f"{hs.ws_url}?token={hs256('after-big')}")
+    assert (await other.wait_welcome())["user"] == "after-big"
     await other.close()
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from .private_broker import PrivateBroker
 from .support import GatewayProcess, wait_for
-from .wsclient import Client
+from .wsclient import User
 
 # bench/soak.py runs this same test bigger and longer through these variables.
 SOAK_TIMEOUT = int(os.environ.get("CLARION_SOAK_TIMEOUT", "180"))
@@ -47,34 +47,6 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         b.close()
 
 
-class User:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ids: list[str] = []  # received message ids, in arrival order
-        self.last_id: str | None = None
-        self.client: Client | None = None
-        self._seen = 0
-        self.reconnects = 0
-
-    async def connect(self, pod: GatewayProcess) -> None:
-        url = f"{pod.ws_url}?user={self.name}"
-        if self.last_id:
-            url += f"&since={self.last_id}"
-            self.reconnects += 1
-        self.client = await Client.connect(url, self.name)
-        await self.client.wait_welcome(20)
-        self._seen = 0
-
-    def drain(self) -> None:
-        if self.client is None:
-            return
-        msgs = self.client.messages
-        for m in msgs[self._seen :]:
-            self.ids.append(m["id"])
-            self.last_id = m["id"]
-        self._seen = len(msgs)
-
-
 async def test_soak_broker_restart_and_pod_kill_lose_nothing(
     broker: PrivateBroker, tmp_path: Path
 ) -> None:
@@ -94,7 +66,7 @@ async def test_soak_broker_restart_and_pod_kill_lose_nothing(
         a, b, victim = pods
         users = [User(f"s{i}") for i in range(SOCKETS)]
         for i, u in enumerate(users):
-            await u.connect(pods[i % 3])
+            await u.connect(pods[i % 3].ws_url, timeout=20)
 
         # accepted[id] = the users that must get it (None: everyone)
         accepted: dict[str, str | None] = {}
@@ -161,7 +133,7 @@ async def test_soak_broker_restart_and_pod_kill_lose_nothing(
             await u.client.wait_closed(15)
             u.drain()
         for i, u in enumerate(orphans):
-            await u.connect(a if i % 2 else b)
+            await u.connect((a if i % 2 else b).ws_url, timeout=20)
         await wait_for(
             lambda: len(accepted) > outage_accepted + 8 * PHASE // 3,
             phase_s * 2,
@@ -206,8 +178,7 @@ async def test_soak_broker_restart_and_pod_kill_lose_nothing(
                 f"{name} grew {before} -> {rss_after[name]}"
             )
         for u in users:
-            assert u.client is not None
-            await u.client.close()
+            await u.close()
     finally:
         for p in pods:
             p.kill()

@@ -1,4 +1,9 @@
-"""A small WebSocket test client that records every frame it receives."""
+"""The tests' WebSocket client: one real connection that records every frame it receives.
+
+``Client`` is a socket as a test sees it (frames, messages with their arrival time,
+how and when the server closed it); ``User`` is one user across reconnects, coming
+back with ``since=<last id>`` as a browser would.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -20,34 +26,37 @@ class Client:
     def __init__(self, ws: ClientConnection, name: str = "") -> None:
         self.ws = ws
         self.name = name
-        self.frames: list[Any] = []
-        self._messages: list[dict[str, Any]] = []
-        self.received_at: list[float] = []
+        self.frames: list[Any] = []  # JSON frames decoded, anything else as received
+        self.messages: list[dict[str, Any]] = []  # the "message" frames
+        self.received_at: list[float] = []  # wall time each of ``messages`` arrived
         self.welcome: dict[str, Any] = {}
         self.close_code: int | None = None
         self.close_reason: str = ""
+        self.closed_at: float | None = None  # monotonic
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def connect(cls, url: str, name: str = "", **kw: Any) -> Client:
+        """Open ``url``; ``kw`` goes to ``websockets.connect`` (headers, origin, ping_interval)."""
         ws = await websockets.connect(url, max_size=None, open_timeout=10, **kw)
-        client = cls(ws, name)
-        return client
+        return cls(ws, name or "client")  # not the URL: it may carry a token
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                now = time.time()
                 try:
                     frame: Any = json.loads(raw)
                 except (ValueError, TypeError):
                     frame = raw
                 self.frames.append(frame)
                 if isinstance(frame, dict) and frame.get("type") == "message":
-                    self._messages.append(frame)
-                self.received_at.append(time.time())
+                    self.messages.append(frame)
+                    self.received_at.append(now)
         except websockets.ConnectionClosed:
             pass
         finally:
+            self.closed_at = time.monotonic()
             self.close_code = self.ws.close_code
             self.close_reason = self.ws.close_reason or ""
 
@@ -58,26 +67,35 @@ class Client:
     def of_type(self, ftype: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if isinstance(f, dict) and f.get("type") == ftype]
 
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        return self._messages
-
     def data(self) -> list[Any]:
         return [m["data"] for m in self.messages]
 
     async def wait_welcome(self, timeout: float = 10) -> dict[str, Any]:
-        frames = await wait_for(lambda: self.of_type("welcome"), timeout, message="welcome")
-        self.welcome = frames[0]
+        """The welcome frame; fails at once, with the close code, if the server closed instead."""
+        await wait_for(
+            lambda: self.of_type("welcome") or self.closed, timeout, message=f"{self.name}: welcome"
+        )
+        welcome = self.of_type("welcome")
+        assert welcome, f"{self.name}: closed {self.close_code} {self.close_reason!r}, no welcome"
+        self.welcome = welcome[0]
         return self.welcome
 
-    async def wait_frame(self, pred: Any, timeout: float = 10, what: str = "frame") -> Any:
+    async def wait_frame(
+        self, pred: Callable[[Any], Any], timeout: float = 10, what: str = "frame"
+    ) -> Any:
         def find() -> Any:
-            for f in self.frames:
-                if pred(f):
-                    return f
-            return None
+            return next((f for f in self.frames if pred(f)), None)
 
         return await wait_for(find, timeout, message=f"{self.name}: {what}")
+
+    async def wait_reply(self, ftype: str, count: int = 1, timeout: float = 5) -> dict[str, Any]:
+        """The ``count``-th frame of type ``ftype``."""
+        frames: list[dict[str, Any]] = await wait_for(
+            lambda: len(self.of_type(ftype)) >= count and self.of_type(ftype),
+            timeout,
+            message=f"{self.name}: {ftype} frame #{count}",
+        )
+        return frames[count - 1]
 
     async def wait_data(self, value: Any, timeout: float = 10) -> dict[str, Any]:
         return await self.wait_frame(
@@ -87,6 +105,7 @@ class Client:
         )
 
     async def wait_closed(self, timeout: float = 10) -> int | None:
+        """Wait until the server closes the socket; its close code."""
         await wait_for(lambda: self.closed, timeout, message=f"{self.name}: close")
         return self.close_code
 
@@ -95,6 +114,54 @@ class Client:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.ws.close()
+            await asyncio.wait_for(self.ws.close(), 3)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._reader, 5)
+            await asyncio.wait_for(self._reader, 3)
+
+
+async def refused(url: str, **kw: Any) -> tuple[int | None, str, list[Any]]:
+    """Connect and return how the server closed the socket, and what it sent before."""
+    client = await Client.connect(url, **kw)
+    await client.wait_closed()
+    return client.close_code, client.close_reason, client.frames
+
+
+class User:
+    """One user's client across reconnects: it keeps the last message id and comes
+    back with ``since=`` to whichever pod it is given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ids: list[str] = []  # received message ids, in arrival order
+        self.data: list[Any] = []
+        self.last_id: str | None = None
+        self.welcomes: list[dict[str, Any]] = []
+        self.reconnects = 0
+        self.client: Client | None = None
+        self._seen = 0
+
+    async def connect(self, ws_url: str, timeout: float = 10) -> Client:
+        url = f"{ws_url}?user={self.name}"
+        if self.last_id:
+            url += f"&since={self.last_id}"
+            self.reconnects += 1
+        self.client = await Client.connect(url, self.name)
+        self.welcomes.append(await self.client.wait_welcome(timeout))
+        self._seen = 0
+        return self.client
+
+    def drain(self) -> None:
+        """Move the messages the current socket received since the last call into
+        the bookkeeping."""
+        if self.client is None:
+            return
+        msgs = self.client.messages
+        for m in msgs[self._seen :]:
+            self.ids.append(m["id"])
+            self.data.append(m["data"])
+            self.last_id = m["id"]
+        self._seen = len(msgs)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
