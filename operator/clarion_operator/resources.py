@@ -12,15 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from clarion import names
-from clarion.config import Settings
+from clarion.config import default_of, option
 
 from .spec import GatewaySpec, SecretRef
 
 #: The gateway container listens here; the Service maps ``spec.service.port`` to it.
 CONTAINER_PORT = 8080
-#: The gateway's own drain timing (``clarion serve --drain-delay/--drain-window``).
-DRAIN_DELAY = float(Settings.drain_delay)
-DRAIN_WINDOW = float(Settings.drain_window)
+#: The gateway's own drain timing (its defaults for ``clarion serve``).
+DRAIN_DELAY = float(default_of("drain_delay"))
+DRAIN_WINDOW = float(default_of("drain_window"))
 #: preStop waits this long so endpoints drop the pod before it gets SIGTERM.
 PRESTOP_SLEEP = 5
 #: SIGKILL comes only after preStop + the gateway's drain delay and window + margin.
@@ -40,34 +40,38 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _secret_env(env: str, ref: SecretRef, optional: bool) -> dict[str, Any]:
+def _value(setting: str, value: object) -> dict[str, Any]:
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return {"name": option(setting).env, "value": str(value)}
+
+
+def _secret(setting: str, ref: SecretRef, optional: bool) -> dict[str, Any]:
     return {
-        "name": env,
+        "name": option(setting).env,
         "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key, "optional": optional}},
     }
 
 
 def container_env(spec: GatewaySpec) -> list[dict[str, Any]]:
-    """The ``CLARION_*`` variables ``clarion serve`` reads (see ``clarion serve --help``)."""
+    """What ``clarion serve`` reads, by the names its settings declare (``clarion.config``)."""
+    pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
     env: list[dict[str, Any]] = [
-        {"name": "CLARION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "CLARION_HOST", "value": "0.0.0.0"},
-        {"name": "CLARION_PORT", "value": str(CONTAINER_PORT)},
-        _secret_env("CLARION_AMQP_URL", spec.broker.url_secret_ref, optional=False),
-        {"name": "CLARION_EXCHANGE", "value": spec.broker.exchange},
-        {"name": "CLARION_QUEUE_PREFIX", "value": spec.broker.queue_prefix},
-        {"name": "CLARION_AUTH", "value": spec.auth.mode},
-        {
-            "name": "CLARION_ALLOW_CLIENT_PUBLISH",
-            "value": "true" if spec.auth.allow_client_publish else "false",
-        },
-        {"name": "CLARION_DRAIN_DELAY", "value": str(DRAIN_DELAY)},
-        {"name": "CLARION_DRAIN_WINDOW", "value": str(DRAIN_WINDOW)},
+        {"name": option("pod_name").env, "valueFrom": pod_name},
+        _value("host", "0.0.0.0"),
+        _value("port", CONTAINER_PORT),
+        _secret("amqp_url", spec.broker.url_secret_ref, optional=False),
+        _value("exchange", spec.broker.exchange),
+        _value("queue_prefix", spec.broker.queue_prefix),
+        _value("auth", spec.auth.mode),
+        _value("allow_client_publish", spec.auth.allow_client_publish),
+        _value("drain_delay", DRAIN_DELAY),
+        _value("drain_window", DRAIN_WINDOW),
     ]
     if spec.auth.mode == "jwt":
-        env.append(_secret_env("CLARION_JWT_SECRET", spec.auth.jwt_secret_ref, optional=False))
-    env.append(_secret_env("CLARION_API_KEYS", spec.auth.api_key_secret_ref, optional=True))
-    env.append(_secret_env("CLARION_ADMIN_TOKEN", spec.auth.admin_token_secret_ref, optional=True))
+        env.append(_secret("jwt_secret", spec.auth.jwt_secret_ref, optional=False))
+    env.append(_secret("api_keys", spec.auth.api_key_secret_ref, optional=True))
+    env.append(_secret("admin_token", spec.auth.admin_token_secret_ref, optional=True))
     return env
 
 

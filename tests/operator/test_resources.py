@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 
 from clarion import names
+from clarion.config import Settings, options
 from clarion_operator import resources
 from clarion_operator.spec import GatewaySpec
 
@@ -68,6 +69,40 @@ def test_env_from_the_downward_api_and_secrets() -> None:
     assert env["CLARION_AUTH"] == "jwt"
     assert env["CLARION_ALLOW_CLIENT_PUBLISH"] == "true"
     assert "CLARION_JWT_SECRET" not in env_of(build({"image": "i", "auth": {"mode": "none"}}))
+
+
+#: What the referenced Secrets and the downward API would put in the variables.
+FROM_SECRETS = {
+    "CLARION_POD_NAME": "gw-7d9f-x2x",
+    "CLARION_AMQP_URL": "amqp://u:p@rabbitmq:5672/clarion",
+    "CLARION_JWT_SECRET": "s",
+    "CLARION_API_KEYS": "k1,k2",
+    "CLARION_ADMIN_TOKEN": "t",
+}
+
+
+@pytest.mark.parametrize("mode", ["jwt", "none"])
+@pytest.mark.parametrize("publish", [True, False])
+def test_the_pod_environment_is_what_clarion_serve_reads(mode: str, publish: bool) -> None:
+    """Every variable is a declared gateway setting, and its value parses into that setting."""
+    raw = {
+        "image": "i",
+        "auth": {"mode": mode, "allowClientPublish": publish},
+        "broker": {"exchange": "x.fan", "queuePrefix": "x.pod."},
+    }
+    env = env_of(build(raw))
+    assert set(env) <= {opt.env for opt in options()}
+    environ = {k: v if isinstance(v, str) else FROM_SECRETS[k] for k, v in env.items()}
+    settings = Settings.from_env(environ)
+    settings.validate()
+    assert (settings.pod_name, settings.port) == ("gw-7d9f-x2x", resources.CONTAINER_PORT)
+    assert (settings.exchange, settings.queue_prefix) == ("x.fan", "x.pod.")
+    assert (settings.auth, settings.allow_client_publish) == (mode, publish)
+    assert settings.api_keys == ["k1", "k2"] and settings.admin_token == "t"
+    assert (settings.drain_delay, settings.drain_window) == (
+        resources.DRAIN_DELAY,
+        resources.DRAIN_WINDOW,
+    )
 
 
 def test_service() -> None:
