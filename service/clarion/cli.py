@@ -148,7 +148,9 @@ async def _listen(args: argparse.Namespace) -> int:
                     if not isinstance(msg, dict):
                         continue
                     if msg.get("type") == "message":
-                        last_id = msg.get("id") or last_id
+                        mid = msg.get("id")
+                        if isinstance(mid, str) and (last_id is None or mid > last_id):
+                            last_id = mid  # the greatest id: replays are not in one order
                         print(orjson.dumps(msg).decode(), flush=True)
                     elif args.verbose:
                         print(orjson.dumps(msg).decode(), file=sys.stderr, flush=True)
