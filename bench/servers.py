@@ -18,15 +18,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import psutil
 
-RABBIT_HOST = os.environ.get("BENCH_RABBIT_HOST", "127.0.0.1")
-RABBIT_PORT = int(os.environ.get("BENCH_RABBIT_PORT", "5672"))
-MGMT_URL = os.environ.get("BENCH_MGMT_URL", f"http://{RABBIT_HOST}:15672")
-MGMT_AUTH = ("guest", "guest")
+from testkit import rabbitmq
+from testkit.net import free_port
+
+#: ``BENCH_RABBIT_HOST``, ``BENCH_RABBIT_PORT``, ``BENCH_MGMT_URL``.
+RABBIT = rabbitmq.Rabbit.from_env("BENCH_")
 HOST = "127.0.0.1"
 
 #: How each kind of system is spoken to by the load generator.
@@ -38,51 +38,18 @@ PATH = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Vhost:
+class Vhost(rabbitmq.Vhost):
     """A RabbitMQ vhost of the bench's own."""
 
-    def __init__(self) -> None:
-        self.name = f"clarion-bench-{uuid.uuid4().hex[:8]}"
-        self.quoted = quote(self.name, safe="")
-
-    @property
-    def amqp_url(self) -> str:
-        return f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{self.quoted}"
-
-    def create(self) -> Vhost:
-        with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c:
-            c.put(f"/api/vhosts/{self.quoted}").raise_for_status()
-            c.put(
-                f"/api/permissions/{self.quoted}/guest",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
-        return self
-
-    def delete(self) -> None:
-        with (
-            contextlib.suppress(httpx.HTTPError),
-            httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c,
-        ):
-            c.delete(f"/api/vhosts/{self.quoted}")
-
-    def consuming_queues(self) -> int:
-        with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as c:
-            r = c.get(f"/api/queues/{self.quoted}")
-            r.raise_for_status()
-            return sum(1 for q in r.json() if (q.get("consumers") or 0) > 0)
+    rabbit = RABBIT
+    prefix = "clarion-bench"
 
 
 def broker_pid() -> int | None:
     """The RabbitMQ node listening on the bench's port (its CPU is reported beside the pods')."""
     with contextlib.suppress(psutil.Error):
         for c in psutil.net_connections("tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == RABBIT_PORT:
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == RABBIT.port:
                 return int(c.pid) if c.pid else None
     return None
 
@@ -183,8 +150,6 @@ def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str
         cmd += ["--ws", ws]
         if "gc" in opts:
             cmd.append("--gc")
-        if "transient" in opts:
-            cmd.append("--transient")
         if "nometrics" in opts:
             cmd.append("--no-socket-metrics")
         return "clarion", cmd
@@ -223,7 +188,7 @@ def start_system(label: str, pods: int, log_dir: Path, env: dict[str, str] | Non
     tag = uuid.uuid4().hex[:6]
     try:
         for k in range(pods):
-            port = free_port()
+            port = free_port(HOST)
             name = f"bench-{tag}-{k}"
             kind, cmd = _cmd(label, port, name, vhost.amqp_url)
             system.kind = kind

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import httpx
 
-RABBIT_HOST = os.environ.get("CLARION_TEST_RABBIT_HOST", "127.0.0.1")
-RABBIT_PORT = int(os.environ.get("CLARION_TEST_RABBIT_PORT", "5672"))
-MGMT_URL = os.environ.get("CLARION_TEST_MGMT_URL", f"http://{RABBIT_HOST}:15672")
-MGMT_AUTH = ("guest", "guest")
+from testkit import rabbitmq
+from testkit.net import free_port
+
+#: The shared RabbitMQ node (``CLARION_TEST_RABBIT_HOST``, ``_PORT``, ``CLARION_TEST_MGMT_URL``).
+RABBIT = rabbitmq.Rabbit.from_env("CLARION_TEST_")
+MGMT_URL = RABBIT.mgmt_url
+MGMT_AUTH = RABBIT.auth
 
 T = TypeVar("T")
 
@@ -37,12 +38,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for(
@@ -94,45 +89,11 @@ def wait_for_sync(
         time.sleep(interval)
 
 
-class Vhost:
+class Vhost(rabbitmq.Vhost):
     """A RabbitMQ vhost of one test (module), so tests never see each other's queues."""
 
-    def __init__(self, name: str | None = None, mgmt_url: str = MGMT_URL) -> None:
-        self.name = name or f"clarion-test-{uuid.uuid4().hex[:10]}"
-        self.mgmt_url = mgmt_url
-        self.quoted = quote(self.name, safe="")
-
-    @property
-    def amqp_url(self) -> str:
-        return f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}/{self.quoted}"
-
-    def create(self) -> Vhost:
-        with httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c:
-            c.put(f"/api/vhosts/{self.quoted}").raise_for_status()
-            c.put(
-                f"/api/permissions/{self.quoted}/guest",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
-        return self
-
-    def delete(self) -> None:
-        with (
-            contextlib.suppress(httpx.HTTPError),
-            httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c,
-        ):
-            c.delete(f"/api/vhosts/{self.quoted}")
-
-    def api(self, path: str) -> Any:
-        with httpx.Client(base_url=self.mgmt_url, auth=MGMT_AUTH, timeout=10) as c:
-            r = c.get(path.replace("{vhost}", self.quoted))
-            r.raise_for_status()
-            return r.json()
-
-    def queues(self) -> list[dict[str, Any]]:
-        return list(self.api("/api/queues/{vhost}"))
-
-    def connections(self) -> list[dict[str, Any]]:
-        return [c for c in self.api("/api/connections") if c.get("vhost") == self.name]
+    rabbit = RABBIT
+    prefix = "clarion-test"
 
 
 REPO = Path(__file__).resolve().parent.parent
