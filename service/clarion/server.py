@@ -18,6 +18,7 @@ import uvicorn
 
 from .app import create_app
 from .gateway import Gateway
+from .transport import websocket_protocol
 
 log = logging.getLogger("clarion.server")
 
@@ -40,7 +41,7 @@ def uvicorn_config(gateway: Gateway) -> uvicorn.Config:
         # The sans-I/O websockets implementation: about 8 KiB less per socket than
         # the legacy one, and its send completes without suspending while the
         # transport is writable, which transport.py relies on (docs/performance.md).
-        ws="websockets-sansio",
+        ws=websocket_protocol(),
         ws_max_size=s.max_frame_bytes,
         ws_per_message_deflate=s.compression,
         ws_ping_interval=20.0,

@@ -160,6 +160,34 @@ def _uvicorn_protocol_class() -> type | None:
 _UVICORN = _uvicorn_protocol_class()
 
 
+def websocket_protocol() -> type | str:
+    """The ``ws`` implementation Clarion runs uvicorn with (server.py)."""
+    if _UVICORN is None:  # pragma: no cover
+        return "websockets-sansio"
+
+    class ClarionWebSocketProtocol(_UVICORN):  # type: ignore[valid-type,misc]
+        """uvicorn's websockets-sansio protocol, answering handshakes it cannot parse.
+
+        websockets refuses a request line or header over its limits (414, 431)
+        by queueing the response and no event, and uvicorn writes only after
+        events: the client waited on an open socket until it gave up. Here the
+        queued answer is written and the socket closed at once.
+        """
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if (
+                not self.handshake_initiated
+                and self.conn.handshake_exc is not None
+                and not self.transport.is_closing()
+            ):
+                self.transport.write(b"".join(self.conn.data_to_send()))
+                self.close_sent = True
+                self.transport.close()
+
+    return ClarionWebSocketProtocol
+
+
 def transport_for(send: Send, counts: WriteCounts, *, raw_frames: bool = True) -> Transport:
     """The fastest transport that fits the server behind ``send``."""
     proto = getattr(send, "__self__", None)
