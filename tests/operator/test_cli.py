@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clarion import names
+from clarion import envvars, names
 from clarion_operator.__main__ import build_parser
+from clarion_operator.config import OperatorConfig
 from tests.support import free_port, wait_for
 
 from .conftest import Cluster
@@ -35,6 +36,74 @@ def test_flags_default_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.liveness_port == 1
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--standalone", "--peering", "x"])
+
+
+BOOLEANS = [
+    "CLARION_OPERATOR_STANDALONE",
+    "CLARION_OPERATOR_ALL_NAMESPACES",
+    "CLARION_OPERATOR_VERBOSE",
+]
+
+
+@pytest.mark.parametrize("var", BOOLEANS)
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        *[("1", True), ("true", True), ("TRUE", True), (" yes ", True), ("On", True)],
+        *[("0", False), ("false", False), ("False", False), (" no", False), ("off", False)],
+        ("", False),  # set but empty: off, as for the gateway's variables
+    ],
+)
+def test_booleans_read_as_the_gateway_reads_them(var: str, raw: str, value: bool) -> None:
+    config = OperatorConfig.from_env({var: raw})
+    assert {
+        "CLARION_OPERATOR_STANDALONE": config.standalone,
+        "CLARION_OPERATOR_ALL_NAMESPACES": config.all_namespaces,
+        "CLARION_OPERATOR_VERBOSE": config.verbose,
+    }[var] is value
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        *[(var, raw) for var in BOOLEANS for raw in ("ture", "2", "-1", "yes please", "t")],
+        ("CLARION_OPERATOR_METRICS_PORT", "nine"),
+        ("CLARION_OPERATOR_METRICS_PORT", "90.5"),
+        ("CLARION_OPERATOR_METRICS_PORT", ""),
+        ("CLARION_OPERATOR_LIVENESS_PORT", "8080x"),
+        ("CLARION_OPERATOR_PRIORITY", "high"),
+    ],
+)
+def test_a_bad_variable_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, var: str, raw: str
+) -> None:
+    with pytest.raises(envvars.EnvError, match=var):
+        OperatorConfig.from_env({var: raw})
+    monkeypatch.setenv(var, raw)
+    with pytest.raises(envvars.EnvError, match=var):
+        build_parser()
+
+
+KOPF_RUN = ["-c", "import kopf.cli; kopf.cli.main()", "run", "--standalone", "-A"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(["-m", "clarion_operator", "--standalone"], 2), ([*KOPF_RUN, "-m", "clarion_operator"], 1)],
+    ids=["clarion-operator", "kopf-run"],
+)
+def test_both_entry_points_refuse_a_bad_variable(argv: list[str], code: int) -> None:
+    """Before any Kubernetes call: the process stops, naming the variable and the value."""
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        env={**os.environ, "CLARION_OPERATOR_VERBOSE": "ture", "KUBECONFIG": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "bad value for CLARION_OPERATOR_VERBOSE" in proc.stderr and "'ture'" in proc.stderr
 
 
 @pytest.mark.timeout(40)
