@@ -8,6 +8,9 @@ echo "==> ruff"
 .venv/bin/ruff check service operator tests bench
 echo "==> mypy"
 .venv/bin/mypy
+echo "==> clients/js: npm ci, npm test (unit, size budget, end to end on real pods)"
+command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
 echo "==> pytest"
 export PATH="$PWD/.tools:$PATH"
 set +e

@@ -91,7 +91,6 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.url = url;
     this.opts = options;
     this.WS = WS;
-    if (options.token !== undefined) this.setToken(options.token);
     this.backoff = new Backoff(options.backoff);
     this.pingInterval = options.pingInterval ?? 25_000;
     this.timeout = options.timeout ?? 10_000;
@@ -103,6 +102,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
         ? ((globalThis as { sessionStorage?: StorageLike }).sessionStorage ?? null)
         : persist || null;
     this.persistKey = options.persistKey ?? `clarion:${url}`;
+    if (options.token !== undefined) this.setToken(options.token);
   }
 
   get state(): State {

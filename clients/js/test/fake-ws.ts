@@ -14,9 +14,14 @@ export class FakeSocket implements WebSocketLike {
 
   constructor(readonly url: string) {}
 
+  /** Answer pings with pongs, as the server does; off to play a dead network. */
+  autoPong = true;
+
   send(data: string): void {
     if (this.readyState !== 1) throw new Error("send on a socket that is not open");
-    this.sent.push(JSON.parse(data));
+    const frame = JSON.parse(data);
+    this.sent.push(frame);
+    if (frame.type === "ping" && this.autoPong) this.receive({ type: "pong" });
   }
 
   close(code?: number, reason?: string): void {

@@ -1,0 +1,123 @@
+// End to end in Node against real gateways: the `ws` package as the WebSocket.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
+import { Clarion, type Message, type RecoveredEvent, type WebSocketConstructor } from "../src/index.js";
+import { freePorts, Gateway, publish, Vhost, waitFor } from "./gateway.js";
+
+const WS = WebSocket as unknown as WebSocketConstructor;
+const fast = { base: 100, max: 1000, soon: 200 };
+const rand = () => Math.random().toString(16).slice(2, 10);
+
+/** Ids the application saw, in order; a repeat would show up here. */
+function received(target: { on(e: "message", f: (m: Message) => void): unknown }): string[] {
+  const ids: string[] = [];
+  target.on("message", (m) => ids.push(m.id));
+  return ids;
+}
+
+const exactlyOnce = (seen: string[], sent: string[]) => [...seen].sort().join() === [...sent].sort().join();
+
+describe("clarion dev: two pods on the embedded broker", () => {
+  let dev: Gateway;
+  let port: number;
+
+  beforeAll(async () => {
+    port = await freePorts(2);
+    dev = new Gateway("dev", ["dev", "--pods", "2", "--port", String(port)], [port, port + 1]).start();
+    await dev.ready();
+  }, 30_000);
+  afterAll(() => dev?.kill());
+
+  it("a message published on the other pod arrives once; so does the client's own", async () => {
+    const user = `js-${rand()}`;
+    const channel = `news.${rand()}`;
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { user, WebSocket: WS, backoff: fast });
+    const errors: unknown[] = [];
+    client.on("error", (e) => errors.push(e));
+    const all = received(client);
+    const sub = client.subscribe(channel);
+    const onChannel = received(sub);
+    client.connect();
+    await waitFor(() => sub.state === "subscribed", "subscribed");
+    expect(client.info?.pod).toBe("dev-0");
+    const sent: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      sent.push(await publish(port + 1, { channel, data: { i } }));
+      sent.push(await publish(port + 1, { user, data: { i } }));
+    }
+    sent.push(await client.publish(channel, { mine: true }));
+    await waitFor(() => all.length >= sent.length, `${sent.length} messages`);
+    await new Promise((r) => setTimeout(r, 200)); // a duplicate would arrive within this
+    expect(exactlyOnce(all, sent)).toBe(true);
+    expect(onChannel).toHaveLength(11);
+    expect(errors).toEqual([]);
+    client.close();
+    expect(client.state).toBe("disconnected");
+  }, 30_000);
+});
+
+describe("a pod killed and restarted: the client reconnects and recovers with since (RabbitMQ)", () => {
+  const vhost = new Vhost();
+  let a: Gateway;
+  let b: Gateway;
+  let pa: number;
+  let pb: number;
+  const pod = (name: string, p: number) =>
+    new Gateway(
+      name,
+      ["serve", "--host", "127.0.0.1", "--port", String(p), "--pod-name", name, "--auth", "none", "--allow-client-publish", "--amqp-url", vhost.amqpUrl, "--drain-delay", "0", "--no-demo"],
+      [p],
+    );
+
+  beforeAll(async () => {
+    await vhost.create();
+    pa = await freePorts(1);
+    pb = await freePorts(1);
+    a = pod(`js-a-${rand()}`, pa).start();
+    b = pod(`js-b-${rand()}`, pb).start();
+    await Promise.all([a.ready(), b.ready()]);
+  }, 30_000);
+  afterAll(async () => {
+    await a?.kill();
+    await b?.kill();
+    await vhost.delete();
+  });
+
+  it("what was published while its pod was dead arrives after the reconnect, each message once", async () => {
+    const user = `js-${rand()}`;
+    const channel = `orders.${rand()}`;
+    const client = new Clarion(`ws://127.0.0.1:${pa}/ws`, { user, WebSocket: WS, backoff: fast });
+    const all = received(client);
+    const sub = client.subscribe(channel);
+    const recovered: RecoveredEvent[] = [];
+    const subRecovered: RecoveredEvent[] = [];
+    const resyncs: unknown[] = [];
+    client.on("recovered", (e) => recovered.push(e));
+    client.on("resync", (e) => resyncs.push(e));
+    sub.on("recovered", (e) => subRecovered.push(e));
+    sub.on("resync", (e) => resyncs.push(e));
+    const states: string[] = [];
+    client.on("state", (e) => states.push(`${e.state}:${e.code}`));
+    client.connect();
+    await waitFor(() => sub.state === "subscribed", "subscribed");
+
+    const before = [await publish(pb, { channel, data: 1 }), await publish(pb, { user, data: 2 })];
+    await waitFor(() => all.length === 2, "the first two messages");
+    await a.kill();
+    await waitFor(() => client.state === "connecting", "the client to notice the dead pod");
+    const during = [await publish(pb, { channel, data: 3 }), await publish(pb, { user, data: 4 }), await publish(pb, { channel, data: 5 })];
+    a.start();
+    await a.ready();
+    await waitFor(() => sub.state === "subscribed" && all.length >= 5, "the reconnect and the replay", 15_000);
+    const after = [await publish(pb, { channel, data: 6 })];
+    await waitFor(() => all.length >= 6, "a live message after the replay");
+    await new Promise((r) => setTimeout(r, 200));
+
+    expect(exactlyOnce(all, [...before, ...during, ...after])).toBe(true);
+    expect(states).toEqual(["connecting:0", "connected:0", "connecting:1006", "connected:0"]);
+    expect(recovered).toEqual([{ recovered: true, missed: 1, since: before[1] }]);
+    expect(subRecovered).toEqual([{ recovered: true, missed: 2, since: before[0] }]);
+    expect(resyncs).toEqual([]);
+    client.close();
+  }, 30_000);
+});

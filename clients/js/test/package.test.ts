@@ -1,0 +1,59 @@
+// The built package (npm test builds dist/ first): its entry points and its size.
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { runInNewContext } from "node:vm";
+import { gzipSync } from "node:zlib";
+import { transformSync } from "esbuild";
+import { describe, expect, it } from "vitest";
+
+const dist = (file: string) => new URL(`../dist/${file}`, import.meta.url);
+
+/** Bytes of a file minified then gzipped, as a browser would download it. */
+function minGzip(file: string): number {
+  const minified = transformSync(readFileSync(dist(file), "utf8"), { minify: true, loader: "js" }).code;
+  return gzipSync(minified, { level: 9 }).length;
+}
+
+// Measured 2026-12: ESM 4.5 KB, IIFE 4.6 KB min+gzip. The budgets leave a small margin: a
+// change that grows the client past them is a decision, not an accident.
+const BUDGET = { esm: 4900, iife: 5000 };
+
+describe("package", () => {
+  it(`the ESM bundle is at most ${BUDGET.esm} bytes min+gzip`, () => {
+    const size = minGzip("index.js");
+    console.log(`clarion-client: ESM ${size} B min+gzip`);
+    expect(size).toBeLessThanOrEqual(BUDGET.esm);
+  });
+
+  it(`the IIFE bundle is at most ${BUDGET.iife} bytes min+gzip`, () => {
+    const size = gzipSync(readFileSync(dist("clarion.global.min.js")), { level: 9 }).length;
+    console.log(`clarion-client: IIFE ${size} B min+gzip`);
+    expect(size).toBeLessThanOrEqual(BUDGET.iife);
+  });
+
+  it("import and require both resolve through the exports map", async () => {
+    const esm = await import("clarion-client");
+    const cjs = createRequire(import.meta.url)("clarion-client");
+    for (const mod of [esm, cjs]) {
+      expect(typeof mod.Clarion).toBe("function");
+      expect(mod.CloseCodes[4001].action).toBe("token");
+      expect(new mod.UnauthorizedError()).toBeInstanceOf(Error);
+    }
+    expect(existsSync(dist("index.d.ts"))).toBe(true);
+    expect(readFileSync(dist("index.d.ts"), "utf8")).toContain("Clarion");
+  });
+
+  it("the IIFE defines window.Clarion, the class, with the package on it", () => {
+    const sandbox: Record<string, unknown> = {};
+    sandbox.window = sandbox;
+    runInNewContext(readFileSync(dist("clarion.global.min.js"), "utf8"), sandbox);
+    const Clarion = sandbox.Clarion as { CloseCodes: Record<number, { action: string }>; name: string };
+    expect(typeof Clarion).toBe("function");
+    expect(Clarion.CloseCodes[1013]!.action).toBe("slow");
+  });
+
+  it("has no runtime dependencies", () => {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+    expect(pkg.dependencies ?? {}).toEqual({});
+  });
+});
