@@ -186,8 +186,8 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     try {
       ws = new this.WS(url);
     } catch (error) {
-      this.emitError(new ClarionError("bad_url", `cannot open ${this.url}: ${error}`, { cause: error }));
       this.stop(0, "bad url");
+      this.emitError(new ClarionError("bad_url", `cannot open ${this.url}: ${error}`, { cause: error }));
       return;
     }
     this.ws = ws;
@@ -199,7 +199,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     ws.onclose = (event) => {
       if (this.ws === ws) this.lost(event.code || LOST, event.reason || "connection closed");
     };
-    ws.onerror = () => {}; // a close event follows
+    ws.onerror = ignore; // a close event follows
     this.setTimer("welcome", this.timeout, () => this.drop(LOST, "no welcome in time"));
   }
 
@@ -237,11 +237,11 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     for (const sub of this.subs.values()) sub._setState("subscribing", "reconnecting");
     const action = closeAction(code);
     if (action === "stop" || action === "fatal" || (action === "token" && !this.opts.getToken)) {
+      this.stop(code, reason);
       if (action !== "stop") {
         const what = action === "token" ? "token expired and there is no getToken" : "closed by the server";
         this.emitError(new ClarionError("closed", `${what} (${code}): ${reason}`, { closeCode: code }));
       }
-      this.stop(code, reason);
       return;
     }
     // Expired: a token refreshed while the socket was open is new enough, else get one.
@@ -515,8 +515,8 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
 
   private tokenFailed(error: unknown): void {
     if (isUnauthorized(error)) {
-      this.emitError(new ClarionError("unauthorized", `getToken(): ${(error as Error).message ?? error}`, { cause: error }));
       this.stop(0, "unauthorized");
+      this.emitError(new ClarionError("unauthorized", `getToken(): ${(error as Error).message ?? error}`, { cause: error }));
       return;
     }
     this.emitError(new ClarionError("token", `getToken() failed: ${error}`, { cause: error }));
@@ -576,6 +576,12 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
 
 function ignore(): void {}
 
+/**
+ * Removes the client's handlers. `onerror` stays a no-op: the `ws` package
+ * emits an error when a connecting socket is closed, and an EventEmitter
+ * with no error listener would throw it out of the process.
+ */
 function detach(ws: WebSocketLike): void {
-  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  ws.onerror = ignore;
 }

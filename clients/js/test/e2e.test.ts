@@ -1,4 +1,5 @@
 // End to end in Node against real gateways: the `ws` package as the WebSocket.
+import { createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { Clarion, type Message, type RecoveredEvent, type WebSocketConstructor } from "../src/index.js";
@@ -120,4 +121,27 @@ describe("a pod killed and restarted: the client reconnects and recovers with si
     expect(resyncs).toEqual([]);
     client.close();
   }, 30_000);
+});
+
+describe("a server that accepts TCP and never answers the upgrade (ws in Node)", () => {
+  it("the welcome timeout drops the socket and retries; close() while connecting throws nothing", async () => {
+    const held: Socket[] = [];
+    const server = createServer((s) => held.push(s));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const { port } = server.address() as { port: number };
+    try {
+      const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { user: "u", WebSocket: WS, timeout: 200, backoff: fast });
+      const states: string[] = [];
+      client.on("state", (e) => states.push(`${e.state}:${e.code}:${e.reason}`));
+      client.connect();
+      await waitFor(() => held.length >= 2, "a second attempt after the welcome timeout", 5_000);
+      expect(states).toEqual(["connecting:0:connect"]);
+      client.close(); // the socket is still connecting
+      await new Promise((r) => setTimeout(r, 100)); // an unhandled 'error' would fail the run here
+      expect(client.state).toBe("disconnected");
+    } finally {
+      for (const s of held) s.destroy();
+      server.close();
+    }
+  }, 10_000);
 });

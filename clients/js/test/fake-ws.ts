@@ -74,9 +74,9 @@ export class FakeSocket implements WebSocketLike {
     this.onclose?.({ code, reason });
   }
 
-  /** True when the client left no handler on the socket. */
+  /** True when the client left no handler on the socket but a no-op onerror (see detach()). */
   get detached(): boolean {
-    return !this.onopen && !this.onmessage && !this.onclose && !this.onerror;
+    return !this.onopen && !this.onmessage && !this.onclose && (this.onerror === null || this.onerror.length === 0);
   }
 }
 
