@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -127,8 +128,21 @@ async def test_sigterm_to_pid_1_drains_and_exits_cleanly(
     try:
         await wait_for(lambda: metric(run, "clarion_connections"), 5)
         assert run.pre_stop, "the Deployment has a preStop hook (endpoints drop the pod first)"
-        stopped = await asyncio.to_thread(containers.stop, run)
+        stopping = asyncio.create_task(asyncio.to_thread(containers.stop, run))
+        readiness: list[tuple[float, int]] = []  # (when asked, status) until the exit
+        async with httpx.AsyncClient(timeout=1) as http:
+            while not stopping.done():
+                asked = time.monotonic()
+                with contextlib.suppress(httpx.HTTPError):
+                    status = (await http.get(url(run, run.ready_path))).status_code
+                    readiness.append((asked, status))
+                await asyncio.sleep(0.05)  # the sampling period, not a wait for something
+        stopped = await stopping
         sigterm, exited, code = stopped.sigterm_at, stopped.exited_after, stopped.exit_code
+        # Ready through preStop; unready at SIGTERM, before the first socket closes.
+        assert all(status == 200 for t, status in readiness if t < sigterm - 0.1), readiness
+        unready = next(t for t, status in readiness if status != 200) - sigterm
+        assert unready < 0.5, f"/readyz still 200 {unready:.2f}s after SIGTERM"
         # Nothing closed while the preStop hook ran: the pod still served its sockets.
         closes = sorted(s.closed_at - sigterm for s in sockets if s.closed_at is not None)
         assert len(closes) == n, f"{n - len(closes)} sockets still open after the exit"
@@ -143,7 +157,8 @@ async def test_sigterm_to_pid_1_drains_and_exits_cleanly(
         assert code == 0, containers.logs(run.name)
         assert exited < stopped.grace_left
         print(
-            f"\ndrain in the container: closes {closes[0]:.2f}-{closes[-1]:.2f}s after SIGTERM,"
+            f"\ndrain in the container: unready {unready:.2f}s, closes"
+            f" {closes[0]:.2f}-{closes[-1]:.2f}s after SIGTERM,"
             f" exit {code} after {exited:.2f}s (grace {run.grace_seconds:.0f}s incl. preStop)"
         )
     finally:

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(90, func_only=True)]
 PEERING = "clarion-images"
 
 
-async def test_operator_image_creates_the_gateways_deployment(
+async def test_operator_image_creates_the_gateways_deployment_and_service(
     containers: Containers,
     images: Images,
     cluster: Cluster,  # noqa: F811
@@ -74,6 +74,7 @@ async def test_operator_image_creates_the_gateways_deployment(
         dep = await wait_for(
             lambda: k.get("apps/v1/deployments", "gw"), 30, 0.2, message="the Deployment"
         )
+        await wait_for(lambda: k.get("v1/services", "gw"), 10, 0.2, message="the Service")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- operator log:\n{containers.logs(name)}") from None
     gw = k.get(GATEWAY_RESOURCE, "gw")
