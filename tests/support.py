@@ -1,4 +1,5 @@
-"""Helpers that start real components for the tests: gateway processes, vhosts."""
+"""Helpers that start real components for the tests: gateway pods (processes or
+in-process), vhosts."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import uvicorn
+import uvloop
 
+from clarion.config import Settings
+from clarion.gateway import Gateway
+from clarion.server import uvicorn_config
 from testkit import rabbitmq
 from testkit.net import free_port
 
@@ -99,7 +106,35 @@ class Vhost(rabbitmq.Vhost):
 REPO = Path(__file__).resolve().parent.parent
 
 
-class GatewayProcess:
+class Pod:
+    """What a test sees of any pod: its addresses and its /metrics."""
+
+    pod_name: str
+    host: str
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The value of one sample on /metrics (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.http_url}/metrics", timeout=5).text
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                    total += s.value
+        return total
+
+
+class GatewayProcess(Pod):
     """A real ``clarion serve`` process (one 'pod') on a loopback address."""
 
     def __init__(
@@ -121,14 +156,6 @@ class GatewayProcess:
         self.env = env or {}
         self.log_path = (log_dir or Path("/tmp")) / f"gateway-{pod_name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
 
     def start(self) -> GatewayProcess:
         cmd = [
@@ -174,18 +201,6 @@ class GatewayProcess:
         except OSError:
             return ""
 
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """The value of one sample on /metrics (0 if absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(f"{self.http_url}/metrics", timeout=5).text
-        total = 0.0
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                    total += s.value
-        return total
-
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -207,6 +222,79 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+class InProcessPod(Pod):
+    """A real pod inside the test process, for tests that need no second process.
+
+    The real app (``clarion.app.create_app``) with Clarion's own uvicorn settings
+    (``clarion.server.uvicorn_config``) under a real uvicorn, on an event loop of
+    its own in a thread, listening on a free loopback port; the embedded broker
+    unless ``amqp_url`` is given. Clients reach it over real TCP as they reach
+    ``clarion serve`` (uvicorn's fast path included), but it starts in
+    milliseconds. ``env`` holds ``CLARION_*`` variables, read as ``serve`` reads
+    them; keyword settings win over them, as flags do.
+    """
+
+    def __init__(
+        self,
+        pod_name: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.pod_name = pod_name or f"inproc-{uuid.uuid4().hex[:6]}"
+        self.host = host
+        self.port = free_port(host)
+        self.settings = Settings.from_env(
+            env or {}, pod_name=self.pod_name, host=host, port=self.port, **settings
+        )
+        self.gateway = Gateway(self.settings)
+        # uvicorn leaves the signals alone off the main thread: stop() stops it.
+        self._server = uvicorn.Server(uvicorn_config(self.gateway))
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> InProcessPod:
+        self._thread = threading.Thread(target=self._run, name=self.pod_name, daemon=True)
+        self._thread.start()
+        wait_for_sync(self.ready, timeout, 0.01, f"in-process pod {self.pod_name} ready")
+        return self
+
+    def _run(self) -> None:
+        try:
+            uvloop.run(self._server.serve())
+        except BaseException as exc:  # SystemExit when uvicorn cannot start
+            self._error = exc
+
+    def ready(self) -> bool:
+        if self._thread is not None and not self._thread.is_alive():
+            raise RuntimeError(f"in-process pod {self.pod_name} stopped: {self._error!r}")
+        return self._server.started and self.gateway.ready
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down as on Ctrl-C: sockets closed, the broker stopped, the port freed."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(5)
+        self._thread = None
+
+    def __enter__(self) -> InProcessPod:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> InProcessPod:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
 
 
 @contextlib.contextmanager

@@ -1,42 +1,33 @@
 """Bad input never kills the pod or another client's session.
 
-One real pod; each bad frame or body gets a clear error, the offending socket
-stays usable (except where the protocol closes it), and an innocent client on
-the same pod keeps receiving.
+One real pod (in-process: the real app under a real uvicorn, on real sockets);
+each bad frame or body gets a clear error, the offending socket stays usable
+(except where the protocol closes it), and an innocent client on the same pod
+keeps receiving.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost
+from .support import InProcessPod
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def pod(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"bad-{uuid.uuid4().hex[:6]}",
-        amqp_url=module_vhost.amqp_url,
-        args=["--auth", "none", "--api-key", "k1"],
-        log_dir=Path(tmp_path_factory.mktemp("logs")),
-    ).start()
-    try:
-        p.wait_ready()
+def pod() -> Iterator[InProcessPod]:
+    with InProcessPod(f"bad-{uuid.uuid4().hex[:6]}", auth="none", api_keys=["k1"]) as p:
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture
-async def bystander(pod: GatewayProcess) -> AsyncIterator[Client]:
+async def bystander(pod: InProcessPod) -> AsyncIterator[Client]:
     c = await Client.connect(f"{pod.ws_url}?user=bystander", "bystander")
     await c.wait_welcome()
     yield c
@@ -44,7 +35,7 @@ async def bystander(pod: GatewayProcess) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-async def client(pod: GatewayProcess) -> AsyncIterator[Client]:
+async def client(pod: InProcessPod) -> AsyncIterator[Client]:
     c = await Client.connect(f"{pod.ws_url}?user=offender", "offender")
     await c.wait_welcome()
     yield c
@@ -52,7 +43,7 @@ async def client(pod: GatewayProcess) -> AsyncIterator[Client]:
 
 
 def publish(
-    pod: GatewayProcess, body: object, key: str = "k1", raw: bytes | None = None
+    pod: InProcessPod, body: object, key: str = "k1", raw: bytes | None = None
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if raw is not None:
@@ -60,7 +51,7 @@ def publish(
     return httpx.post(f"{pod.http_url}/api/publish", json=body, headers=headers, timeout=10)
 
 
-async def assert_still_alive(pod: GatewayProcess, client: Client, bystander: Client) -> None:
+async def assert_still_alive(pod: InProcessPod, client: Client, bystander: Client) -> None:
     """The offender's socket still answers, the bystander still gets messages, the pod is up."""
     n = len(client.of_type("pong"))
     await client.send({"type": "ping"})
@@ -114,7 +105,7 @@ async def expect_error(client: Client, code: str) -> dict[str, object]:
     ],
 )
 async def test_bad_frame_gets_error_frame_and_socket_stays_open(
-    pod: GatewayProcess, client: Client, bystander: Client, frame: str, code: str
+    pod: InProcessPod, client: Client, bystander: Client, frame: str, code: str
 ) -> None:
     await client.send(frame)
     await expect_error(client, code)
@@ -123,7 +114,7 @@ async def test_bad_frame_gets_error_frame_and_socket_stays_open(
 
 
 async def test_publish_frame_without_data_is_an_error(
-    pod: GatewayProcess, client: Client, bystander: Client
+    pod: InProcessPod, client: Client, bystander: Client
 ) -> None:
     await client.send({"type": "publish", "user": "x"})
     # Client publishing is off here, but the frame is invalid first.
@@ -132,7 +123,7 @@ async def test_publish_frame_without_data_is_an_error(
 
 
 async def test_binary_frame_gets_error_frame(
-    pod: GatewayProcess, client: Client, bystander: Client
+    pod: InProcessPod, client: Client, bystander: Client
 ) -> None:
     await client.send(b"\x00\x01binary")
     await expect_error(client, "binary_unsupported")
@@ -140,7 +131,7 @@ async def test_binary_frame_gets_error_frame(
 
 
 async def test_frame_over_one_mib_closes_1009_and_only_that_socket(
-    pod: GatewayProcess, client: Client, bystander: Client
+    pod: InProcessPod, client: Client, bystander: Client
 ) -> None:
     await client.send("x" * (1024 * 1024 + 1))
     assert await client.wait_closed() == 1009
@@ -163,16 +154,14 @@ async def test_frame_over_one_mib_closes_1009_and_only_that_socket(
         (b'{"messages": [{"user": "u", "data": 1}, {"user": "u"}]}', "messages[1]"),
     ],
 )
-def test_bad_publish_body_is_400_with_reason(
-    pod: GatewayProcess, body: bytes, fragment: str
-) -> None:
+def test_bad_publish_body_is_400_with_reason(pod: InProcessPod, body: bytes, fragment: str) -> None:
     r = publish(pod, None, raw=body)
     assert r.status_code == 400
     assert fragment in r.json()["message"]
     assert r.json()["error"]
 
 
-async def test_bad_batch_publishes_nothing(pod: GatewayProcess, bystander: Client) -> None:
+async def test_bad_batch_publishes_nothing(pod: InProcessPod, bystander: Client) -> None:
     body = {"messages": [{"user": "bystander", "data": "first"}, {"user": "bystander"}]}
     assert publish(pod, body).status_code == 400
     marker = uuid.uuid4().hex
@@ -181,7 +170,7 @@ async def test_bad_batch_publishes_nothing(pod: GatewayProcess, bystander: Clien
     assert "first" not in bystander.data()
 
 
-def test_body_over_one_mib_is_413(pod: GatewayProcess) -> None:
+def test_body_over_one_mib_is_413(pod: InProcessPod) -> None:
     raw = b'{"broadcast": true, "data": "' + b"x" * (1024 * 1024) + b'"}'
     r = publish(pod, None, raw=raw)
     assert r.status_code == 413
@@ -189,6 +178,6 @@ def test_body_over_one_mib_is_413(pod: GatewayProcess) -> None:
 
 
 @pytest.mark.parametrize("key", ["", "wrong"])
-def test_publish_without_valid_api_key_is_401(pod: GatewayProcess, key: str) -> None:
+def test_publish_without_valid_api_key_is_401(pod: InProcessPod, key: str) -> None:
     r = publish(pod, {"broadcast": True, "data": 1}, key=key)
     assert r.status_code == 401

@@ -1,7 +1,8 @@
 """Who may connect, subscribe, publish and administer, and the limits on each.
 
-Real ``clarion serve`` processes with ``--auth jwt``; tokens are signed here with
-PyJWT (HS256 secret, RS256 from a PEM public key file and from a JWKS file).
+Real pods with ``auth=jwt``, in-process (the real app under a real uvicorn, on
+real sockets); tokens are signed here with PyJWT (HS256 secret, RS256 from a PEM
+public key file and from a JWKS file).
 Each refusal is checked as a client sees it: a close code with a reason and no
 half-open session (no welcome frame, not counted as a connection), an error
 frame, or an HTTP status with a JSON error, and the metric that counts it.
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from .support import GatewayProcess, wait_for, wait_for_sync
+from .support import InProcessPod, wait_for, wait_for_sync
 from .wsclient import Client, refused
 
 SECRET = "s3cret-" + uuid.uuid4().hex
@@ -76,54 +77,41 @@ def rsa_keys() -> dict[str, rsa.RSAPrivateKey]:
 @pytest.fixture(scope="module")
 def pods(
     tmp_path_factory: pytest.TempPathFactory, rsa_keys: dict[str, rsa.RSAPrivateKey]
-) -> Iterator[dict[str, GatewayProcess]]:
-    """Three pods, started in parallel: HS256 with every limit, RS256 (PEM + JWKS), a tiny pod."""
+) -> Iterator[dict[str, InProcessPod]]:
+    """Three pods: HS256 with every limit, RS256 (PEM + JWKS), a tiny pod."""
     d: Path = tmp_path_factory.mktemp("security")
     tag = uuid.uuid4().hex[:6]
     (d / "public.pem").write_bytes(_pem(rsa_keys["pem"]))
     jwk = RSAAlgorithm.to_jwk(rsa_keys["jwks"].public_key(), as_dict=True)
     jwk.update(kid="key-2", alg="RS256", use="sig")
     (d / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
-    hs = GatewayProcess(
+    hs = InProcessPod(
         f"sec-hs-{tag}",
-        args=[
-            "--auth",
-            "jwt",
-            "--jwt-secret",
-            SECRET,
-            *("--api-key", API_KEYS[0], "--api-key", API_KEYS[1]),
-            *("--admin-token", ADMIN_TOKEN),
-            *("--allowed-origins", f"{ORIGIN},https://other.example.com"),
-            *("--max-subscriptions", str(MAX_SUBSCRIPTIONS)),
-            *("--max-frames-per-second", str(MAX_FRAMES_PER_SECOND)),
-            *("--max-frame-bytes", str(MAX_FRAME_BYTES)),
-            *("--max-body-bytes", str(MAX_BODY_BYTES)),
-        ],
-        log_dir=d,
+        auth="jwt",
+        jwt_secret=SECRET,
+        api_keys=list(API_KEYS),
+        admin_token=ADMIN_TOKEN,
+        allowed_origins=[ORIGIN, "https://other.example.com"],
+        max_subscriptions=MAX_SUBSCRIPTIONS,
+        max_frames_per_second=MAX_FRAMES_PER_SECOND,
+        max_frame_bytes=MAX_FRAME_BYTES,
+        max_body_bytes=MAX_BODY_BYTES,
     )
-    rs = GatewayProcess(
+    rs = InProcessPod(
         f"sec-rs-{tag}",
-        args=[
-            "--auth",
-            "jwt",
-            *("--jwt-public-key", str(d / "public.pem")),
-            *("--jwks-file", str(d / "jwks.json")),
-        ],
-        log_dir=d,
+        auth="jwt",
+        jwt_public_key=str(d / "public.pem"),
+        jwks_file=str(d / "jwks.json"),
     )
     # Configured through the environment, as a Kubernetes Deployment does.
-    tiny = GatewayProcess(
+    tiny = InProcessPod(
         f"sec-tiny-{tag}",
-        args=["--auth", "none"],
-        env={"CLARION_MAX_CONNECTIONS": str(MAX_CONNECTIONS)},
-        log_dir=d,
+        env={"CLARION_AUTH": "none", "CLARION_MAX_CONNECTIONS": str(MAX_CONNECTIONS)},
     )
     all_pods = {"hs": hs, "rs": rs, "tiny": tiny}
     try:
         for pod in all_pods.values():
             pod.start()
-        for pod in all_pods.values():
-            pod.wait_ready(30)
         yield all_pods
     finally:
         for pod in all_pods.values():
@@ -131,14 +119,14 @@ def pods(
 
 
 @pytest.fixture
-def hs(pods: dict[str, GatewayProcess]) -> GatewayProcess:
+def hs(pods: dict[str, InProcessPod]) -> InProcessPod:
     # Every test starts from a pod without sockets of earlier tests.
     pod = pods["hs"]
     wait_for_sync(lambda: pod.metric("clarion_connections") == 0, 10)
     return pod
 
 
-def _metric(pod: GatewayProcess, name: str, **labels: str) -> float:
+def _metric(pod: InProcessPod, name: str, **labels: str) -> float:
     return pod.metric(name, labels or None)
 
 
@@ -146,7 +134,7 @@ def _metric(pod: GatewayProcess, name: str, **labels: str) -> float:
 
 
 @pytest.mark.timeout(30)
-async def test_hs256_token_in_query_and_header(hs: GatewayProcess) -> None:
+async def test_hs256_token_in_query_and_header(hs: InProcessPod) -> None:
     s = await Client.connect(f"{hs.ws_url}?token={hs256('alice')}")
     assert (await s.wait_welcome())["user"] == "alice"
     hdr = await Client.connect(
@@ -178,7 +166,7 @@ async def test_hs256_token_in_query_and_header(hs: GatewayProcess) -> None:
         ("bad_header", "missing token"),
     ],
 )
-async def test_bad_tokens_are_closed_1008(hs: GatewayProcess, case: str, reason_part: str) -> None:
+async def test_bad_tokens_are_closed_1008(hs: InProcessPod, case: str, reason_part: str) -> None:
     kw: dict[str, Any] = {}
     url = hs.ws_url
     if case == "bad_signature":
@@ -203,7 +191,7 @@ async def test_bad_tokens_are_closed_1008(hs: GatewayProcess, case: str, reason_
 
 @pytest.mark.timeout(30)
 async def test_rs256_with_pem_and_jwks(
-    pods: dict[str, GatewayProcess], rsa_keys: dict[str, rsa.RSAPrivateKey]
+    pods: dict[str, InProcessPod], rsa_keys: dict[str, rsa.RSAPrivateKey]
 ) -> None:
     rs = pods["rs"]
     exp = int(time.time()) + 300
@@ -233,7 +221,7 @@ async def test_rs256_with_pem_and_jwks(
 
 
 @pytest.mark.timeout(30)
-async def test_channels_claim_limits_subscriptions(hs: GatewayProcess) -> None:
+async def test_channels_claim_limits_subscriptions(hs: InProcessPod) -> None:
     s = await Client.connect(f"{hs.ws_url}?token={hs256('carol', channels=['orders.*', 'news'])}")
     await s.wait_welcome()
     await s.send({"type": "subscribe", "channel": "orders.eu"})
@@ -248,7 +236,7 @@ async def test_channels_claim_limits_subscriptions(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_token_expiring_while_connected_closes_1008(hs: GatewayProcess) -> None:
+async def test_token_expiring_while_connected_closes_1008(hs: InProcessPod) -> None:
     expired0 = _metric(hs, "clarion_connections_closed_total", reason="token_expired")
     s = await Client.connect(f"{hs.ws_url}?token={hs256('dave', exp=int(time.time()) + 2)}")
     assert (await s.wait_welcome())["user"] == "dave"
@@ -268,7 +256,7 @@ async def test_token_expiring_while_connected_closes_1008(hs: GatewayProcess) ->
 
 
 @pytest.mark.timeout(30)
-async def test_api_keys_rotation_and_refusal(hs: GatewayProcess) -> None:
+async def test_api_keys_rotation_and_refusal(hs: InProcessPod) -> None:
     url = f"{hs.http_url}/api/publish"
     body = {"broadcast": True, "data": "x"}
     async with httpx.AsyncClient() as http:
@@ -288,7 +276,7 @@ async def test_api_keys_rotation_and_refusal(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_admin_shed_needs_its_token(hs: GatewayProcess) -> None:
+async def test_admin_shed_needs_its_token(hs: InProcessPod) -> None:
     sessions = [await Client.connect(f"{hs.ws_url}?token={hs256(f'shed{i}')}") for i in range(3)]
     for s in sessions:
         await s.wait_welcome()
@@ -323,7 +311,7 @@ async def test_admin_shed_needs_its_token(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_origin_allowlist(hs: GatewayProcess) -> None:
+async def test_origin_allowlist(hs: InProcessPod) -> None:
     token = hs256("olga")
     s = await Client.connect(f"{hs.ws_url}?token={token}", origin=ORIGIN)
     assert (await s.wait_welcome())["user"] == "olga"
@@ -342,7 +330,7 @@ async def test_origin_allowlist(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]) -> None:
+async def test_max_connections_refuses_with_1013(pods: dict[str, InProcessPod]) -> None:
     tiny = pods["tiny"]
     overload0 = _metric(tiny, "clarion_connections_closed_total", reason="overload")
     hits0 = _metric(tiny, "clarion_limit_hits_total", limit="connections")
@@ -363,7 +351,7 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, GatewayProcess]
 
 
 @pytest.mark.timeout(30)
-async def test_max_subscriptions(hs: GatewayProcess) -> None:
+async def test_max_subscriptions(hs: InProcessPod) -> None:
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="subscriptions")
     s = await Client.connect(f"{hs.ws_url}?token={hs256('sub-user')}")
     await s.wait_welcome()
@@ -387,7 +375,7 @@ async def test_max_subscriptions(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
+async def test_frame_flood_is_rate_limited(hs: InProcessPod) -> None:
     limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_rate")
     s = await Client.connect(f"{hs.ws_url}?token={hs256('flooder')}")
@@ -417,7 +405,7 @@ async def test_frame_flood_is_rate_limited(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
+async def test_oversized_frame_closes_1009(hs: InProcessPod) -> None:
     too_big0 = _metric(hs, "clarion_connections_closed_total", reason="too_big")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_size")
     s = await Client.connect(f"{hs.ws_url}?token={hs256('big')}")
@@ -438,7 +426,7 @@ async def test_oversized_frame_closes_1009(hs: GatewayProcess) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_publish_body_limit_413(hs: GatewayProcess) -> None:
+async def test_publish_body_limit_413(hs: InProcessPod) -> None:
     url = f"{hs.http_url}/api/publish"
     headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="body_size")

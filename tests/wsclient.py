@@ -17,8 +17,6 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .support import wait_for
-
 
 class Client:
     """One real WebSocket connection; frames are collected by a reader task."""
@@ -33,6 +31,7 @@ class Client:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.closed_at: float | None = None  # monotonic
+        self._news = asyncio.Event()  # set on every frame and on the close
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -53,12 +52,14 @@ class Client:
                 if isinstance(frame, dict) and frame.get("type") == "message":
                     self.messages.append(frame)
                     self.received_at.append(now)
+                self._news.set()
         except websockets.ConnectionClosed:
             pass
         finally:
             self.closed_at = time.monotonic()
             self.close_code = self.ws.close_code
             self.close_reason = self.ws.close_reason or ""
+            self._news.set()
 
     @property
     def closed(self) -> bool:
@@ -70,30 +71,45 @@ class Client:
     def data(self) -> list[Any]:
         return [m["data"] for m in self.messages]
 
+    async def until(self, find: Callable[[], Any], timeout: float = 10, what: str = "frame") -> Any:
+        """``find()`` once it is truthy, checked on every frame the socket receives (no
+        polling); fails after ``timeout``, or at once if the socket closed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = find()
+            if value:
+                return value
+            if self.closed:
+                raise AssertionError(
+                    f"{self.name}: closed {self.close_code} {self.close_reason!r} "
+                    f"while waiting for {what}"
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {what}")
+            self._news.clear()  # no await since find(): nothing was missed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), remaining)
+
     async def wait_welcome(self, timeout: float = 10) -> dict[str, Any]:
         """The welcome frame; fails at once, with the close code, if the server closed instead."""
-        await wait_for(
-            lambda: self.of_type("welcome") or self.closed, timeout, message=f"{self.name}: welcome"
-        )
-        welcome = self.of_type("welcome")
-        assert welcome, f"{self.name}: closed {self.close_code} {self.close_reason!r}, no welcome"
-        self.welcome = welcome[0]
+        self.welcome = (await self.until(lambda: self.of_type("welcome"), timeout, "welcome"))[0]
         return self.welcome
 
     async def wait_frame(
         self, pred: Callable[[Any], Any], timeout: float = 10, what: str = "frame"
     ) -> Any:
-        def find() -> Any:
-            return next((f for f in self.frames if pred(f)), None)
-
-        return await wait_for(find, timeout, message=f"{self.name}: {what}")
+        return await self.until(
+            lambda: next((f for f in self.frames if pred(f)), None), timeout, what
+        )
 
     async def wait_reply(self, ftype: str, count: int = 1, timeout: float = 5) -> dict[str, Any]:
         """The ``count``-th frame of type ``ftype``."""
-        frames: list[dict[str, Any]] = await wait_for(
+        frames: list[dict[str, Any]] = await self.until(
             lambda: len(self.of_type(ftype)) >= count and self.of_type(ftype),
             timeout,
-            message=f"{self.name}: {ftype} frame #{count}",
+            f"{ftype} frame #{count}",
         )
         return frames[count - 1]
 
@@ -106,7 +122,7 @@ class Client:
 
     async def wait_closed(self, timeout: float = 10) -> int | None:
         """Wait until the server closes the socket; its close code."""
-        await wait_for(lambda: self.closed, timeout, message=f"{self.name}: close")
+        await self.until(lambda: self.closed or None, timeout, "close")
         return self.close_code
 
     async def send(self, frame: Any) -> None:
