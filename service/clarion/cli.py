@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import random
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__, config
+from . import __version__, config, logs
 from .config import Settings, options
 from .envvars import describe
 
@@ -57,20 +56,13 @@ def _settings(args: argparse.Namespace, *, dev: bool, **fixed: Any) -> Settings:
     return Settings.from_env(os.environ, dev=dev, **{**given, **fixed})
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway import Gateway
     from .server import run
 
     try:
         settings = _settings(args, dev=False)
-        _setup_logging(settings.log_level)
+        logs.setup(settings.log_level)
         gateway = Gateway(settings)
     except (ValueError, OSError) as exc:
         print(f"clarion serve: {exc}", file=sys.stderr)
@@ -91,7 +83,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     gateways = []
     try:
         base = _settings(args, dev=True)
-        _setup_logging(base.log_level)
+        logs.setup(base.log_level)
         for i in range(args.pods):
             settings = dataclasses.replace(base, pod_name=f"dev-{i}", port=base.port + i)
             gateways.append(Gateway(settings, memory_exchange=exchange))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from . import logs
 from .app import create_app
 from .gateway import Gateway
 from .transport import websocket_protocol
@@ -37,6 +38,7 @@ def uvicorn_config(gateway: Gateway) -> uvicorn.Config:
         host=s.host,
         port=s.port,
         log_level=s.log_level,
+        log_config=logs.uvicorn_log_config(),
         access_log=False,
         # The sans-I/O websockets implementation: about 8 KiB less per socket than
         # the legacy one, and its send completes without suspending while the
@@ -73,9 +75,13 @@ async def run_pods(gateways: list[Gateway]) -> None:
                 server.should_exit = True
             return
         stopping = True
-        log.info("%s received: draining", sig.name)
         # SIGTERM (Kubernetes) drains; Ctrl-C on a laptop does not wait.
-        tasks.append(loop.create_task(shutdown(drain=sig == signal.SIGTERM)))
+        drain = sig == signal.SIGTERM
+        if drain:
+            log.info("SIGTERM received: draining")
+        else:
+            log.info("%s received: stopping now, without draining (SIGTERM drains)", sig.name)
+        tasks.append(loop.create_task(shutdown(drain=drain)))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

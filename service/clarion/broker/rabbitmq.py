@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from ..names import queue_name
@@ -28,6 +29,23 @@ from .catchup import CatchUp
 from .codec import Marker, envelope_to_message, message_to_envelope
 
 log = logging.getLogger("clarion.broker")
+
+
+def reason(exc: BaseException | None) -> str:
+    """What went wrong with the broker connection, in one line a person can act on."""
+    if exc is None:
+        return "closed"
+    if isinstance(exc, aiormq.exceptions.ConnectionClosed) and len(exc.args) == 2:
+        code, text = exc.args
+        return f"{text} ({code})"
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        # aiormq drops the broker's reply text here; this is what it means.
+        return (
+            "the broker closed the connection during the handshake "
+            "(the vhost does not exist, or this user may not use it)"
+        )
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
 
 
 class RabbitBroker(Broker):
@@ -69,20 +87,37 @@ class RabbitBroker(Broker):
         delay = 0.2
         while not self._stopping:
             closed = asyncio.Event()
+            why: list[BaseException | None] = []
+
+            def on_close(
+                _: object,
+                exc: BaseException | None = None,
+                ev: asyncio.Event = closed,
+                why: list[BaseException | None] = why,
+            ) -> None:
+                why.append(exc)
+                ev.set()
+
             try:
-                conn = await aio_pika.connect(self.url, timeout=10)
-                conn.close_callbacks.add(lambda *_, ev=closed: ev.set())
+                conn = await aio_pika.connect(
+                    self.url,
+                    timeout=10,
+                    # The management UI and rabbitmqctl show which pod this is.
+                    client_properties={"connection_name": self.pod_name},
+                )
+                conn.close_callbacks.add(on_close)
                 self._conn = conn
                 await self._setup(conn)
                 delay = 0.2
                 log.info("broker connected, consuming %s", self.queue_name)
                 self._first_attempt.set()
                 await closed.wait()
-                log.warning("broker connection lost")
+                if not self._stopping:
+                    log.warning("broker connection lost: %s", reason(why[0] if why else None))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("broker connection failed: %s", exc)
+                log.warning("broker connection failed: %s", reason(exc))
             finally:
                 was = self._consuming
                 self._consuming = False
