@@ -3,7 +3,7 @@ import { createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { Clarion, type Message, type RecoveredEvent, type WebSocketConstructor } from "../src/index.js";
-import { freePorts, Gateway, publish, Vhost, waitFor } from "./gateway.js";
+import { Balancer, freePorts, Gateway, publish, Vhost, waitFor } from "./gateway.js";
 
 const WS = WebSocket as unknown as WebSocketConstructor;
 const fast = { base: 100, max: 1000, soon: 200 };
@@ -17,6 +17,17 @@ function received(target: { on(e: "message", f: (m: Message) => void): unknown }
 }
 
 const exactlyOnce = (seen: string[], sent: string[]) => [...seen].sort().join() === [...sent].sort().join();
+
+/**
+ * Publishes one more user message and waits for it: the pod delivers in its
+ * queue's order, after any replay, so a duplicate of an earlier message would
+ * have arrived before it. Returns its id, to count among the sent.
+ */
+async function barrier(port: number, user: string, seen: string[]): Promise<string> {
+  const id = await publish(port, { user, data: "barrier" });
+  await waitFor(() => seen.includes(id), "the barrier message");
+  return id;
+}
 
 describe("clarion dev: two pods on the embedded broker", () => {
   let dev: Gateway;
@@ -48,12 +59,36 @@ describe("clarion dev: two pods on the embedded broker", () => {
     }
     sent.push(await client.publish(channel, { mine: true }));
     await waitFor(() => all.length >= sent.length, `${sent.length} messages`);
-    await new Promise((r) => setTimeout(r, 200)); // a duplicate would arrive within this
+    sent.push(await barrier(port + 1, user, all));
     expect(exactlyOnce(all, sent)).toBe(true);
     expect(onChannel).toHaveLength(11);
     expect(errors).toEqual([]);
     client.close();
     expect(client.state).toBe("disconnected");
+  }, 30_000);
+
+  it("the server answers the application pings, so the socket stays up", async () => {
+    let pongs = 0;
+    class Counting extends WebSocket {
+      constructor(url: string) {
+        super(url);
+        this.addEventListener("message", (e) => {
+          if (JSON.parse(String(e.data)).type === "pong") pongs++;
+        });
+      }
+    }
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, {
+      user: `js-${rand()}`,
+      WebSocket: Counting as unknown as WebSocketConstructor,
+      pingInterval: 50,
+      timeout: 1000,
+    });
+    const states: string[] = [];
+    client.on("state", (e) => states.push(e.state));
+    client.connect();
+    await waitFor(() => pongs >= 5, "five pongs");
+    expect(states).toEqual(["connecting", "connected"]);
+    client.close();
   }, 30_000);
 });
 
@@ -66,7 +101,7 @@ describe("a pod killed and restarted: the client reconnects and recovers with si
   const pod = (name: string, p: number) =>
     new Gateway(
       name,
-      ["serve", "--host", "127.0.0.1", "--port", String(p), "--pod-name", name, "--auth", "none", "--allow-client-publish", "--amqp-url", vhost.amqpUrl, "--drain-delay", "0", "--no-demo"],
+      ["serve", "--host", "127.0.0.1", "--port", String(p), "--pod-name", name, "--auth", "none", "--allow-client-publish", "--amqp-url", vhost.amqpUrl, "--drain-delay", "0", "--drain-window", "0.2", "--no-demo"],
       [p],
     );
 
@@ -112,7 +147,7 @@ describe("a pod killed and restarted: the client reconnects and recovers with si
     await waitFor(() => sub.state === "subscribed" && all.length >= 5, "the reconnect and the replay", 15_000);
     const after = [await publish(pb, { channel, data: 6 })];
     await waitFor(() => all.length >= 6, "a live message after the replay");
-    await new Promise((r) => setTimeout(r, 200));
+    after.push(await barrier(pb, user, all));
 
     expect(exactlyOnce(all, [...before, ...during, ...after])).toBe(true);
     expect(states).toEqual(["connecting:0", "connected:0", "connecting:1006", "connected:0"]);
@@ -120,6 +155,46 @@ describe("a pod killed and restarted: the client reconnects and recovers with si
     expect(subRecovered).toEqual([{ recovered: true, missed: 2, since: before[0] }]);
     expect(resyncs).toEqual([]);
     client.close();
+  }, 30_000);
+
+  it("a draining pod (1001): the client comes back soon through the balancer to the other pod and recovers", async () => {
+    const balancer = new Balancer();
+    balancer.target = pa;
+    const port = await balancer.start();
+    try {
+      const user = `js-${rand()}`;
+      const channel = `orders.${rand()}`;
+      const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { user, WebSocket: WS, backoff: { ...fast, soon: 300 } });
+      const all = received(client);
+      const sub = client.subscribe(channel);
+      const states: string[] = [];
+      const recovered: RecoveredEvent[] = [];
+      const resyncs: unknown[] = [];
+      client.on("state", (e) => states.push(`${e.state}:${e.code}`));
+      client.on("recovered", (e) => recovered.push(e));
+      client.on("resync", (e) => resyncs.push(e));
+      sub.on("resync", (e) => resyncs.push(e));
+      client.connect();
+      await waitFor(() => sub.state === "subscribed", "subscribed");
+      expect(client.info?.pod).toBe(a.name);
+      const sent = [await publish(pb, { user, data: 1 }), await publish(pb, { channel, data: 2 })];
+      await waitFor(() => all.length === 2, "the first two messages");
+      balancer.target = pb; // a is no longer ready: new connections go to b
+      const draining = a.terminate();
+      await waitFor(() => client.state === "connecting", "the 1001 close");
+      sent.push(await publish(pb, { user, data: 3 }), await publish(pb, { channel, data: 4 }));
+      await waitFor(() => client.info?.pod === b.name && sub.state === "subscribed", "the reconnect to b");
+      await waitFor(() => all.length >= 4, "every message");
+      sent.push(await barrier(pb, user, all));
+      expect(exactlyOnce(all, sent)).toBe(true);
+      expect(states).toEqual(["connecting:0", "connected:0", "connecting:1001", "connected:0"]);
+      expect(recovered).toHaveLength(1);
+      expect(resyncs).toEqual([]);
+      client.close();
+      await draining;
+    } finally {
+      balancer.stop();
+    }
   }, 30_000);
 });
 

@@ -2,7 +2,7 @@
 // project's venv, on loopback ports, killed when the test ends.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, openSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { connect, createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -90,6 +90,17 @@ export class Gateway {
     await exited;
   }
 
+  /** SIGTERM: the pod drains, closing its sockets with 1001, and exits. */
+  async terminate(timeout = 15_000): Promise<void> {
+    const proc = this.proc;
+    this.proc = null;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGTERM");
+    await waitFor(() => proc.exitCode !== null || proc.signalCode !== null, `${this.name} to drain and exit`, timeout);
+    await exited;
+  }
+
   tail(): string {
     try {
       return readFileSync(this.log, "utf8").slice(-3000);
@@ -140,5 +151,32 @@ export class Vhost {
 
   async delete(): Promise<void> {
     await this.api("DELETE", `/api/vhosts/${encodeURIComponent(this.name)}`).catch(() => {});
+  }
+}
+
+/**
+ * A TCP load balancer in front of the pods: each new connection goes to the
+ * port `target` names at that moment, as a Kubernetes Service would send a
+ * reconnect to a pod that is still ready.
+ */
+export class Balancer {
+  target = 0;
+  private server: Server | null = null;
+
+  async start(): Promise<number> {
+    this.server = createServer((client) => {
+      const upstream = connect(this.target, "127.0.0.1");
+      client.pipe(upstream).pipe(client);
+      client.on("error", () => upstream.destroy());
+      upstream.on("error", () => client.destroy());
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
+    await new Promise<void>((r) => this.server!.listen(0, "127.0.0.1", r));
+    return (this.server.address() as { port: number }).port;
+  }
+
+  stop(): void {
+    this.server?.close();
   }
 }
