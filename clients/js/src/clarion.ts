@@ -33,6 +33,9 @@ const MAX_TIMER = 86_400_000;
 
 type Timer = ReturnType<typeof setTimeout>;
 
+/** A message id (a UUID); anything else from storage is not sent as `since`. */
+const MESSAGE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /**
  * A Clarion WebSocket client: one socket, reconnected by the close-code
  * policy in `CloseCodes`, recovering missed messages with `since`.
@@ -120,7 +123,8 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.hadConnection = false;
     if (this.lastId === null && this.storage) {
       try {
-        this.lastId = this.storage.getItem(this.persistKey);
+        const stored = this.storage.getItem(this.persistKey);
+        if (stored && MESSAGE_ID.test(stored)) this.lastId = stored;
       } catch {
         // storage can be disabled (private mode): recovery across reloads is optional
       }
@@ -313,6 +317,8 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
     const recovery = this.hadConnection;
     this.hadConnection = true;
+    // Before any listener runs: one that subscribes now sends its own frame, once.
+    for (const sub of this.subs.values()) this.sendSubscribe(sub);
     this.setState("connected", 0, "welcome");
     if (this.ws !== ws) return; // a listener closed the client
     if (typeof frame.recovered === "boolean") {
@@ -322,7 +328,6 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       this.emit("resync", { recovered: false, missed: 0, since: null });
     }
     if (this.ws !== ws) return;
-    for (const sub of this.subs.values()) this.sendSubscribe(sub);
     this.schedulePing();
     this.scheduleRefresh();
   }

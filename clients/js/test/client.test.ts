@@ -223,6 +223,14 @@ describe("subscriptions and recovery", () => {
     second.client.close();
   });
 
+  it("a stored value that is not a message id is not sent as since", () => {
+    const storage = { getItem: () => "garbage", setItem: () => {} };
+    const { client, server } = setup({ persist: storage });
+    client.connect();
+    expect(server.last.params.has("since")).toBe(false);
+    client.close();
+  });
+
   it("persist: true uses sessionStorage when the page has one", () => {
     const [m1] = ids(1);
     const store = new Map<string, string>();
@@ -288,6 +296,24 @@ describe("isolation and leaks", () => {
     await vi.advanceTimersByTimeAsync(25_000);
     expect(server.last.frames("ping")).toHaveLength(1); // timers still run
     client.close();
+  });
+
+  it("a state listener may close the client, or subscribe, in the middle of the welcome", () => {
+    const closing = setup();
+    closing.client.subscribe("a");
+    closing.client.on("state", (e) => e.state === "connected" && closing.client.close());
+    closing.client.connect();
+    closing.server.last.welcome();
+    expect(closing.client.state).toBe("disconnected");
+    expect(closing.server.last.closedWith?.code).toBe(1000);
+    expect(vi.getTimerCount()).toBe(0);
+
+    const subscribing = setup();
+    subscribing.client.on("state", (e) => e.state === "connected" && subscribing.client.subscribe("b"));
+    subscribing.client.connect();
+    subscribing.server.last.welcome();
+    expect(subscribing.server.last.frames("subscribe")).toEqual([{ type: "subscribe", channel: "b" }]);
+    subscribing.client.close();
   });
 
   it("an error listener that throws goes to console.error, not into the client", () => {
