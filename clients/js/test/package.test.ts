@@ -14,7 +14,7 @@ function minGzip(file: string): number {
   return gzipSync(minified, { level: 9 }).length;
 }
 
-// Measured when it was set: ESM 4217 B, IIFE 4326 B min+gzip. The budgets leave about 7%: a
+// Measured: ESM 4262 B, IIFE 4369 B min+gzip. The budgets leave about 7%: a
 // change that grows the client past them is a decision (raise the budget here), not an accident.
 const BUDGET = { esm: 4500, iife: 4600 };
 
