@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -31,18 +32,25 @@ _NOT_ALLOWED = JSONResponse(
 )
 
 
+#: Which endpoints one listening port serves: both surfaces, or one of them
+#: (``--api-port``: the internal API on a port of its own, as Centrifugo does).
+Surface = Literal["all", "public", "internal"]
+
+
 class GatewayApp:
     """``/ws`` and ``POST /api/publish`` as plain ASGI, the rest through Starlette."""
 
-    def __init__(self, gateway: Gateway, http: Starlette) -> None:
+    def __init__(self, gateway: Gateway, http: Starlette, surface: Surface) -> None:
         self.gateway = gateway
         self.http = http
         self.state = http.state
+        self.ws = surface != "internal"
+        self.api = surface != "public"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/ws":
+        if scope["type"] == "websocket" and scope["path"] == "/ws" and self.ws:
             await websocket_session(self.gateway, scope, receive, send)
-        elif scope["type"] == "http" and scope["path"] == "/api/publish":
+        elif scope["type"] == "http" and scope["path"] == "/api/publish" and self.api:
             if scope["method"] == "POST":
                 await api.publish_asgi(self.gateway, scope, receive, send)
             else:
@@ -51,7 +59,9 @@ class GatewayApp:
             await self.http(scope, receive, send)
 
 
-def create_app(gateway: Gateway) -> GatewayApp:
+def create_app(gateway: Gateway, surface: Surface = "all") -> GatewayApp:
+    """The app of one listening port. The public (or only) one runs the pod's lifespan."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
@@ -60,15 +70,14 @@ def create_app(gateway: Gateway) -> GatewayApp:
         finally:
             await gateway.stop()
 
-    http = Starlette(
-        routes=[
-            Route("/", api.index),
+    routes = [Route("/healthz", api.healthz), Route("/readyz", api.readyz)]
+    if surface != "internal":
+        routes.append(Route("/", api.index))
+    if surface != "public":
+        routes += [
             Route("/admin/shed", api.shed, methods=["POST"]),
             Route("/metrics", api.metrics),
-            Route("/healthz", api.healthz),
-            Route("/readyz", api.readyz),
-        ],
-        lifespan=lifespan,
-    )
+        ]
+    http = Starlette(routes=routes, lifespan=lifespan if surface != "internal" else None)
     http.state.gateway = gateway
-    return GatewayApp(gateway, http)
+    return GatewayApp(gateway, http, surface)

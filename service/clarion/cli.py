@@ -85,7 +85,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         base = _settings(args, dev=True)
         logs.setup(base.log_level)
         for i in range(args.pods):
-            settings = dataclasses.replace(base, pod_name=f"dev-{i}", port=base.port + i)
+            settings = dataclasses.replace(
+                base,
+                pod_name=f"dev-{i}",
+                port=base.port + i,
+                api_port=base.api_port + i if base.api_port else 0,
+            )
             gateways.append(Gateway(settings, memory_exchange=exchange))
     except (ValueError, OSError) as exc:
         print(f"clarion dev: {exc}", file=sys.stderr)

@@ -119,9 +119,21 @@ class Settings:
         [],
         "keys for `POST /api/publish`; several at once for rotation",
         envvars.parse_list,
-        doc_default="none: the API is open",
+        doc_default="none (`--auth jwt` then needs `--public-api`)",
         repeat_flag="--api-key",
         secret=True,
+    )
+    public_api: bool = setting(
+        False,
+        "let `POST /api/publish` run without API keys under `--auth jwt` (without it, a pod "
+        "with no `--api-key` refuses to start: the API fails closed)",
+        envvars.parse_bool,
+    )
+    api_port: int = setting(
+        0,
+        "port of the internal API (`/api/*`, `/admin/*`, `/metrics`); then the public port "
+        "serves only `/ws`, `/`, `/healthz`, `/readyz`. `0`: the public port serves both",
+        int,
     )
     admin_token: str | None = setting(
         None,
@@ -192,6 +204,13 @@ class Settings:
                 "--auth jwt needs --jwt-secret, --jwt-public-key or --jwks-file "
                 "(or use --auth none for development)"
             )
+        if self.auth == "jwt" and not self.api_keys and not self.public_api:
+            raise ValueError(
+                "--auth jwt without --api-key would leave POST /api/publish open to anyone: "
+                "give API keys (--api-key, CLARION_API_KEYS), or --public-api to open it on purpose"
+            )
+        if not 0 <= self.api_port <= 65535 or (self.api_port and self.api_port == self.port):
+            raise ValueError("--api-port must be 0 (the public port) or another port than --port")
         for name in (
             "max_connections",
             "max_subscriptions",

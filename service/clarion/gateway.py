@@ -67,6 +67,13 @@ class Gateway:
                 "use --auth jwt in production",
                 self.pod_name,
             )
+        if not self.settings.api_keys:
+            log.warning(
+                "pod=%s POST /api/publish IS OPEN: no API key is set, anyone who reaches the "
+                "API port can publish (%s)",
+                self.pod_name,
+                "--auth none" if self.settings.auth == "none" else "--public-api",
+            )
         await self.broker.start(self)
         self.metrics.broker_connected.set(1 if self.broker.ready else 0)
         self.started = True

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from . import logs
-from .app import create_app
+from .app import Surface, create_app
 from .gateway import Gateway
 from .transport import websocket_protocol
 
@@ -30,13 +30,20 @@ class _Server(uvicorn.Server):
         yield  # signals are handled by run_pods
 
 
-def uvicorn_config(gateway: Gateway) -> uvicorn.Config:
-    """Clarion's uvicorn settings for one pod (the benchmark and the tests use them too)."""
+def uvicorn_config(gateway: Gateway, surface: Surface | None = None) -> uvicorn.Config:
+    """Clarion's uvicorn settings for one pod's public (or only) port.
+
+    The benchmark and the tests use them too. ``surface="internal"`` is the
+    internal API's port (``--api-port``).
+    """
     s = gateway.settings
+    if surface is None:
+        surface = "public" if s.api_port else "all"
+    internal = surface == "internal"
     return uvicorn.Config(
-        create_app(gateway),
+        create_app(gateway, surface),
         host=s.host,
-        port=s.port,
+        port=s.api_port if internal else s.port,
         log_level=s.log_level,
         log_config=logs.uvicorn_log_config(),
         access_log=False,
@@ -49,13 +56,14 @@ def uvicorn_config(gateway: Gateway) -> uvicorn.Config:
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=3,
-        lifespan="on",
+        lifespan="off" if internal else "on",
         proxy_headers=True,
     )
 
 
 async def run_pods(gateways: list[Gateway]) -> None:
     servers = [_Server(uvicorn_config(gw)) for gw in gateways]
+    servers += [_Server(uvicorn_config(gw, "internal")) for gw in gateways if gw.settings.api_port]
     loop = asyncio.get_running_loop()
     stopping = False
     tasks: list[asyncio.Task[None]] = []
