@@ -14,56 +14,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from .support import GatewayProcess, Vhost, running_pods, wait_for
-from .wsclient import Client
+from .wsclient import Client, User
 
 pytestmark = pytest.mark.timeout(120)
 
 ROUNDS = 6
 PER_ROUND = 9  # three of each target kind, interleaved
-
-
-class RecipeClient:
-    """docs/failure-modes.md's recipe, as an application would write it."""
-
-    def __init__(self, user: str, channel: str) -> None:
-        self.user = user
-        self.channel = channel
-        self.since: str | None = None
-        self.received: list[str] = []
-        self.client: Client | None = None
-        self._seen = 0
-
-    async def connect(self, pod: GatewayProcess) -> None:
-        url = f"{pod.ws_url}?user={self.user}" + (f"&since={self.since}" if self.since else "")
-        self.client = c = await Client.connect(url, self.user)
-        welcome = await c.wait_welcome()
-        assert welcome.get("recovered", True), welcome
-        frame: dict[str, Any] = {"type": "subscribe", "channel": self.channel}
-        if self.since:
-            frame["since"] = self.since
-        await c.send(frame)
-        subscribed = await c.wait_reply("subscribed")
-        assert subscribed.get("recovered", True), subscribed
-        self._seen = 0
-
-    def take(self) -> None:
-        assert self.client is not None
-        for m in self.client.messages[self._seen :]:
-            self.received.append(m["id"])
-            if self.since is None or m["id"] > self.since:
-                self.since = m["id"]  # the greatest id, not the last one received
-        self._seen = len(self.client.messages)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            self.take()
-            await self.client.close()
 
 
 @pytest.fixture
@@ -76,7 +37,7 @@ def pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
 
 async def test_reconnect_after_reconnect_no_gap_no_duplicate(pods: list[GatewayProcess]) -> None:
     user, channel = f"u-{uuid.uuid4().hex[:6]}", f"ch-{uuid.uuid4().hex[:6]}"
-    client = RecipeClient(user, channel)
+    client = User(user, channels=[channel])
     other = await Client.connect(f"{pods[0].ws_url}?user=bystander", "bystander")
     await other.wait_welcome()
     published: list[str] = []
@@ -91,11 +52,16 @@ async def test_reconnect_after_reconnect_no_gap_no_duplicate(pods: list[GatewayP
                 published.append(r.json()["id"])
 
         def caught_up() -> bool:
-            client.take()
-            return len(client.received) >= len(published)
+            client.drain()
+            return len(client.ids) >= len(published)
+
+        async def connect(pod: GatewayProcess) -> None:  # docs/failure-modes.md's recipe
+            await client.connect(pod.ws_url)
+            assert client.welcomes[-1].get("recovered", True), client.welcomes[-1]
+            assert client.subscribed[-1].get("recovered", True), client.subscribed[-1]
 
         for rnd in range(ROUNDS):
-            await client.connect(pods[rnd % 2])
+            await connect(pods[rnd % 2])
             if rnd % 2 == 0:
                 # Live messages right behind the replay; in the other rounds the client
                 # leaves again right after the replay, as a flaky mobile link does.
@@ -103,8 +69,8 @@ async def test_reconnect_after_reconnect_no_gap_no_duplicate(pods: list[GatewayP
             await wait_for(caught_up, 10, message=f"round {rnd}: {len(published)} messages")
             await client.close()
             await publish(PER_ROUND)  # missed while away
-        await client.connect(pods[ROUNDS % 2])
+        await connect(pods[ROUNDS % 2])
         await wait_for(caught_up, 10, message="the last round's messages")
     await client.close()
-    assert sorted(client.received) == sorted(published)  # no gap, no duplicate
+    assert sorted(client.ids) == sorted(published)  # no gap, no duplicate
     await other.close()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import websockets
@@ -143,28 +143,40 @@ async def refused(url: str, **kw: Any) -> tuple[int | None, str, list[Any]]:
 
 
 class User:
-    """One user's client across reconnects: it keeps the last message id and comes
-    back with ``since=`` to whichever pod it is given."""
+    """One user's client across reconnects, as docs/failure-modes.md's recovery recipe
+    has an application write it: it keeps the greatest message id it has seen (ids
+    sort by publish time; a replay can deliver an older one last), comes back with
+    ``since=`` to whichever pod it is given and re-subscribes its channels with the
+    same ``since``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, channels: Sequence[str] = ()) -> None:
         self.name = name
+        self.channels = list(channels)
         self.ids: list[str] = []  # received message ids, in arrival order
         self.data: list[Any] = []
-        self.last_id: str | None = None
+        self.last_id: str | None = None  # the greatest id received
         self.welcomes: list[dict[str, Any]] = []
+        self.subscribed: list[dict[str, Any]] = []
         self.reconnects = 0
         self.client: Client | None = None
         self._seen = 0
 
     async def connect(self, ws_url: str, timeout: float = 10) -> Client:
+        since = self.last_id
         url = f"{ws_url}?user={self.name}"
-        if self.last_id:
-            url += f"&since={self.last_id}"
+        if since:
+            url += f"&since={since}"
             self.reconnects += 1
-        self.client = await Client.connect(url, self.name)
-        self.welcomes.append(await self.client.wait_welcome(timeout))
+        self.client = client = await Client.connect(url, self.name)
         self._seen = 0
-        return self.client
+        self.welcomes.append(await client.wait_welcome(timeout))
+        for n, channel in enumerate(self.channels, 1):
+            frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+            if since:
+                frame["since"] = since
+            await client.send(frame)
+            self.subscribed.append(await client.wait_reply("subscribed", n, timeout))
+        return client
 
     def drain(self) -> None:
         """Move the messages the current socket received since the last call into
@@ -175,9 +187,11 @@ class User:
         for m in msgs[self._seen :]:
             self.ids.append(m["id"])
             self.data.append(m["data"])
-            self.last_id = m["id"]
+            if self.last_id is None or m["id"] > self.last_id:
+                self.last_id = m["id"]
         self._seen = len(msgs)
 
     async def close(self) -> None:
         if self.client is not None:
+            self.drain()
             await self.client.close()
