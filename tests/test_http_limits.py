@@ -13,11 +13,10 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from .support import GatewayProcess
+from .support import InProcessPod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,20 +24,12 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"limits-{uuid.uuid4().hex[:6]}",
-        args=["--auth", "none"],
-        log_dir=Path(tmp_path_factory.mktemp("logs")),
-    ).start()
-    try:
-        p.wait_ready()
+def pod() -> Iterator[InProcessPod]:
+    with InProcessPod(f"limits-{uuid.uuid4().hex[:6]}", auth="none") as p:
         yield p
-    finally:
-        p.stop()
 
 
-def exchange(pod: GatewayProcess, request: bytes, timeout: float = 5.0) -> tuple[bytes, float]:
+def exchange(pod: InProcessPod, request: bytes, timeout: float = 5.0) -> tuple[bytes, float]:
     """Send ``request``; everything the server answers until it closes, and how long that took."""
     started = time.monotonic()
     with socket.create_connection((pod.host, pod.port), timeout=timeout) as s:
@@ -62,7 +53,7 @@ def upgrade(path: str, extra: str = "") -> bytes:
 
 
 @pytest.mark.parametrize("size", [8_300, 20_000, 93_000])
-def test_an_oversized_url_gets_414_and_the_socket_closes(pod: GatewayProcess, size: int) -> None:
+def test_an_oversized_url_gets_414_and_the_socket_closes(pod: InProcessPod, size: int) -> None:
     data, took = exchange(pod, upgrade("/ws?token=" + "a" * size))
     assert data.startswith(b"HTTP/1.1 414"), data[:200]
     assert took < 3
@@ -76,20 +67,20 @@ def test_an_oversized_url_gets_414_and_the_socket_closes(pod: GatewayProcess, si
     ],
     ids=["long-header", "many-headers"],
 )
-def test_oversized_headers_get_431_and_the_socket_closes(pod: GatewayProcess, extra: str) -> None:
+def test_oversized_headers_get_431_and_the_socket_closes(pod: InProcessPod, extra: str) -> None:
     data, took = exchange(pod, upgrade("/ws?user=u", extra))
     assert data.startswith(b"HTTP/1.1 431"), data[:200]
     assert took < 3
 
 
-def test_just_under_the_limit_still_connects(pod: GatewayProcess) -> None:
+def test_just_under_the_limit_still_connects(pod: InProcessPod) -> None:
     request = upgrade("/ws?user=" + "u" * 200)
     with socket.create_connection((pod.host, pod.port), timeout=5) as s:
         s.sendall(request)
         assert s.recv(4096).startswith(b"HTTP/1.1 101")
 
 
-def test_the_pod_serves_others_after_oversized_requests(pod: GatewayProcess) -> None:
+def test_the_pod_serves_others_after_oversized_requests(pod: InProcessPod) -> None:
     for _ in range(5):
         exchange(pod, upgrade("/ws?token=" + "a" * 50_000))
     data, _ = exchange(pod, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
