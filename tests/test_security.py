@@ -47,6 +47,13 @@ def hs256(sub: str, secret: str = SECRET, **claims: Any) -> str:
     return jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")
 
 
+async def signed_in(pod: InProcessPod, user: str, **claims: Any) -> Client:
+    """A session of ``user`` with an HS256 token in the query, once welcomed as that user."""
+    s = await Client.connect(f"{pod.ws_url}?token={hs256(user, **claims)}", user)
+    assert (await s.wait_welcome())["user"] == user
+    return s
+
+
 def _hmac_token(claims: dict[str, Any], secret: bytes) -> str:
     """An HS256 JWT built by hand (PyJWT rightly refuses a PEM as an HMAC secret)."""
 
@@ -102,6 +109,7 @@ def pods(
         auth="jwt",
         jwt_public_key=str(d / "public.pem"),
         jwks_file=str(d / "jwks.json"),
+        public_api=True,  # its publish API is not what these tests look at
     )
     # Configured through the environment, as a Kubernetes Deployment does.
     tiny = InProcessPod(
@@ -166,7 +174,9 @@ async def test_hs256_token_in_query_and_header(hs: InProcessPod) -> None:
         ("bad_header", "missing token"),
     ],
 )
-async def test_bad_tokens_are_closed_1008(hs: InProcessPod, case: str, reason_part: str) -> None:
+async def test_bad_tokens_are_refused_4500_and_expired_ones_4001(
+    hs: InProcessPod, case: str, reason_part: str
+) -> None:
     kw: dict[str, Any] = {}
     url = hs.ws_url
     if case == "bad_signature":
@@ -179,13 +189,15 @@ async def test_bad_tokens_are_closed_1008(hs: InProcessPod, case: str, reason_pa
         url += "?token=" + jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     elif case == "bad_header":
         kw["additional_headers"] = {"Authorization": f"Basic {hs256('alice')}"}
-    policy0 = _metric(hs, "clarion_connections_closed_total", reason="policy")
+    # An expired token can be refreshed (the client reconnects); a bad one cannot.
+    want, label = (4001, "token_expired") if case == "expired" else (4500, "unauthorized")
+    closed0 = _metric(hs, "clarion_connections_closed_total", reason=label)
     opened0 = _metric(hs, "clarion_connections_opened_total")
     code, reason, frames = await refused(url, **kw)
-    assert code == 1008, (code, reason)
+    assert code == want, (code, reason)
     assert reason_part in reason, reason
     assert frames == [], f"a refused socket got frames: {frames}"  # never a half-open session
-    assert _metric(hs, "clarion_connections_closed_total", reason="policy") == policy0 + 1
+    assert _metric(hs, "clarion_connections_closed_total", reason=label) == closed0 + 1
     assert _metric(hs, "clarion_connections_opened_total") == opened0
 
 
@@ -213,17 +225,16 @@ async def test_rs256_with_pem_and_jwks(
         headers={"kid": "key-2"},
     )
     code, reason, frames = await refused(f"{rs.ws_url}?token={stranger}")
-    assert (code, frames) == (1008, []) and "invalid token" in reason, reason
+    assert (code, frames) == (4500, []) and "invalid token" in reason, reason
     # Algorithm confusion: an HS256 token "signed" with the public PEM as the secret.
     confused = _hmac_token({"sub": "eve", "exp": exp}, _pem(rsa_keys["pem"]))
     code, reason, frames = await refused(f"{rs.ws_url}?token={confused}")
-    assert (code, frames) == (1008, []), (code, reason)
+    assert (code, frames) == (4500, []), (code, reason)
 
 
 @pytest.mark.timeout(30)
 async def test_channels_claim_limits_subscriptions(hs: InProcessPod) -> None:
-    s = await Client.connect(f"{hs.ws_url}?token={hs256('carol', channels=['orders.*', 'news'])}")
-    await s.wait_welcome()
+    s = await signed_in(hs, "carol", channels=["orders.*", "news"])
     await s.send({"type": "subscribe", "channel": "orders.eu"})
     assert (await s.wait_reply("subscribed"))["channel"] == "orders.eu"
     await s.send({"type": "subscribe", "channel": "billing.eu"})
@@ -236,13 +247,12 @@ async def test_channels_claim_limits_subscriptions(hs: InProcessPod) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_token_expiring_while_connected_closes_1008(hs: InProcessPod) -> None:
+async def test_token_expiring_while_connected_closes_4001(hs: InProcessPod) -> None:
     expired0 = _metric(hs, "clarion_connections_closed_total", reason="token_expired")
-    s = await Client.connect(f"{hs.ws_url}?token={hs256('dave', exp=int(time.time()) + 2)}")
-    assert (await s.wait_welcome())["user"] == "dave"
+    s = await signed_in(hs, "dave", exp=int(time.time()) + 2)
     t0 = time.monotonic()
     await s.wait_closed(8)
-    assert (s.close_code, s.close_reason) == (1008, "token expired")
+    assert (s.close_code, s.close_reason) == (4001, "token expired")
     assert time.monotonic() - t0 < 4
     await wait_for(
         lambda: (
@@ -277,9 +287,7 @@ async def test_api_keys_rotation_and_refusal(hs: InProcessPod) -> None:
 
 @pytest.mark.timeout(30)
 async def test_admin_shed_needs_its_token(hs: InProcessPod) -> None:
-    sessions = [await Client.connect(f"{hs.ws_url}?token={hs256(f'shed{i}')}") for i in range(3)]
-    for s in sessions:
-        await s.wait_welcome()
+    sessions = [await signed_in(hs, f"shed{i}") for i in range(3)]
     url = f"{hs.http_url}/admin/shed"
     async with httpx.AsyncClient() as http:
         for headers in (
@@ -319,7 +327,7 @@ async def test_origin_allowlist(hs: InProcessPod) -> None:
     code, reason, frames = await refused(
         f"{hs.ws_url}?token={token}", origin="https://evil.example.net"
     )
-    assert (code, frames) == (1008, []) and "origin" in reason, (code, reason)
+    assert (code, frames) == (4501, []) and "origin" in reason, (code, reason)
     # Non-browser clients send no Origin and are let in.
     s = await Client.connect(f"{hs.ws_url}?token={token}")
     assert (await s.wait_welcome())["user"] == "olga"
@@ -353,8 +361,7 @@ async def test_max_connections_refuses_with_1013(pods: dict[str, InProcessPod]) 
 @pytest.mark.timeout(30)
 async def test_max_subscriptions(hs: InProcessPod) -> None:
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="subscriptions")
-    s = await Client.connect(f"{hs.ws_url}?token={hs256('sub-user')}")
-    await s.wait_welcome()
+    s = await signed_in(hs, "sub-user")
     for i in range(MAX_SUBSCRIPTIONS):
         await s.send({"type": "subscribe", "channel": f"c{i}"})
         await s.wait_reply("subscribed", i + 1)
@@ -378,8 +385,7 @@ async def test_max_subscriptions(hs: InProcessPod) -> None:
 async def test_frame_flood_is_rate_limited(hs: InProcessPod) -> None:
     limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_rate")
-    s = await Client.connect(f"{hs.ws_url}?token={hs256('flooder')}")
-    await s.wait_welcome()
+    s = await signed_in(hs, "flooder")
     flood = 60
     t0 = time.monotonic()
     for _ in range(flood):
@@ -408,8 +414,7 @@ async def test_frame_flood_is_rate_limited(hs: InProcessPod) -> None:
 async def test_oversized_frame_closes_1009(hs: InProcessPod) -> None:
     too_big0 = _metric(hs, "clarion_connections_closed_total", reason="too_big")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_size")
-    s = await Client.connect(f"{hs.ws_url}?token={hs256('big')}")
-    await s.wait_welcome()
+    s = await signed_in(hs, "big")
     await s.send({"type": "ping", "pad": "x" * (MAX_FRAME_BYTES - 100)})  # just under: fine
     await s.wait_reply("pong")
     await s.send({"type": "ping", "pad": "x" * MAX_FRAME_BYTES})
@@ -420,8 +425,7 @@ async def test_oversized_frame_closes_1009(hs: InProcessPod) -> None:
     )
     assert _metric(hs, "clarion_limit_hits_total", limit="frame_size") == hits0 + 1
     # Only that socket: the pod is fine.
-    other = await Client.connect(f"{hs.ws_url}?token={hs256('after-big')}")
-    assert (await other.wait_welcome())["user"] == "after-big"
+    other = await signed_in(hs, "after-big")
     await other.close()
 
 
