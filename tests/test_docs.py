@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from clarion import config
+from clarion import config, disconnects
 from clarion.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -18,6 +18,13 @@ def test_the_readme_configuration_table_is_the_declared_settings() -> None:
     assert table in README.read_text(), (
         "README's configuration table differs from the declarations; regenerate it with\n"
         "python -c 'from clarion import config; print(config.markdown_table())'"
+    )
+
+
+def test_the_readme_close_code_table_is_the_disconnect_table() -> None:
+    assert disconnects.markdown_table() in README.read_text(), (
+        "README's close codes differ from disconnects.py; regenerate with\n"
+        "python -c 'from clarion import disconnects; print(disconnects.markdown_table())'"
     )
 
 

@@ -386,7 +386,7 @@ def test_fuzz_publish_api(pod: GatewayProcess, innocent: Innocent) -> None:
 
 @pytest.mark.timeout(60)
 def test_fuzz_connect_query(pod: GatewayProcess, innocent: Innocent) -> None:
-    """Odd ``user``/``since`` query values: a welcome (perhaps with an error frame) or a 1008."""
+    """Odd ``user``/``since`` query values: a welcome (perhaps with an error frame) or a 4500."""
     started = time.monotonic()
     outcomes: dict[str, int] = {}
 
@@ -423,9 +423,9 @@ def test_fuzz_connect_query(pod: GatewayProcess, innocent: Innocent) -> None:
                         assert r["code"] == "bad_field" and "since" in r["message"], r
                 outcome = "welcome"
         except ConnectionClosed as exc:
-            assert exc.rcvd is not None and exc.rcvd.code == 1008, exc
+            assert exc.rcvd is not None and exc.rcvd.code == 4500, exc
             assert len(query.get("user", "")) > 256, query  # the only reason to refuse here
-            outcome = "1008"
+            outcome = "4500"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     one()

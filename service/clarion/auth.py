@@ -22,7 +22,11 @@ from .protocol import MAX_NAME_LENGTH
 
 
 class AuthError(Exception):
-    """Refused: the socket is closed with 1008 and this reason."""
+    """Refused: the socket is closed (4500, or 4001 when ``expired``) with this reason."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class JwtAuth:
                     token, key, algorithms=[alg], audience=self.audience, options=options
                 )
             except jwt.ExpiredSignatureError:
-                raise AuthError("token expired") from None
+                raise AuthError("token expired", expired=True) from None
             except jwt.InvalidSignatureError as exc:
                 last = exc
             except jwt.PyJWTError as exc:

@@ -156,8 +156,10 @@ async def _listen(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                if ws.close_code == 1008:
-                    return 1
+                if ws.close_code is not None and (
+                    ws.close_code in (1008, 1009) or 4500 <= ws.close_code <= 4999
+                ):
+                    return 1  # the server says do not come back as you are
         except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
             print(f"clarion listen: {exc}", file=sys.stderr, flush=True)
         attempts += 1

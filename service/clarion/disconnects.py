@@ -1,7 +1,9 @@
 """Every way the server closes a socket: code, text sent on the wire, metric label.
 
-One table, used by every call site; the metrics pre-create every label from it,
-and the README's close-code table documents the same rows.
+One table, used by every call site; the metrics pre-create every label from
+it, and the README's close-code table is generated from it (a test checks).
+Codes 4000-4499 mean "reconnect", 4500-4999 "do not reconnect" (as
+Centrifugo's); 1008 stays for policy violations a client cannot fix.
 """
 
 from __future__ import annotations
@@ -17,50 +19,115 @@ class Disconnect:
     reason: str
     #: The ``reason`` label of ``clarion_connections_closed_total``.
     label: str
+    #: What a client should do (the client libraries do it).
+    action: str
+    #: When it happens, for the docs.
+    when: str
 
     def with_reason(self, reason: str) -> Disconnect:
         """The same disconnect with a more specific reason (at most 123 bytes on the wire)."""
-        return Disconnect(self.code, reason[:120], self.label)
+        return Disconnect(self.code, reason[:120], self.label, self.action, self.when)
 
+
+SOON = "reconnect soon (small random delay) with `since`"
+BACKOFF = "reconnect with backoff and `since`"
 
 #: The client closed the socket (or its connection dropped).
-CLIENT = Disconnect(1000, "", "client")
+CLIENT = Disconnect(
+    1000, "", "client", "—", "the client closed the socket, or its connection dropped"
+)
 #: The session failed on the server side (a bug: logged with its traceback).
-ERROR = Disconnect(1011, "internal error", "error")
+ERROR = Disconnect(1011, "internal error", "error", BACKOFF, "a server error in this session")
 #: SIGTERM: the pod is draining; reconnect (the load balancer picks another pod).
-DRAIN = Disconnect(1001, "draining: reconnect", "drain")
+DRAIN = Disconnect(1001, "draining: reconnect", "drain", SOON, "the pod is draining (SIGTERM)")
 #: The process is stopping (after the drain, or without one).
-SHUTDOWN = Disconnect(1001, "server shutting down", "drain")
+SHUTDOWN = Disconnect(
+    1001, "server shutting down", "drain", SOON, "the process stops (SIGINT, or after the drain)"
+)
 #: The operator rebalances: reconnect elsewhere.
-SHED = Disconnect(1012, "rebalance: reconnect", "shed")
+SHED = Disconnect(1012, "rebalance: reconnect", "shed", SOON, "shed by the operator to spread load")
 #: The pod could not catch up after a broker outage: reconnect with since.
-OUTAGE = Disconnect(1012, "broker outage: reconnect with since", "outage")
+OUTAGE = Disconnect(
+    1012,
+    "broker outage: reconnect with since",
+    "outage",
+    SOON,
+    "the pod could not catch up from history after a broker outage",
+)
 #: The pod holds --max-connections sockets.
-POD_FULL = Disconnect(1013, "pod full: try again later", "overload")
+POD_FULL = Disconnect(
+    1013,
+    "pod full: try again later",
+    "overload",
+    "reconnect with backoff, at least 2 s",
+    "the pod holds `--max-connections` sockets",
+)
 #: This socket's send buffer overflowed.
-SLOW_CLIENT = Disconnect(1013, "slow consumer: send buffer full", "slow_client")
+SLOW_CLIENT = Disconnect(
+    1013,
+    "slow consumer: send buffer full",
+    "slow_client",
+    "reconnect with backoff, at least 2 s, and `since`",
+    "this socket's send buffer overflowed (the client reads too slowly)",
+)
 #: A client frame over --max-frame-bytes (uvicorn closes the socket itself).
-TOO_BIG = Disconnect(1009, "frame too big", "too_big")
-#: The token's exp passed while connected.
-TOKEN_EXPIRED = Disconnect(1008, "token expired", "token_expired")
+TOO_BIG = Disconnect(
+    1009,
+    "frame too big",
+    "too_big",
+    "stop: do not resend that frame",
+    "a frame over `--max-frame-bytes`",
+)
+#: The token's exp passed (while connected, or before connecting).
+TOKEN_EXPIRED = Disconnect(
+    4001,
+    "token expired",
+    "token_expired",
+    "get a new token, then reconnect with `since`",
+    "the token's `exp` passed",
+)
 #: A missing or invalid token (the reason says which).
-UNAUTHORIZED = Disconnect(1008, "invalid token", "policy")
+UNAUTHORIZED = Disconnect(
+    4500,
+    "invalid token",
+    "unauthorized",
+    "stop: the token is not valid (a new token from the backend may be)",
+    "a missing or invalid token, or one this gateway does not accept (the reason says why)",
+)
 #: The browser's Origin is not in --allowed-origins.
-ORIGIN = Disconnect(1008, "origin not allowed", "policy")
+ORIGIN = Disconnect(
+    4501,
+    "origin not allowed",
+    "origin",
+    "stop",
+    "the page's `Origin` is not in `--allowed-origins`",
+)
 
 ALL: tuple[Disconnect, ...] = (
     CLIENT,
-    ERROR,
     DRAIN,
     SHUTDOWN,
+    TOO_BIG,
+    ERROR,
     SHED,
     OUTAGE,
     POD_FULL,
     SLOW_CLIENT,
-    TOO_BIG,
     TOKEN_EXPIRED,
     UNAUTHORIZED,
     ORIGIN,
 )
 #: Every label ``clarion_connections_closed_total`` can carry.
 LABELS: tuple[str, ...] = tuple(dict.fromkeys(d.label for d in ALL))
+
+
+def markdown_table() -> str:
+    """The README's close-code table, as the code says it."""
+    rows = [
+        "| code | reason sent | when | metric `reason` | what a client does |",
+        "|---|---|---|---|---|",
+    ]
+    for d in ALL:
+        reason = f"`{d.reason}`" if d.reason else "—"
+        rows.append(f"| {d.code} | {reason} | {d.when} | `{d.label}` | {d.action} |")
+    return "\n".join(rows)

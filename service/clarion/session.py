@@ -79,6 +79,8 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
         ident: Identity = gw.auth.authenticate(query, headers)
     except AuthError as exc:
         log.info("pod=%s auth refused: %s", gw.pod_name, exc)
+        if exc.expired:
+            return await refuse(disconnects.TOKEN_EXPIRED)
         return await refuse(disconnects.UNAUTHORIZED.with_reason(str(exc)))
 
     await send({"type": "websocket.accept"})
