@@ -19,8 +19,6 @@ minus it is the latency (one host, one clock).
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import struct
 import time
 import zlib
@@ -28,32 +26,17 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+from testkit.websocket import (
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    mask_frame,
+    upgrade_request,
+)
 
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
-
-
-def mask_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame (clients must mask every frame they send)."""
-    n = len(payload)
-    key = os.urandom(4)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    if n:
-        mask = (key * (n // 4 + 1))[:n]
-        body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    else:
-        body = b""
-    return head + key + body
 
 
 def extract_ts(text: str) -> float | None:
@@ -143,19 +126,12 @@ class WSClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # uvloop's transport is no asyncio.Transport subclass
-        key = base64.b64encode(os.urandom(16)).decode()
         ext = (
             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
             if self.offer_deflate
             else ""
         )
-        self.transport.write(
-            (
-                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{ext}\r\n"
-            ).encode()
-        )
+        self.transport.write(upgrade_request(self.host, self.path, extra=ext))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1

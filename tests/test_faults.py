@@ -9,9 +9,7 @@ which messages arrive, how late, and how many times.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import signal
 import socket
 import struct
@@ -24,6 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from testkit.websocket import OP_CLOSE, mask_frame, upgrade_request
 
 from .private_broker import PrivateBroker
 from .support import GatewayProcess, wait_for
@@ -348,14 +348,7 @@ class StalledSocket:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         self.sock.settimeout(5)
         self.sock.connect((host, port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        self.sock.sendall(upgrade_request(f"{host}:{port}", path))
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1)  # byte by byte: leave every frame in the kernel
@@ -386,7 +379,7 @@ class StalledSocket:
                 if len(buf) < offset + length:
                     break
                 payload, buf = buf[offset : offset + length], buf[offset + length :]
-                if opcode == 0x8:
+                if opcode == OP_CLOSE:
                     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                     self._send_close(code)
                     return frames, code, payload[2:].decode(errors="replace")
@@ -398,11 +391,8 @@ class StalledSocket:
         raise AssertionError(f"no close frame after {frames} frames")
 
     def _send_close(self, code: int) -> None:
-        mask = os.urandom(4)
-        payload = struct.pack("!H", code)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         with contextlib.suppress(OSError):
-            self.sock.sendall(bytes([0x88, 0x80 | len(payload)]) + mask + masked)
+            self.sock.sendall(mask_frame(OP_CLOSE, struct.pack("!H", code)))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

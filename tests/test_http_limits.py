@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.websocket import upgrade_request
+
 from .support import InProcessPod
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,10 +48,7 @@ def exchange(pod: InProcessPod, request: bytes, timeout: float = 5.0) -> tuple[b
 
 
 def upgrade(path: str, extra: str = "") -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    ).encode()
+    return upgrade_request("x", path, key=KEY, extra=extra)
 
 
 @pytest.mark.parametrize("size", [8_300, 20_000, 93_000])
