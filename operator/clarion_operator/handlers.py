@@ -1,7 +1,9 @@
 """kopf handlers: each reads the cluster, calls the pure deciders, applies what they say.
 
 - ``apply``: on create / spec update / operator resume, make the Deployment and
-  Service match the gateway's spec (``resources``).
+  the two Services match the gateway's spec (``resources``).
+- ``owned_event``: an owned Deployment or Service changed or went: apply again
+  (a hand edit or a deletion is undone at once, not at the next restart).
 - ``autoscale``: a daemon per gateway, every ``scaling.intervalSeconds``: one
   ``Autoscaler.tick`` (read the pods' connections, ``scaling.decide``, patch
   replicas, rebalance, write status).
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -71,6 +74,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # set when the operator shuts down, so the daemons stop at once rather
     # than tick on closed clients until kopf cancels them.
     memo["closing"] = asyncio.Event()
+    memo["apply_locks"] = defaultdict(asyncio.Lock)
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_port)
     memo["metrics"] = metrics
@@ -120,7 +124,44 @@ def _first(store: Iterable[Any] | None) -> Any:
     return None
 
 
-# -- apply: Deployment and Service -------------------------------------------
+# -- apply: Deployment and Services -------------------------------------------
+
+
+async def apply_owned(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    owner: Mapping[str, Any],
+    gs: GatewaySpec,
+    memo: kopf.Memo,
+) -> list[str]:
+    """Make each owned object what the spec says; what was created or patched.
+
+    One gateway at a time: the owned-object watch and the spec handler may both
+    want to create the same Service.
+    """
+    outcomes: list[str] = []
+    async with memo["apply_locks"][namespace, name]:
+        live_dep = await kube.get("Deployment", namespace, name)
+        for kind, wanted in resources.owned(name, namespace, gs, owner, live_dep):
+            obj = wanted["metadata"]["name"]
+            live = live_dep if kind == "Deployment" else await kube.get(kind, namespace, obj)
+            if live is None:
+                await kube.create(kind, namespace, resources.recorded(wanted))
+                outcomes.append(f"{kind} {obj} created")
+                continue
+            change = resources.plan(live, wanted)
+            if change is not None:
+                await kube.patch(kind, namespace, obj, change)
+                outcomes.append(f"{kind} {obj} updated")
+    return outcomes
+
+
+def _report(body: kopf.Body, outcomes: list[str], logger: kopf.Logger) -> None:
+    if outcomes:
+        message = ", ".join(outcomes)
+        kopf.info(body, reason="Applied", message=message)
+        logger.info(message)
 
 
 @kopf.on.resume(*GATEWAY)
@@ -137,29 +178,63 @@ async def apply(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Make the owned Deployment and Service match the spec; touch nothing that already does."""
+    """Make the owned Deployment and Services match the spec; touch nothing that already does."""
     namespace = namespace or ""
-    kube: Kube = memo["kube"]
     gs = GatewaySpec.parse(spec)
-    outcomes: list[str] = []
-    for kind in ("Deployment", "Service"):
-        live = await kube.get(kind, namespace, name)
-        if kind == "Deployment":
-            replicas = resources.replicas_on_apply(live, gs)
-            wanted = resources.deployment(name, namespace, gs, body, replicas)
-        else:
-            wanted = resources.service(name, namespace, gs, body)
-        if live is None:
-            await kube.create(kind, namespace, wanted)
-            outcomes.append(f"{kind} created")
-        elif not resources.contains(live, wanted):
-            await kube.patch(kind, namespace, name, wanted)
-            outcomes.append(f"{kind} updated")
+    outcomes = await apply_owned(memo["kube"], namespace, name, body, gs, memo)
+    _report(body, outcomes, logger)
+    generation = body.get("metadata", {}).get("generation")
+    patch.status.update(gateway_status.applied(status, generation, gateway_selector(name)))
+
+
+def gateway_selector(name: str) -> str:
+    """The pods' label selector, as the scale subresource reports it (``status.selector``)."""
+    return ",".join(f"{k}={v}" for k, v in names.gateway_labels(name).items())
+
+
+@kopf.index(*GATEWAY)
+def gateway_owners(
+    body: kopf.Body, namespace: str | None, name: str, uid: str | None, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """What an owner reference needs, for gateways that are not being deleted."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return {}
+    return {(namespace or "", name): {"metadata": {"name": name, "uid": uid}}}
+
+
+def _controller(body: Mapping[str, Any]) -> str | None:
+    """The gateway that controls an owned object (its controller owner reference)."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == names.CRD_KIND and ref.get("controller"):
+            return str(ref.get("name"))
+    return None
+
+
+@kopf.on.event("deployments", labels=GATEWAY_PODS)
+@kopf.on.event("services", labels=GATEWAY_PODS)  # type: ignore[arg-type]
+async def owned_event(
+    body: kopf.Body,
+    namespace: str | None,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    gateway_specs: SpecIndex,
+    gateway_owners: kopf.Index[tuple[str, str], dict[str, Any]],
+    **_: Any,
+) -> None:
+    """An owned Deployment or Service was deleted or edited: make it what the spec says again."""
+    if _closing(memo):
+        return
+    gateway = _controller(body) or body.get("metadata", {}).get("labels", {}).get(
+        names.LABEL_GATEWAY
+    )
+    key = (namespace or "", str(gateway))
+    gs: GatewaySpec | None = _first(gateway_specs.get(key))
+    owner: dict[str, Any] | None = _first(gateway_owners.get(key))
+    if gs is None or owner is None:
+        return  # no such gateway (any more), or it is going: the garbage collector's turn
+    outcomes = await apply_owned(memo["kube"], key[0], key[1], owner, gs, memo)
     if outcomes:
-        message = ", ".join(outcomes)
-        kopf.info(body, reason="Applied", message=message)
-        logger.info(message)
-    patch.status.update(gateway_status.applied(status))
+        logger.info("re-applied after a change to an owned object: " + ", ".join(outcomes))
 
 
 # -- autoscaling ---------------------------------------------------------------

@@ -15,7 +15,7 @@ class PodView:
     namespace: str
     gateway: str
     ip: str | None
-    port: int | None  # the container port named ``http``
+    port: int | None  # the container port named ``api``, else ``http`` (``api_port``)
     phase: str
     ready: bool
     terminating: bool
@@ -40,13 +40,18 @@ class PodView:
         return f"http://{self.ip}:{self.port}"
 
 
-def http_port(pod: Mapping[str, Any]) -> int | None:
-    """The container port named ``http`` (the gateway's only port)."""
+#: The internal port (``/metrics``, ``/admin/shed``); without one they are on ``http``.
+API_PORT_NAME = "api"
+
+
+def api_port(pod: Mapping[str, Any]) -> int | None:
+    """The port the operator reads ``/metrics`` and posts ``/admin/shed`` on."""
+    found: dict[str, int] = {}
     for container in pod.get("spec", {}).get("containers", []) or []:
         for port in container.get("ports", []) or []:
-            if port.get("name") == names.HTTP_PORT_NAME and port.get("containerPort"):
-                return int(port["containerPort"])
-    return None
+            if port.get("containerPort"):
+                found.setdefault(str(port.get("name")), int(port["containerPort"]))
+    return found.get(API_PORT_NAME, found.get(names.HTTP_PORT_NAME))
 
 
 def parse_pod(pod: Mapping[str, Any]) -> PodView:
@@ -59,7 +64,7 @@ def parse_pod(pod: Mapping[str, Any]) -> PodView:
         namespace=str(meta.get("namespace", "")),
         gateway=str((meta.get("labels") or {}).get(names.LABEL_GATEWAY, "")),
         ip=status.get("podIP") or None,
-        port=http_port(pod),
+        port=api_port(pod),
         phase=str(status.get("phase", "Pending")),
         ready=ready,
         terminating=bool(meta.get("deletionTimestamp")),

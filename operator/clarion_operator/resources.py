@@ -1,23 +1,36 @@
 """The Deployment and Service of a gateway, built from its spec: pure functions.
 
-Applying is "make the live object contain what we built": ``contains`` says
-whether it already does, so a re-run (or an operator restart) sends nothing.
+Applying is "make the live object contain what we built": ``plan`` says what to
+patch (nothing when the live object already holds it, so a re-run or an
+operator restart sends nothing), including the removal of what the operator
+applied before and the spec no longer asks for.
 The Deployment's ``replicas`` belongs to the autoscaler: it is set on creation
 and afterwards only pulled back inside ``[min, max]``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from clarion import names
-from clarion.config import default_of, option
+from clarion.config import default_of, option, options
 
-from .spec import GatewaySpec, SecretRef
+from . import pods
+from .spec import GatewaySpec, ProbeSpec, SecretRef
+
+
+def _declared(setting: str) -> bool:
+    return any(o.name == setting for o in options())
+
 
 #: The gateway container listens here; the Service maps ``spec.service.port`` to it.
 CONTAINER_PORT = 8080
+#: The internal port (``/api``, ``/admin``, ``/metrics``), where the gateway has one.
+API_PORT: int | None = int(default_of("api_port")) if _declared("api_port") else None
+API_PORT_NAME = pods.API_PORT_NAME
+API_SERVICE_SUFFIX = "-api"
 #: The gateway's own drain timing (its defaults for ``clarion serve``).
 DRAIN_DELAY = float(default_of("drain_delay"))
 DRAIN_WINDOW = float(default_of("drain_window"))
@@ -53,7 +66,7 @@ def _secret(setting: str, ref: SecretRef, optional: bool) -> dict[str, Any]:
     }
 
 
-def container_env(spec: GatewaySpec) -> list[dict[str, Any]]:
+def container_env(name: str, namespace: str, spec: GatewaySpec) -> list[dict[str, Any]]:
     """What ``clarion serve`` reads, by the names its settings declare (``clarion.config``)."""
     pod_name = {"fieldRef": {"fieldPath": "metadata.name"}}
     env: list[dict[str, Any]] = [
@@ -61,18 +74,128 @@ def container_env(spec: GatewaySpec) -> list[dict[str, Any]]:
         _value("host", "0.0.0.0"),
         _value("port", CONTAINER_PORT),
         _secret("amqp_url", spec.broker.url_secret_ref, optional=False),
-        _value("exchange", spec.broker.exchange),
+        _value("exchange", exchange_of(namespace, name, spec)),
         _value("queue_prefix", spec.broker.queue_prefix),
         _value("auth", spec.auth.mode),
         _value("allow_client_publish", spec.auth.allow_client_publish),
         _value("drain_delay", DRAIN_DELAY),
         _value("drain_window", DRAIN_WINDOW),
     ]
+    if API_PORT is not None:
+        env.append(_value("api_port", API_PORT))
     if spec.auth.mode == "jwt":
         env.append(_secret("jwt_secret", spec.auth.jwt_secret_ref, optional=False))
-    env.append(_secret("api_keys", spec.auth.api_key_secret_ref, optional=True))
+    # Fail closed: a missing API key stops the pod (CreateContainerConfigError)
+    # rather than opening the publish API, unless the spec says it is public.
+    public = spec.auth.public_api
+    if public and _declared("public_api"):
+        env.append(_value("public_api", True))
+    env.append(_secret("api_keys", spec.auth.api_key_secret_ref, optional=public))
     env.append(_secret("admin_token", spec.auth.admin_token_secret_ref, optional=True))
     return env
+
+
+def exchange_of(namespace: str, name: str, spec: GatewaySpec) -> str:
+    """The gateway's fanout exchange: its own unless the spec names one.
+
+    Two gateways in one vhost must not share an exchange (each would deliver the
+    other's messages) nor the history stream that hangs off it.
+    """
+    return spec.broker.exchange or f"{names.APP_NAME}.{namespace}.{name}"
+
+
+def default_spread(name: str) -> list[dict[str, Any]]:
+    """Spread the pods over nodes (and zones where there are): a node loss takes half at most.
+
+    ``ScheduleAnyway``: a single-node cluster (kind) still runs two pods.
+    """
+    selector = {"matchLabels": names.gateway_labels(name)}
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": selector,
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+
+
+def _probe(path: str, probe: ProbeSpec) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": names.HTTP_PORT_NAME},
+        "periodSeconds": probe.period_seconds,
+        "timeoutSeconds": probe.timeout_seconds,
+        "failureThreshold": probe.failure_threshold,
+    }
+
+
+def scrape_annotations() -> dict[str, str]:
+    """Where Prometheus reads a gateway pod's metrics (the internal port when there is one)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(API_PORT or CONTAINER_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def container_ports() -> list[dict[str, Any]]:
+    ports = [{"name": names.HTTP_PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}]
+    if API_PORT is not None:
+        ports.append({"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"})
+    return ports
+
+
+def pod_template(name: str, namespace: str, spec: GatewaySpec) -> dict[str, Any]:
+    """The gateway pods: what ``clarion serve`` needs, plus the spec's scheduling fields."""
+    p = spec.pod
+    labels = {**p.labels, **names.gateway_labels(name)}
+    annotations = {**(scrape_annotations() if p.scrape_annotations else {}), **p.annotations}
+    env = [*container_env(name, namespace, spec), *p.env]
+    pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": TERMINATION_GRACE,
+        "automountServiceAccountToken": p.automount_service_account_token,
+        "containers": [
+            {
+                "name": "gateway",
+                "image": spec.image,
+                "command": ["clarion", "serve"],
+                "ports": container_ports(),
+                "env": env,
+                "readinessProbe": _probe("/readyz", p.readiness),
+                "livenessProbe": _probe("/healthz", p.liveness),
+                "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP)]}}},
+                "resources": spec.resources,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "readOnlyRootFilesystem": spec.read_only_root_filesystem,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "topologySpreadConstraints": list(
+            default_spread(name)
+            if p.topology_spread_constraints is None
+            else p.topology_spread_constraints
+        ),
+    }
+    optional: dict[str, Any] = {
+        "imagePullSecrets": [{"name": s} for s in p.image_pull_secrets],
+        "nodeSelector": p.node_selector,
+        "tolerations": list(p.tolerations),
+        "affinity": p.affinity,
+        "priorityClassName": p.priority_class_name,
+        "serviceAccountName": p.service_account_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v})
+    meta: dict[str, Any] = {"labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta, "spec": pod}
 
 
 def deployment(
@@ -84,7 +207,6 @@ def deployment(
 ) -> dict[str, Any]:
     """The gateway's Deployment; ``replicas=None`` leaves the live count to the autoscaler."""
     labels = names.gateway_labels(name)
-    probe = {"port": names.HTTP_PORT_NAME}
     body: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -96,62 +218,16 @@ def deployment(
         },
         "spec": {
             "selector": {"matchLabels": labels},
-            # Never take a pod away before its replacement is ready: each one holds sockets.
+            # maxUnavailable 0 by default: never take a pod away before its
+            # replacement is ready, each one holds sockets.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(CONTAINER_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE,
-                    "containers": [
-                        {
-                            "name": "gateway",
-                            "image": spec.image,
-                            "command": ["clarion", "serve"],
-                            "ports": [
-                                {
-                                    "name": names.HTTP_PORT_NAME,
-                                    "containerPort": CONTAINER_PORT,
-                                    "protocol": "TCP",
-                                }
-                            ],
-                            "env": container_env(spec),
-                            "readinessProbe": {
-                                "httpGet": {"path": "/readyz", **probe},
-                                "periodSeconds": 2,
-                                "failureThreshold": 1,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", **probe},
-                                "periodSeconds": 10,
-                                "failureThreshold": 3,
-                            },
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP)]}}
-                            },
-                            "resources": spec.resources,
-                            "securityContext": {
-                                "runAsNonRoot": True,
-                                "readOnlyRootFilesystem": spec.read_only_root_filesystem,
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                                "seccompProfile": {"type": "RuntimeDefault"},
-                            },
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                        }
-                    ],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                "rollingUpdate": {
+                    "maxSurge": spec.pod.max_surge,
+                    "maxUnavailable": spec.pod.max_unavailable,
                 },
             },
+            "template": pod_template(name, namespace, spec),
         },
     }
     if replicas is not None:
@@ -159,33 +235,89 @@ def deployment(
     return body
 
 
-def service(
-    name: str, namespace: str, spec: GatewaySpec, owner: Mapping[str, Any]
+def _service(
+    name: str, namespace: str, owner: Mapping[str, Any], spec: dict[str, Any]
 ) -> dict[str, Any]:
-    """The Service in front of the gateway pods (plain round robin: no session affinity)."""
-    labels = names.gateway_labels(name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": labels,
+            "labels": names.gateway_labels(owner["metadata"]["name"]),
             "ownerReferences": [owner_reference(owner)],
         },
-        "spec": {
-            "type": spec.service.type,
-            "selector": labels,
+        "spec": spec,
+    }
+
+
+def service(
+    name: str, namespace: str, spec: GatewaySpec, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The public Service in front of the pods (plain round robin: no session affinity)."""
+    sv = spec.service
+    body = _service(
+        name,
+        namespace,
+        owner,
+        {
+            "type": sv.type,
+            "selector": names.gateway_labels(name),
             "ports": [
                 {
                     "name": names.HTTP_PORT_NAME,
-                    "port": spec.service.port,
+                    "port": sv.port,
                     "targetPort": names.HTTP_PORT_NAME,
                     "protocol": "TCP",
                 }
             ],
         },
-    }
+    )
+    if sv.annotations:
+        body["metadata"]["annotations"] = dict(sv.annotations)
+    if sv.load_balancer_source_ranges:
+        body["spec"]["loadBalancerSourceRanges"] = list(sv.load_balancer_source_ranges)
+    return body
+
+
+def api_service_name(name: str) -> str:
+    return f"{name}{API_SERVICE_SUFFIX}"
+
+
+def api_service(
+    name: str, namespace: str, spec: GatewaySpec, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``<name>-api``: the internal Service backends publish through (never exposed)."""
+    port = API_PORT or CONTAINER_PORT
+    target = API_PORT_NAME if API_PORT is not None else names.HTTP_PORT_NAME
+    return _service(
+        api_service_name(name),
+        namespace,
+        owner,
+        {
+            "type": "ClusterIP",
+            "selector": names.gateway_labels(name),
+            "ports": [
+                {"name": API_PORT_NAME, "port": port, "targetPort": target, "protocol": "TCP"}
+            ],
+        },
+    )
+
+
+def owned(
+    name: str,
+    namespace: str,
+    spec: GatewaySpec,
+    owner: Mapping[str, Any],
+    live_deployment: Mapping[str, Any] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, body) of everything a gateway owns, as its spec says."""
+    replicas = replicas_on_apply(live_deployment, spec)
+    return [
+        ("Deployment", deployment(name, namespace, spec, owner, replicas)),
+        ("Service", service(name, namespace, spec, owner)),
+        ("Service", api_service(name, namespace, spec, owner)),
+    ]
 
 
 def replicas_on_apply(existing: Mapping[str, Any] | None, spec: GatewaySpec) -> int | None:
@@ -197,6 +329,78 @@ def replicas_on_apply(existing: Mapping[str, Any] | None, spec: GatewaySpec) -> 
         return spec.min_replicas
     clamped = max(spec.min_replicas, min(spec.max_replicas, current))
     return None if clamped == current else clamped
+
+
+#: What the operator last applied to an object (JSON): a field the spec no longer
+#: asks for is then removed, not left behind (``contains`` ignores extra fields).
+APPLIED_ANNOTATION = "clarion.dev/applied"
+
+
+def _record(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a built object the operator owns: labels, annotations, spec (not replicas)."""
+    meta = body.get("metadata", {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()}
+    annotations.pop(APPLIED_ANNOTATION, None)
+    spec = {k: v for k, v in body.get("spec", {}).items() if k != "replicas"}
+    return {
+        "metadata": {"labels": meta.get("labels") or {}, "annotations": annotations},
+        "spec": spec,
+    }
+
+
+def recorded(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` carrying the record of itself, to be written as is."""
+    out = json.loads(json.dumps(body))
+    annotations = out["metadata"].setdefault("annotations", {})
+    annotations[APPLIED_ANNOTATION] = json.dumps(_record(body), sort_keys=True)
+    return dict(out)
+
+
+def removals(last: Any, wanted: Any) -> Any:
+    """A merge patch of nulls for what ``last`` set and ``wanted`` no longer does.
+
+    Lists are replaced whole by a merge patch, so only mapping keys need a null.
+    """
+    if not (isinstance(last, Mapping) and isinstance(wanted, Mapping)):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in last.items():
+        if key not in wanted:
+            out[key] = None
+        else:
+            inner = removals(value, wanted[key])
+            if inner:
+                out[key] = inner
+    return out
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if key in out and isinstance(out[key], Mapping) and isinstance(value, Mapping):
+            out[key] = _merge(out[key], value)
+        elif key not in out:
+            out[key] = value
+    return out
+
+
+def plan(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that makes ``live`` what ``wanted`` says; None when it already is.
+
+    A change is: something ``wanted`` has that ``live`` lacks (a hand edit, a
+    spec change), or something the operator applied last time that ``wanted``
+    no longer has (a removed limit, node selector, annotation).
+    """
+    body = recorded(wanted)
+    raw = (live.get("metadata", {}).get("annotations") or {}).get(APPLIED_ANNOTATION)
+    try:
+        last = json.loads(raw) if raw else {}
+    except ValueError:
+        last = {}
+    gone = removals(last, _record(wanted))
+    if contains(live, body) and not gone:
+        return None
+    return _merge(body, gone)
 
 
 def contains(live: Any, wanted: Any) -> bool:

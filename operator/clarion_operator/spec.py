@@ -43,27 +43,92 @@ class CleanupSpec:
     grace_seconds: float = 120
 
 
+#: The Secrets a Helm release named ``clarion`` (the documented install) creates.
+BROKER_SECRET = "clarion-rabbitmq"
+AUTH_SECRET = "clarion-auth"
+
+
 @dataclass(frozen=True)
 class BrokerSpec:
-    exchange: str = names.EXCHANGE
+    #: Empty: the gateway's own exchange, ``clarion.<namespace>.<name>`` (``exchange_of``).
+    exchange: str = ""
     queue_prefix: str = names.QUEUE_PREFIX
-    url_secret_ref: SecretRef = SecretRef("rabbitmq", "url")
-    management_url_secret_ref: SecretRef = SecretRef("rabbitmq", "managementUrl")
+    url_secret_ref: SecretRef = SecretRef(BROKER_SECRET, "url")
+    management_url_secret_ref: SecretRef = SecretRef(BROKER_SECRET, "managementUrl")
 
 
 @dataclass(frozen=True)
 class AuthSpec:
     mode: str = "jwt"
-    jwt_secret_ref: SecretRef = SecretRef("clarion-auth", "jwtSecret")
-    api_key_secret_ref: SecretRef = SecretRef("clarion-auth", "apiKeys")
-    admin_token_secret_ref: SecretRef = SecretRef("clarion-auth", "adminToken")
+    jwt_secret_ref: SecretRef = SecretRef(AUTH_SECRET, "jwtSecret")
+    api_key_secret_ref: SecretRef = SecretRef(AUTH_SECRET, "apiKeys")
+    admin_token_secret_ref: SecretRef = SecretRef(AUTH_SECRET, "adminToken")
     allow_client_publish: bool = False
+    #: The publish API takes requests without a key (the gateway's ``--public-api``).
+    public_api: bool = False
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     type: str = "ClusterIP"
     port: int = 80
+    annotations: dict[str, str] = field(default_factory=dict)
+    load_balancer_source_ranges: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    period_seconds: int
+    timeout_seconds: int
+    failure_threshold: int
+
+    @classmethod
+    def parse(cls, raw: Any, default: ProbeSpec) -> ProbeSpec:
+        raw = raw if isinstance(raw, Mapping) else {}
+        return cls(
+            int(raw.get("periodSeconds", default.period_seconds)),
+            int(raw.get("timeoutSeconds", default.timeout_seconds)),
+            int(raw.get("failureThreshold", default.failure_threshold)),
+        )
+
+    def crd(self) -> dict[str, int]:
+        return {
+            "periodSeconds": self.period_seconds,
+            "timeoutSeconds": self.timeout_seconds,
+            "failureThreshold": self.failure_threshold,
+        }
+
+
+#: A pod holding thousands of sockets can answer slowly in a connect storm: one slow
+#: answer must not take it out (readiness) or restart it (liveness).
+READINESS = ProbeSpec(period_seconds=5, timeout_seconds=3, failure_threshold=3)
+LIVENESS = ProbeSpec(period_seconds=10, timeout_seconds=5, failure_threshold=6)
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """What platform teams set on every workload; passed through to the pod template as is."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    env: tuple[dict[str, Any], ...] = ()
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] = field(default_factory=dict)
+    #: None: spread the pods over nodes (``resources.default_spread``); empty: no constraint.
+    topology_spread_constraints: tuple[dict[str, Any], ...] | None = None
+    priority_class_name: str = ""
+    #: Empty: the namespace's ``default`` account.
+    service_account_name: str = ""
+    #: Gateway pods never call the Kubernetes API: no token unless asked for.
+    automount_service_account_token: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = 0
+    readiness: ProbeSpec = READINESS
+    liveness: ProbeSpec = LIVENESS
+    #: ``prometheus.io/*`` annotations on the pods; off when a ServiceMonitor scrapes them.
+    scrape_annotations: bool = True
 
 
 DEFAULT_RESOURCES: dict[str, Any] = {
@@ -85,6 +150,7 @@ class GatewaySpec:
     resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
     #: Off only for development (Tilt's live update writes into the container).
     read_only_root_filesystem: bool = True
+    pod: PodSpec = PodSpec()
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> GatewaySpec:
@@ -94,8 +160,19 @@ class GatewaySpec:
             value = spec.get(key)
             return value if isinstance(value, Mapping) else {}
 
-        rep, sc, qc, br, au, sv = (
-            sub(k) for k in ("replicas", "scaling", "queueCleanup", "broker", "auth", "service")
+        rep, sc, qc, br, au, sv, pr, st, mo = (
+            sub(k)
+            for k in (
+                "replicas",
+                "scaling",
+                "queueCleanup",
+                "broker",
+                "auth",
+                "service",
+                "probes",
+                "strategy",
+                "metrics",
+            )
         )
         d_sc, d_qc, d_br, d_au, d_sv = (
             ScalingSpec(),
@@ -145,15 +222,67 @@ class GatewaySpec:
                     au.get("adminTokenSecretRef"), d_au.admin_token_secret_ref
                 ),
                 allow_client_publish=bool(au.get("allowClientPublish", d_au.allow_client_publish)),
+                public_api=bool(au.get("publicApi", d_au.public_api)),
             ),
             service=ServiceSpec(
-                type=str(sv.get("type", d_sv.type)), port=int(sv.get("port", d_sv.port))
+                type=str(sv.get("type", d_sv.type)),
+                port=int(sv.get("port", d_sv.port)),
+                annotations=_strings(sv.get("annotations")),
+                load_balancer_source_ranges=tuple(
+                    str(r) for r in sv.get("loadBalancerSourceRanges") or ()
+                ),
             ),
             resources=_plain(resources)
             if isinstance(resources, Mapping)
             else dict(DEFAULT_RESOURCES),
             read_only_root_filesystem=bool(spec.get("readOnlyRootFilesystem", True)),
+            pod=_parse_pod(spec, pr, st, mo),
         )
+
+
+def _strings(raw: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+
+
+def _objects(raw: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(_plain(v) for v in raw or () if isinstance(v, Mapping))
+
+
+def _parse_pod(
+    spec: Mapping[str, Any],
+    probes: Mapping[str, Any],
+    strategy: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+) -> PodSpec:
+    d = PodSpec()
+    spread = spec.get("topologySpreadConstraints")
+    affinity = spec.get("affinity")
+    return PodSpec(
+        image_pull_secrets=tuple(
+            str(s.get("name")) for s in spec.get("imagePullSecrets") or () if s.get("name")
+        ),
+        env=_objects(spec.get("env")),
+        node_selector=_strings(spec.get("nodeSelector")),
+        tolerations=_objects(spec.get("tolerations")),
+        affinity=_plain(affinity) if isinstance(affinity, Mapping) else {},
+        topology_spread_constraints=None if spread is None else _objects(spread),
+        priority_class_name=str(spec.get("priorityClassName") or ""),
+        service_account_name=str(spec.get("serviceAccountName") or ""),
+        automount_service_account_token=bool(
+            spec.get("automountServiceAccountToken", d.automount_service_account_token)
+        ),
+        annotations=_strings(spec.get("podAnnotations")),
+        labels=_strings(spec.get("podLabels")),
+        max_surge=_int_or_str(strategy.get("maxSurge", d.max_surge)),
+        max_unavailable=_int_or_str(strategy.get("maxUnavailable", d.max_unavailable)),
+        readiness=ProbeSpec.parse(probes.get("readiness"), d.readiness),
+        liveness=ProbeSpec.parse(probes.get("liveness"), d.liveness),
+        scrape_annotations=bool(metrics.get("scrapeAnnotations", d.scrape_annotations)),
+    )
+
+
+def _int_or_str(value: Any) -> int | str:
+    return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def _plain(value: Any) -> Any:
@@ -195,8 +324,13 @@ def defaults_as_crd() -> dict[str, Any]:
             "apiKeySecretRef": ref(s.auth.api_key_secret_ref),
             "adminTokenSecretRef": ref(s.auth.admin_token_secret_ref),
             "allowClientPublish": s.auth.allow_client_publish,
+            "publicApi": s.auth.public_api,
         },
         "service": {"type": s.service.type, "port": s.service.port},
         "resources": DEFAULT_RESOURCES,
         "readOnlyRootFilesystem": s.read_only_root_filesystem,
+        "automountServiceAccountToken": s.pod.automount_service_account_token,
+        "strategy": {"maxSurge": s.pod.max_surge, "maxUnavailable": s.pod.max_unavailable},
+        "probes": {"readiness": s.pod.readiness.crd(), "liveness": s.pod.liveness.crd()},
+        "metrics": {"scrapeAnnotations": s.pod.scrape_annotations},
     }

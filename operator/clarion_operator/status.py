@@ -69,13 +69,23 @@ def changed(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> dic
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
-def applied(status: Mapping[str, Any] | None) -> dict[str, Any]:
-    """After ``apply`` made the Deployment and Service match the spec."""
+def applied(
+    status: Mapping[str, Any] | None, generation: int | None = None, selector: str | None = None
+) -> dict[str, Any]:
+    """After ``apply`` made the Deployment and Services match the spec of ``generation``.
+
+    ``selector`` is the pods' label selector (the scale subresource reads it).
+    """
     status = status or {}
     conditions = set_condition(
         status.get("conditions"), DEPLOYED, True, "Applied", "Deployment and Service match the spec"
     )
-    return changed(status, {"conditions": conditions})
+    wanted: dict[str, Any] = {"conditions": conditions}
+    if generation is not None:
+        wanted["observedGeneration"] = int(generation)
+    if selector is not None:
+        wanted["selector"] = selector
+    return changed(status, wanted)
 
 
 def scaled(

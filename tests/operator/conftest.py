@@ -1,7 +1,8 @@
 """End-to-end harness: KMock as the API server, real RabbitMQ, real gateway processes as pods.
 
 ``Emulator`` closes KMock's known gaps (docs/operator.md, Tests): resource versions bumped on
-every write with a 422 for a failed JSON-patch ``test``, ``generateName``,
+every write with a 422 for a failed JSON-patch ``test``, ``metadata.generation`` bumped on a
+spec change, ``generateName``,
 label and field selectors, an isolated ``/status`` subresource, watches that
 start after the listing's resource version, and PUT as a replace. KMock has no
 controllers: tests create and delete pod objects themselves, each one pointing
@@ -104,6 +105,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         meta["resourceVersion"] = str(next(_versions))
+        meta.setdefault("generation", 1)
 
     def _on_patch(self, request: kmock.Request) -> None:
         key = (request.resource, request.namespace, request.name)
@@ -134,6 +136,9 @@ class Emulator(kmock.KubernetesEmulator):
                 ]
                 data[:] = keep
             data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            if not status_only and any(op.get("path", "").startswith("/spec") for op in data):
+                generation = int((current.get("metadata") or {}).get("generation") or 1) + 1
+                data.append({"op": "add", "path": "/metadata/generation", "value": generation})
             jsonpatch.JsonPatch(data).apply(current)  # raise here rather than inside KMock
         elif isinstance(data, dict):  # merge patch
             if isolate:
@@ -142,6 +147,9 @@ class Emulator(kmock.KubernetesEmulator):
             data.setdefault("metadata", {})
             if isinstance(data["metadata"], dict):
                 data["metadata"]["resourceVersion"] = version
+                if not status_only and "spec" in data:  # a spec change is a new generation
+                    generation = int((current.get("metadata") or {}).get("generation") or 1)
+                    data["metadata"]["generation"] = generation + 1
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         result = dict(await super()._serve_list(request))
@@ -286,7 +294,7 @@ class Cluster:
         await self.create(
             "v1/secrets",
             {
-                "metadata": {"name": "rabbitmq"},
+                "metadata": {"name": "clarion-rabbitmq"},
                 "data": {"url": _b64(vhost.amqp_url), "managementUrl": _b64(mgmt)},
             },
         )

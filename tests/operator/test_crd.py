@@ -58,8 +58,20 @@ def test_coordinates_match_the_shared_names() -> None:
     assert spec["names"]["kind"] == names.CRD_KIND
     assert spec["names"]["shortNames"] == ["wsgw"]
     assert VERSION["name"] == names.CRD_VERSION and VERSION["storage"]
-    assert VERSION["subresources"] == {"status": {}}
+    # `kubectl scale` sets the autoscaler's floor; status.selector is written by apply.
+    assert VERSION["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas.min",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+    assert {"observedGeneration", "selector"} <= set(SCHEMA["properties"]["status"]["properties"])
+    # Every column shows in a plain `kubectl get wsgw` (priority 0), Ready included.
+    assert all(c.get("priority", 0) == 0 for c in VERSION["additionalPrinterColumns"])
     columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
+    assert columns["Ready"] == ".status.readyReplicas"
     assert columns["Replicas"] == ".status.replicas"
     assert columns["Connections"] == ".status.connections"
     assert columns["Desired"] == ".status.desiredReplicas"
@@ -92,6 +104,12 @@ def test_minimal_and_full_specs_are_valid() -> None:
         {"image": "i", "scaling": {"rebalance": "yes"}},
         {"image": "i", "queueCleanup": {"graceSeconds": -1}},
         {"image": "i", "broker": {"urlSecretRef": {"name": ""}}},
+        {"image": "i", "imagePullSecrets": [{}]},
+        {"image": "i", "imagePullSecrets": ["regcred"]},
+        {"image": "i", "nodeSelector": {"disk": 1}},
+        {"image": "i", "probes": {"readiness": {"timeoutSeconds": 0}}},
+        {"image": "i", "automountServiceAccountToken": "no"},
+        {"image": "i", "service": {"loadBalancerSourceRanges": "10.0.0.0/8"}},
     ],
 )
 def test_invalid_specs_are_rejected(spec: dict[str, Any]) -> None:

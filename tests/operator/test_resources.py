@@ -59,12 +59,13 @@ def test_env_from_the_downward_api_and_secrets() -> None:
     env = env_of(build({"image": "i", "auth": {"mode": "jwt", "allowClientPublish": True}}))
     assert env["CLARION_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["CLARION_AMQP_URL"]["secretKeyRef"] == {
-        "name": "rabbitmq",
+        "name": "clarion-rabbitmq",
         "key": "url",
         "optional": False,
     }
     assert env["CLARION_JWT_SECRET"]["secretKeyRef"]["key"] == "jwtSecret"
-    assert env["CLARION_API_KEYS"]["secretKeyRef"]["optional"] is True
+    # Fail closed: without the key the pod does not start, rather than serve an open API.
+    assert env["CLARION_API_KEYS"]["secretKeyRef"]["optional"] is False
     assert env["CLARION_ADMIN_TOKEN"]["secretKeyRef"]["key"] == "adminToken"
     assert env["CLARION_AUTH"] == "jwt"
     assert env["CLARION_ALLOW_CLIENT_PUBLISH"] == "true"
@@ -99,6 +100,7 @@ def test_the_pod_environment_is_what_clarion_serve_reads(mode: str, publish: boo
     assert (settings.exchange, settings.queue_prefix) == ("x.fan", "x.pod.")
     assert (settings.auth, settings.allow_client_publish) == (mode, publish)
     assert settings.api_keys == ["k1", "k2"] and settings.admin_token == "t"
+    assert settings.exchange == "x.fan"
     assert (settings.drain_delay, settings.drain_window) == (
         resources.DRAIN_DELAY,
         resources.DRAIN_WINDOW,
@@ -138,3 +140,165 @@ def test_manifests_pass_the_kubernetes_schema(version: str) -> None:
         resources.service("gw", "ns", gs, OWNER),
     ):
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_each_gateway_gets_its_own_exchange() -> None:
+    """Two gateways in one vhost never share an exchange (nor the history behind it)."""
+    a = env_of(resources.deployment("a", "ns", GatewaySpec.parse({"image": "i"}), OWNER, 2))
+    b = env_of(resources.deployment("b", "ns", GatewaySpec.parse({"image": "i"}), OWNER, 2))
+    other_ns = env_of(resources.deployment("a", "ns2", GatewaySpec.parse({"image": "i"}), OWNER, 2))
+    exchanges = {e["CLARION_EXCHANGE"] for e in (a, b, other_ns)}
+    assert exchanges == {"clarion.ns.a", "clarion.ns.b", "clarion.ns2.a"}
+    named = env_of(build({"image": "i", "broker": {"exchange": "shared.fanout"}}))
+    assert named["CLARION_EXCHANGE"] == "shared.fanout"
+
+
+def test_public_api_is_explicit() -> None:
+    env = env_of(build({"image": "i", "auth": {"publicApi": True}}))
+    assert env["CLARION_API_KEYS"]["secretKeyRef"]["optional"] is True
+
+
+FULL_POD = {
+    "image": "i",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "env": [{"name": "EXTRA", "value": "1"}],
+    "nodeSelector": {"pool": "ws"},
+    "tolerations": [{"key": "ws", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ws"]}]}
+                ]
+            }
+        }
+    },
+    "topologySpreadConstraints": [
+        {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+    ],
+    "priorityClassName": "high",
+    "serviceAccountName": "gw-sa",
+    "automountServiceAccountToken": True,
+    "podAnnotations": {"team": "push"},
+    "podLabels": {"team": "push", names.LABEL_GATEWAY: "not-this"},
+    "strategy": {"maxSurge": 1, "maxUnavailable": "10%"},
+    "probes": {"readiness": {"periodSeconds": 7}, "liveness": {"failureThreshold": 9}},
+    "metrics": {"scrapeAnnotations": False},
+}
+
+
+def test_pod_spec_fields_reach_the_pods() -> None:
+    dep = build(FULL_POD)
+    tpl = dep["spec"]["template"]
+    pod = tpl["spec"]
+    c = pod["containers"][0]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["env"][-1] == {"name": "EXTRA", "value": "1"}
+    assert pod["nodeSelector"] == {"pool": "ws"}
+    assert pod["tolerations"] == FULL_POD["tolerations"]
+    assert pod["affinity"] == FULL_POD["affinity"]
+    assert pod["topologySpreadConstraints"] == FULL_POD["topologySpreadConstraints"]
+    assert pod["priorityClassName"] == "high"
+    assert pod["serviceAccountName"] == "gw-sa"
+    assert pod["automountServiceAccountToken"] is True
+    # The gateway's own labels win: the selector must keep matching.
+    assert tpl["metadata"]["labels"] == {"team": "push", **names.gateway_labels("gw")}
+    assert tpl["metadata"]["annotations"] == {"team": "push"}  # no scrape annotations
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": "10%"}
+    assert c["readinessProbe"]["periodSeconds"] == 7
+    assert c["readinessProbe"]["timeoutSeconds"] == 3  # the rest keep their defaults
+    assert c["livenessProbe"]["failureThreshold"] == 9
+    kubernetes_validate.validate(dep, "1.29", strict=True)
+
+
+def test_pod_defaults_spread_and_no_token() -> None:
+    dep = build({"image": "i"})
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod and "imagePullSecrets" not in pod
+    spread = pod["topologySpreadConstraints"]
+    assert {s["topologyKey"] for s in spread} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    for s in spread:
+        assert s["maxSkew"] == 1 and s["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert s["labelSelector"] == {"matchLabels": names.gateway_labels("gw")}
+    assert (
+        build({"image": "i", "topologySpreadConstraints": []})["spec"]["template"]["spec"][
+            "topologySpreadConstraints"
+        ]
+        == []
+    )
+    c = pod["containers"][0]
+    # One slow answer in a connect storm must not drop or restart a pod.
+    for probe, period, timeout, failures in (
+        ("readinessProbe", 5, 3, 3),
+        ("livenessProbe", 10, 5, 6),
+    ):
+        assert (
+            c[probe]["periodSeconds"],
+            c[probe]["timeoutSeconds"],
+            c[probe]["failureThreshold"],
+        ) == (period, timeout, failures)
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}
+
+
+def test_service_annotations_and_source_ranges() -> None:
+    raw = {
+        "image": "i",
+        "service": {
+            "type": "LoadBalancer",
+            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+            "loadBalancerSourceRanges": ["10.0.0.0/8"],
+        },
+    }
+    svc = resources.service("gw", "ns", GatewaySpec.parse(raw), OWNER)
+    assert svc["metadata"]["annotations"] == raw["service"]["annotations"]
+    assert svc["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    api = resources.api_service("gw", "ns", GatewaySpec.parse(raw), OWNER)
+    assert api["metadata"]["name"] == "gw-api" and api["spec"]["type"] == "ClusterIP"
+    assert "annotations" not in api["metadata"]
+    kubernetes_validate.validate(svc, "1.29", strict=True)
+    kubernetes_validate.validate(api, "1.29", strict=True)
+
+
+def _live(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the server holds after the operator wrote ``spec``'s Deployment (plus defaults)."""
+    live = resources.recorded(build(spec, replicas=3))
+    live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    live["status"] = {"readyReplicas": 3}
+    return live
+
+
+def test_plan_is_empty_when_nothing_changed() -> None:
+    assert resources.plan(_live({"image": "i"}), build({"image": "i"}, replicas=None)) is None
+
+
+def test_plan_removes_what_the_spec_no_longer_sets() -> None:
+    """A removed CPU limit, node selector or pod annotation is removed from the Deployment."""
+    before = {
+        "image": "i",
+        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+        "nodeSelector": {"pool": "ws"},
+        "podAnnotations": {"team": "push"},
+    }
+    after = {"image": "i", "resources": {"limits": {"memory": "512Mi"}}}
+    live = _live(before)
+    wanted = build(after, replicas=None)
+    assert resources.contains(live, wanted)  # what made the removal invisible before
+    patch = resources.plan(live, wanted)
+    assert patch is not None
+    pod = patch["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] is None
+    assert pod["containers"][0]["resources"] == {"limits": {"memory": "512Mi"}}  # list: replaced
+    assert patch["spec"]["template"]["metadata"]["annotations"]["team"] is None
+    assert "replicas" not in patch["spec"]  # the autoscaler's
+
+
+def test_plan_restores_a_hand_edit() -> None:
+    live = _live({"image": "i"})
+    live["spec"]["template"]["spec"]["containers"][0]["image"] = "hand:edit"
+    patch = resources.plan(live, build({"image": "i"}, replicas=None))
+    assert patch is not None
+    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "i"
