@@ -8,8 +8,9 @@ file). Browsers cannot set headers on a WebSocket, so the token may come in
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import hmac
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,16 +30,42 @@ class AuthError(Exception):
         self.expired = expired
 
 
+@functools.lru_cache(maxsize=4096)
+def channel_pattern(pattern: str) -> re.Pattern[str]:
+    """A ``channels`` claim entry: ``*`` is one dot-separated segment, ``**`` any run of them.
+
+    ``orders.*`` allows ``orders.eu`` but not ``orders.eu.x`` (``orders.**`` does);
+    ``?`` is one character of a segment; everything else is literal.
+    """
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^.]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^.]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
-    channel_patterns: tuple[str, ...] | None = None  # None: any channel
+    #: Patterns of the channels this socket may subscribe to; None: any channel.
+    channel_patterns: tuple[str, ...] | None = None
     expires_at: float | None = None  # unix seconds
 
     def may_subscribe(self, channel: str) -> bool:
         if self.channel_patterns is None:
             return True
-        return any(fnmatch.fnmatchcase(channel, p) for p in self.channel_patterns)
+        return any(channel_pattern(p).match(channel) for p in self.channel_patterns)
 
 
 class Authenticator(Protocol):
@@ -70,8 +97,14 @@ class JwtAuth:
         public_key_file: str | None = None,
         jwks_file: str | None = None,
         audience: str | None = None,
+        *,
+        require_exp: bool = True,
+        any_channel: bool = False,
     ) -> None:
         self.audience = audience
+        self.require_exp = require_exp
+        #: Tokens without a ``channels`` claim may subscribe anywhere (else nowhere).
+        self.any_channel = any_channel
         self._keys: list[tuple[Any, str]] = []
         if secret:
             self._keys.append((secret, "HS256"))
@@ -99,14 +132,20 @@ class JwtAuth:
         ):
             raise AuthError("'channels' claim must be a list of strings")
         exp = claims.get("exp")
+        if patterns is not None:
+            allowed: tuple[str, ...] | None = tuple(patterns)
+        else:
+            allowed = None if self.any_channel else ()
         return Identity(
             user=sub,
-            channel_patterns=tuple(patterns) if patterns is not None else None,
+            channel_patterns=allowed,
             expires_at=float(exp) if isinstance(exp, int | float) else None,
         )
 
     def _decode(self, token: str) -> dict[str, Any]:
-        options: Any = {"require": ["sub"], "verify_aud": self.audience is not None}
+        # A token made for another audience is refused even when this gateway names
+        # none: PyJWT then refuses any token that carries an aud.
+        options: Any = {"require": ["sub", "exp"] if self.require_exp else ["sub"]}
         candidates: Sequence[tuple[Any, str]] = self._keys
         if self._jwks:
             try:

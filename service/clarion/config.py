@@ -90,7 +90,8 @@ class Settings:
     )
     amqp_url: str | None = setting(
         None,
-        "RabbitMQ URL, `amqp://user:pass@host:5672/vhost`",
+        "RabbitMQ URL, `amqp://user:pass@host:5672/vhost`; several, comma-separated, are "
+        "tried in turn (one per node of a cluster)",
         _optional,
         doc_default="none: embedded broker",
         secret=True,
@@ -114,7 +115,22 @@ class Settings:
     jwks_file: str | None = setting(
         None, "JWKS JSON file with RS256 keys (picked by `kid`)", _optional, doc_default="—"
     )
-    jwt_audience: str | None = setting(None, "required `aud` claim", _optional, doc_default="—")
+    jwt_audience: str | None = setting(
+        None,
+        "required `aud` claim; without it a token that has an `aud` is refused",
+        _optional,
+        doc_default="—",
+    )
+    jwt_require_exp: bool = setting(
+        True,
+        "refuse tokens without an `exp` claim (`--no-jwt-require-exp` accepts them)",
+        envvars.parse_bool,
+    )
+    jwt_any_channel: bool = setting(
+        False,
+        "a token without a `channels` claim may subscribe to any channel (by default: none)",
+        envvars.parse_bool,
+    )
     api_keys: list[str] = setting(
         [],
         "keys for `POST /api/publish`; several at once for rotation",
@@ -172,6 +188,12 @@ class Settings:
         1_800_000,
         "unused pod queue expiry (`x-expires`), a safety net behind the operator",
         int,
+    )
+    pod_queue_type: str = setting(
+        "classic",
+        "`classic` (transient; caught up from history after a node loss) or `quorum` "
+        "(replicated; see [broker HA](#broker-ha))",
+        _choice("classic", "quorum"),
     )
     history_max_age: str = setting(
         "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"

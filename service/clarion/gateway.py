@@ -54,6 +54,8 @@ class Gateway:
                 settings.jwt_public_key,
                 settings.jwks_file,
                 settings.jwt_audience,
+                require_exp=settings.jwt_require_exp,
+                any_channel=settings.jwt_any_channel,
             )
         self.draining = False
         self.started = False
@@ -121,6 +123,13 @@ class Gateway:
     def on_state(self, up: bool) -> None:
         self.metrics.broker_connected.set(1 if up else 0)
         log.info("pod=%s broker %s", self.pod_name, "up" if up else "DOWN")
+
+    def on_connected(self, address: str, reconnect_seconds: float | None) -> None:
+        self.metrics.broker_address.clear()
+        self.metrics.broker_address.labels(address=address).set(1)
+        if reconnect_seconds is not None:
+            self.metrics.broker_failovers.labels(address=address).inc()
+            self.metrics.broker_reconnect.observe(reconnect_seconds)
 
     def on_gap(self) -> None:
         # After a reconnect the pod could not read the history stream to fill

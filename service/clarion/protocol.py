@@ -26,10 +26,12 @@ class ProtocolError(ValueError):
     ``code`` is the machine-readable error code sent in the error frame.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, channel: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: The channel of the refused frame, echoed so a client can match the error.
+        self.channel = channel
 
 
 def new_message_id(now_ms: int | None = None) -> str:
@@ -108,12 +110,32 @@ class Envelope:
         return cls(id=mid, target=target, ts=ts, body=orjson.dumps(frame))
 
 
+#: Characters of channel patterns (the token's ``channels`` claim), never of a channel name.
+PATTERN_CHARS = frozenset("*?[]")
+
+
 def _check_name(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError("bad_field", f"'{field}' must be a string")
     if not value or len(value) > MAX_NAME_LENGTH:
         raise ProtocolError("bad_field", f"'{field}' must be 1..{MAX_NAME_LENGTH} characters")
+    if field == "channel" and not PATTERN_CHARS.isdisjoint(value):
+        raise ProtocolError(
+            "bad_field", "'channel' is a name, not a pattern: it cannot contain * ? [ ]"
+        )
     return value
+
+
+def _refuse_unknown(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise ProtocolError(
+            "unknown_field",
+            f"{where} has no field {unknown[0][:64]!r} (known: {', '.join(sorted(allowed))})",
+        )
+
+
+PUBLISH_FIELDS = frozenset({"user", "channel", "broadcast", "data"})
 
 
 def parse_target(obj: dict[str, Any]) -> Target:
@@ -131,10 +153,11 @@ def parse_target(obj: dict[str, Any]) -> Target:
     return Target("user" if key == "user" else "channel", _check_name(obj[key], key))
 
 
-def parse_publish(obj: object) -> tuple[Target, Any]:
+def parse_publish(obj: object, fields: frozenset[str] = PUBLISH_FIELDS) -> tuple[Target, Any]:
     """Validate one message of the publish API (or a client publish frame)."""
     if not isinstance(obj, dict):
         raise ProtocolError("bad_body", "a message must be a JSON object")
+    _refuse_unknown(obj, fields, "a message")
     target = parse_target(obj)
     if "data" not in obj:
         raise ProtocolError("missing_field", "'data' is required")
@@ -153,6 +176,7 @@ def parse_publish_body(raw: bytes) -> tuple[list[tuple[Target, Any]], bool]:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_body", "body must be a JSON object")
     if "messages" in obj:
+        _refuse_unknown(obj, frozenset({"messages"}), "a batch")
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
             raise ProtocolError("bad_body", "'messages' must be a non-empty list")
@@ -207,10 +231,13 @@ def parse_client_frame(text: str) -> ClientFrame:
         channel = _check_name(obj["channel"], "channel")
         since = obj.get("since")
         if since is not None:
-            since = parse_since(since)
+            try:
+                since = parse_since(since)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, channel) from None
         return ClientFrame(type=ftype, channel=channel, since=since)
     if ftype == "publish":
-        target, data = parse_publish(obj)
+        target, data = parse_publish(obj, PUBLISH_FIELDS | {"type"})
         return ClientFrame(type="publish", target=target, data=data)
     raise ProtocolError("unknown_type", f"unknown frame type {ftype[:64]!r}")
 
@@ -225,5 +252,21 @@ def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-def error_frame(code: str, message: str) -> str:
-    return encode({"type": "error", "code": code, "message": message})
+def error_frame(code: str, message: str, channel: str | None = None) -> str:
+    """An error frame; ``channel`` names the channel of the refused request, if it had one."""
+    frame = {"type": "error", "code": code, "message": message}
+    if channel is not None:
+        frame["channel"] = channel
+    return encode(frame)
+
+
+def channel_of(text: str) -> str | None:
+    """The ``channel`` of a client frame, if it is a JSON object with one (for error frames)."""
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    channel = obj.get("channel") if isinstance(obj, dict) else None
+    return channel[:MAX_NAME_LENGTH] if isinstance(channel, str) else None

@@ -29,6 +29,7 @@ from .protocol import (
     Envelope,
     ProtocolError,
     Target,
+    channel_of,
     encode,
     error_frame,
     parse_client_frame,
@@ -165,7 +166,9 @@ class Session:
                 if not self.limiter.allow():
                     gw.metrics.dropped.labels(reason="rate_limited").inc()
                     gw.metrics.limit_hits.labels(limit="frame_rate").inc()
-                    self.reply(error_frame("rate_limited", "too many frames per second"))
+                    text = message.get("text")
+                    channel = channel_of(text) if text is not None else None
+                    self.reply(error_frame("rate_limited", "too many frames per second", channel))
                     continue
                 text = message.get("text")
                 if text is None:
@@ -190,7 +193,7 @@ class Session:
         try:
             frame = parse_client_frame(text)
         except ProtocolError as exc:
-            self.reply(error_frame(exc.code, exc.message))
+            self.reply(error_frame(exc.code, exc.message, exc.channel))
             return
         if frame.type == "ping":
             self.reply(encode({"type": "pong"}) if text.strip() != "ping" else "pong")
@@ -202,6 +205,10 @@ class Session:
             self.gw.hub.unsubscribe(self.conn, frame.channel)
             self.reply(encode({"type": "unsubscribed", "channel": frame.channel}))
         elif frame.type == "text":
+            if not self.gw.settings.allow_client_publish:
+                # Bare text is a chat message only where clients may publish.
+                self.reply(error_frame("bad_json", "frame is not valid JSON"))
+                return
             await self.publish(
                 Target("broadcast"), {"from": self.conn.user, "text": frame.raw_text}
             )
@@ -212,7 +219,9 @@ class Session:
     async def subscribe(self, channel: str, since: str | None) -> None:
         gw, conn, s = self.gw, self.conn, self.gw.settings
         if not self.ident.may_subscribe(channel):
-            self.reply(error_frame("forbidden", f"not allowed to subscribe to {channel!r}"))
+            self.reply(
+                error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
+            )
             return
         if channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
             gw.metrics.limit_hits.labels(limit="subscriptions").inc()
@@ -220,6 +229,7 @@ class Session:
                 error_frame(
                     "too_many_subscriptions",
                     f"at most {s.max_subscriptions} subscriptions per socket",
+                    channel,
                 )
             )
             return
