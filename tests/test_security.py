@@ -96,7 +96,8 @@ def pods(
         f"sec-hs-{tag}",
         auth="jwt",
         jwt_secret=SECRET,
-        jwt_any_channel=True,  # tokens without a channels claim (the default policy: test_token_policy.py)
+        # Tokens without a channels claim may subscribe (the default: test_token_policy.py).
+        jwt_any_channel=True,
         api_keys=list(API_KEYS),
         admin_token=ADMIN_TOKEN,
         allowed_origins=[ORIGIN, "https://other.example.com"],
