@@ -212,14 +212,15 @@ def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(cluster: Clu
 
     queues = wait_for_sync(queues_with_consumers, 20, 0.5, "one consumer on each pod queue")
     for q in queues.values():
-        assert q["exclusive"] is False and q["durable"] is True
+        # Transient: a pod queue must not outlive its node (docs/failure-modes.md, broker HA).
+        assert q["exclusive"] is False and q["durable"] is False
         args = q["arguments"]
         assert args["x-overflow"] == "drop-head"
         assert {"x-max-length", "x-message-ttl", "x-expires"} <= set(args)
     bindings = v.api("/api/exchanges/{vhost}/clarion.fanout/bindings/source")
     bound = {b["destination"] for b in bindings}
     assert expected <= bound
-    assert "clarion.history" in bound
+    assert "clarion.fanout.history" in bound
     exchange = v.api("/api/exchanges/{vhost}/clarion.fanout")
     assert exchange["type"] == "fanout" and exchange["durable"] is True
 

@@ -74,6 +74,24 @@ class Metrics:
             "1 while connected to the broker and consuming this pod's queue",
             registry=r,
         )
+        self.broker_address = Gauge(
+            names.M_BROKER_ADDRESS,
+            "1 for the broker address (host:port of one of --amqp-url) the pod is connected to",
+            ["address"],
+            registry=r,
+        )
+        self.broker_failovers = Counter(
+            names.M_BROKER_FAILOVERS,
+            "Times the pod got the broker back after losing it, by the address it got back to",
+            ["address"],
+            registry=r,
+        )
+        self.broker_reconnect = Histogram(
+            names.M_BROKER_RECONNECT,
+            "Time from losing the broker to consuming again (catch-up included)",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
         self.limit_hits = Counter(
             names.M_LIMIT_HITS,
             "Requests refused by a limit: connections (pod full), subscriptions, "

@@ -10,8 +10,9 @@ from __future__ import annotations
 EXCHANGE = "clarion.fanout"
 #: Prefix of the per-pod queue; the pod name follows it.
 QUEUE_PREFIX = "clarion.pod."
-#: The stream queue that keeps recent history for missed-message recovery.
-HISTORY_QUEUE = "clarion.history"
+#: The stream that keeps recent history for missed-message recovery is named
+#: after the gateway's exchange: one per gateway, even when gateways share a vhost.
+HISTORY_SUFFIX = ".history"
 
 #: Kubernetes label keys put on everything the operator makes, pods included.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -39,6 +40,10 @@ M_DELIVERED = "clarion_messages_delivered"
 M_DROPPED = "clarion_messages_dropped"
 M_DELIVERY_LATENCY = "clarion_delivery_latency_seconds"
 M_BROKER_CONNECTED = "clarion_broker_connected"
+#: Which broker address (host:port) the pod is connected to, and its failovers.
+M_BROKER_ADDRESS = "clarion_broker_address"
+M_BROKER_FAILOVERS = "clarion_broker_failovers"
+M_BROKER_RECONNECT = "clarion_broker_reconnect_seconds"
 #: How often each limit refused something.
 M_LIMIT_HITS = "clarion_limit_hits"
 #: Frames written to sockets, by transport path (fast or asgi).
@@ -49,6 +54,11 @@ M_OP_DESIRED = "clarion_operator_desired_replicas"
 M_OP_OBSERVED = "clarion_operator_observed_connections"
 M_OP_SCALE_EVENTS = "clarion_operator_scale_events"
 M_OP_ORPHANS_DELETED = "clarion_operator_orphan_queues_deleted"
+
+
+def history_queue(exchange: str = EXCHANGE) -> str:
+    """The history stream of the gateway publishing to ``exchange``."""
+    return f"{exchange}{HISTORY_SUFFIX}"
 
 
 def queue_name(pod_name: str, prefix: str = QUEUE_PREFIX) -> str:

@@ -33,6 +33,10 @@ class BrokerListener(Protocol):
     def on_gap(self) -> None:
         """The pod may have missed messages it could not recover (history unreadable)."""
 
+    def on_connected(self, address: str, reconnect_seconds: float | None) -> None:
+        """Consuming again through ``address`` (host:port), ``reconnect_seconds`` after
+        losing the broker (None on the first connection)."""
+
 
 @dataclass(frozen=True)
 class BrokerOptions:
@@ -45,10 +49,19 @@ class BrokerOptions:
     queue_expires_ms: int
     history_max_age: str
     history_max_bytes: int
+    pod_queue_type: str = "classic"
     prefetch: int = 1024
     publish_timeout: float = 5.0
     reconnect_max_delay: float = 5.0
     catch_up_timeout: float = 30.0
+    #: Seconds; AMQP heartbeats find a frozen node (after about three of them).
+    heartbeat: int = 2
+    connect_timeout: float = 5.0
+    #: Declaring, catching up and consuming again, on one connection.
+    setup_timeout: float = 40.0
+    #: For this long after losing the broker a publish waits for the new connection
+    #: (within its timeout) instead of failing at once.
+    failover_window: float = 15.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> BrokerOptions:
@@ -60,6 +73,7 @@ class BrokerOptions:
             queue_expires_ms=s.queue_expires_ms,
             history_max_age=s.history_max_age,
             history_max_bytes=s.history_max_bytes,
+            pod_queue_type=s.pod_queue_type,
         )
 
 

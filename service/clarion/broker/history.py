@@ -18,7 +18,6 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
-from ..names import HISTORY_QUEUE
 from ..protocol import Envelope, new_message_id
 from .codec import Marker, marker_message, message_to_envelope
 
@@ -40,12 +39,13 @@ def offset_of(since_ms: int) -> datetime:
 async def read_history(
     conn: AbstractConnection,
     exchange: AbstractExchange,
+    stream: str,
     since_ms: int,
     each: Callable[[Envelope], object],
     timeout: float,
     publish_timeout: float,
 ) -> bool:
-    """Hand every message from just before ``since_ms`` up to a fresh marker to ``each``.
+    """Hand every message of ``stream`` from just before ``since_ms`` up to a marker to ``each``.
 
     Returns False if the history could not be read to the marker.
     """
@@ -55,7 +55,7 @@ async def read_history(
     ch = await conn.channel(publisher_confirms=False)
     try:
         await ch.set_qos(prefetch_count=500)
-        queue = await ch.get_queue(HISTORY_QUEUE, ensure=False)
+        queue = await ch.get_queue(stream, ensure=False)
         tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
         await exchange.publish(marker_message(marker_id), routing_key="", timeout=publish_timeout)
         read = 0

@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
-from ..names import queue_name
+from ..names import history_queue, queue_name
 from ..protocol import Envelope, id_timestamp_ms
 from . import history, topology
 from .acks import AckBatcher
@@ -48,16 +51,37 @@ def reason(exc: BaseException | None) -> str:
     return text.splitlines()[0][:300]
 
 
+def split_urls(url: str) -> list[str]:
+    """The broker addresses in ``--amqp-url``: one URL, or several separated by commas."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("--amqp-url names no broker")
+    return urls
+
+
+def address_of(url: str) -> str:
+    """``host:port`` of a broker URL: what the logs and metrics name (never the credentials)."""
+    parts = urlsplit(url)
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    return f"{parts.hostname}:{port}"
+
+
 class RabbitBroker(Broker):
     def __init__(self, url: str, pod_name: str, options: BrokerOptions) -> None:
-        self.url = url
+        self.urls = split_urls(url)
         self.pod_name = pod_name
         self.options = options
         self.queue_name = queue_name(pod_name, options.queue_prefix)
+        self.history_queue = history_queue(options.exchange)
+        #: ``host:port`` of the broker this pod is connected to ("" while it is not).
+        self.address = ""
         self._listener: BrokerListener | None = None
         self._conn: AbstractConnection | None = None
         self._pub_exchange: AbstractExchange | None = None
         self._consuming = False
+        self._up = asyncio.Event()
+        #: When the pod lost a working connection (monotonic), until it has one again.
+        self._lost_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._first_attempt = asyncio.Event()
@@ -84,46 +108,79 @@ class RabbitBroker(Broker):
                 await self._task
 
     async def _run(self) -> None:
+        """Connect to the addresses in turn; back off once all of them failed in a row."""
         delay = 0.2
+        index = 0
+        failed_in_row = 0
         while not self._stopping:
-            closed = asyncio.Event()
-            why: list[BaseException | None] = []
+            url = self.urls[index % len(self.urls)]
+            index += 1
+            lost = asyncio.Event()
+            why: list[str] = []
 
             def on_close(
                 _: object,
                 exc: BaseException | None = None,
-                ev: asyncio.Event = closed,
-                why: list[BaseException | None] = why,
+                ev: asyncio.Event = lost,
+                why: list[str] = why,
             ) -> None:
-                why.append(exc)
+                why.append(reason(exc))
                 ev.set()
 
+            def on_cancel(_: object, ev: asyncio.Event = lost, why: list[str] = why) -> None:
+                # The pod's queue is gone (its node died): what it held is lost;
+                # reconnect, declare it again and catch up from history.
+                why.append(f"the broker cancelled the consumer of {self.queue_name}")
+                ev.set()
+
+            connected = False
             try:
                 conn = await aio_pika.connect(
-                    self.url,
-                    timeout=10,
+                    url,
+                    timeout=self.options.connect_timeout,
                     # The management UI and rabbitmqctl show which pod this is.
                     client_properties={"connection_name": self.pod_name},
+                    **self._heartbeat(url),
                 )
                 conn.close_callbacks.add(on_close)
                 self._conn = conn
-                await self._setup(conn)
+                async with asyncio.timeout(self.options.setup_timeout):
+                    await self._setup(conn, on_cancel)
+                connected = True
                 delay = 0.2
-                log.info("broker connected, consuming %s", self.queue_name)
+                failed_in_row = 0
+                self.address = address_of(url)
+                down_for = None if self._lost_at is None else time.monotonic() - self._lost_at
+                self._lost_at = None
+                log.info(
+                    "broker connected to %s, consuming %s%s",
+                    self.address,
+                    self.queue_name,
+                    "" if down_for is None else f" ({down_for:.2f}s after losing the broker)",
+                )
+                self._report_connected(down_for)
                 self._first_attempt.set()
-                await closed.wait()
+                await lost.wait()
                 if not self._stopping:
-                    log.warning("broker connection lost: %s", reason(why[0] if why else None))
+                    log.warning(
+                        "broker connection to %s lost: %s",
+                        self.address,
+                        why[0] if why else "closed",
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("broker connection failed: %s", reason(exc))
+                failed_in_row += 1
+                log.warning("broker connection to %s failed: %s", address_of(url), reason(exc))
             finally:
                 was = self._consuming
                 self._consuming = False
+                self._up.clear()
                 self._pub_exchange = None
+                self.address = ""
                 self._acks.forget()
                 if was:
+                    self._lost_at = time.monotonic()
                     self._catch_up.lost()
                     self._set_state(False)
                 if self._conn is not None and not self._conn.is_closed:
@@ -132,8 +189,23 @@ class RabbitBroker(Broker):
                 self._first_attempt.set()
             if self._stopping:
                 break
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.options.reconnect_max_delay)
+            if connected or failed_in_row % len(self.urls) == 0:
+                # Lost a working connection, or every address failed: back off.
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.options.reconnect_max_delay)
+
+    def _heartbeat(self, url: str) -> dict[str, Any]:
+        """The heartbeat that detects a frozen node, unless the URL sets its own."""
+        if "heartbeat" in parse_qs(urlsplit(url).query):
+            return {}
+        return {"heartbeat": self.options.heartbeat}
+
+    def _report_connected(self, down_for: float | None) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.on_connected(self.address, down_for)
+            except Exception:  # pragma: no cover - listener bugs must not kill the loop
+                log.exception("broker state listener failed")
 
     def _set_state(self, up: bool) -> None:
         if self._listener is not None:
@@ -142,13 +214,14 @@ class RabbitBroker(Broker):
             except Exception:  # pragma: no cover - listener bugs must not kill the loop
                 log.exception("broker state listener failed")
 
-    async def _setup(self, conn: AbstractConnection) -> None:
+    async def _setup(self, conn: AbstractConnection, on_cancel: Callable[[object], None]) -> None:
         o = self.options
         pub = await conn.channel(publisher_confirms=True)
         exchange = await topology.declare_exchange(pub, o)
         sub = await conn.channel(publisher_confirms=False)
         await sub.set_qos(prefetch_count=o.prefetch)
         queue = await topology.declare_pod_queue(conn, sub, self.queue_name, o)
+        (await queue.channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
         await topology.declare_history(conn, o)
         self._pub_exchange = exchange
         assert self._listener is not None
@@ -158,6 +231,7 @@ class RabbitBroker(Broker):
         self._consuming = True
         self._set_state(True)
         await queue.consume(self._on_message, no_ack=False)
+        self._up.set()
 
     async def replay(
         self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
@@ -174,7 +248,13 @@ class RabbitBroker(Broker):
         if conn is None or conn.is_closed or exchange is None:
             return False
         return await history.read_history(
-            conn, exchange, since_ms, each, timeout, self.options.publish_timeout
+            conn,
+            exchange,
+            self.history_queue,
+            since_ms,
+            each,
+            timeout,
+            self.options.publish_timeout,
         )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -194,17 +274,76 @@ class RabbitBroker(Broker):
         self._acks.ack(message)
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
-        exchange = self._pub_exchange
-        if exchange is None or self._conn is None or self._conn.is_closed:
-            raise BrokerUnavailable("not connected to the broker")
-        timeout = self.options.publish_timeout
-        results = await asyncio.gather(
-            *(
-                exchange.publish(envelope_to_message(e), routing_key="", timeout=timeout)
-                for e in envelopes
-            ),
-            return_exceptions=True,
-        )
-        for r in results:
-            if isinstance(r, BaseException):
+        """Publish with confirms; 503 (BrokerUnavailable) unless every message was confirmed.
+
+        A message is confirmed once it is in the history stream (replicated:
+        confirmed by a majority of its nodes) and in every pod queue it was
+        routed to. Copies lost with a pod queue's node are caught up from the
+        stream by that pod, which always notices the loss (module docstring
+        of topology.py). During a failover the publish waits for the new
+        connection, and a publish whose connection died before its confirm is
+        sent again over the new one with the same message id (pods skip an id
+        they already delivered): both within ``publish_timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.publish_timeout
+        pending = list(envelopes)
+        while True:
+            exchange = await self._exchange(deadline)
+            results = await asyncio.gather(
+                *(
+                    exchange.publish(
+                        envelope_to_message(e),
+                        routing_key="",
+                        # Routed nowhere (not even to the history): refused, not dropped.
+                        mandatory=True,
+                        timeout=max(0.05, deadline - loop.time()),
+                    )
+                    for e in pending
+                ),
+                return_exceptions=True,
+            )
+            failed = [(e, r) for e, r in zip(pending, results, strict=True) if _failed(r)]
+            if not failed:
+                return
+            retry = [e for e, r in failed if _connection_lost(r)]
+            if len(retry) < len(failed) or loop.time() >= deadline:
+                r = next(r for _, r in failed if isinstance(r, BaseException))
                 raise BrokerUnavailable(f"broker did not confirm: {r!r}") from r
+            log.info("publish: connection lost before %d confirms, sending again", len(retry))
+            pending = retry
+
+    async def _exchange(self, deadline: float) -> AbstractExchange:
+        """The exchange to publish to; during a failover, wait for it until ``deadline``."""
+        loop = asyncio.get_running_loop()
+        exchange = self._pub_exchange
+        if exchange is not None and self._conn is not None and not self._conn.is_closed:
+            return exchange
+        lost_at = self._lost_at
+        failing_over = (
+            lost_at is not None and time.monotonic() - lost_at < self.options.failover_window
+        )
+        if failing_over and deadline > loop.time():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - loop.time()):
+                    await self._up.wait()
+            exchange = self._pub_exchange
+            if exchange is not None and self._conn is not None and not self._conn.is_closed:
+                return exchange
+        raise BrokerUnavailable("not connected to the broker")
+
+
+def _failed(result: object) -> bool:
+    # A confirm is an Ack frame; a nack or a return is a failure too.
+    return isinstance(result, BaseException) or isinstance(result, aiormq.spec.Basic.Nack)
+
+
+def _connection_lost(exc: object) -> bool:
+    """The publish failed because its channel or connection went away (not a nack or timeout)."""
+    return isinstance(
+        exc,
+        aio_pika.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.ConnectionClosed
+        | aiormq.exceptions.ChannelClosed,
+    )

@@ -1,4 +1,22 @@
-"""Declaring what a pod needs on RabbitMQ: the fanout exchange, its queue, the history stream."""
+"""Declaring what a pod needs on RabbitMQ: the fanout exchange, its queue, the history stream.
+
+On a cluster of several nodes, what each piece does when a node dies:
+
+- The history stream is replicated (``x-initial-cluster-size`` 3, or as many
+  nodes as there are): a publish is confirmed once a majority of its replicas
+  has it, and it survives any one node. It is the copy that makes a 202.
+- A pod queue is by default a *transient* classic queue (``--pod-queue-type
+  classic``): it lives on the node the pod declared it on. When that node dies
+  the queue is gone with what it held, and the pod always notices (its
+  connection drops, or the broker cancels its consumer): it declares the queue
+  again on a surviving node and catches up from the stream (catchup.py). A
+  *durable* classic queue would instead stay on the dead node: it cannot be
+  declared elsewhere ("home node is down") and copies routed to it are
+  confirmed and dropped, which is why pod queues are not durable.
+- ``--pod-queue-type quorum``: a replicated pod queue that loses nothing and is
+  never cancelled, at the cost of Raft writes per pod per message (the README
+  has the measured numbers).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +28,26 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
-from ..names import HISTORY_QUEUE
+from ..names import history_queue
 from .base import BrokerOptions
 
 log = logging.getLogger("clarion.broker")
 
 
+#: Replicas of the history stream; a smaller cluster gets one per node.
+HISTORY_REPLICAS = 3
+
+
 def queue_arguments(o: BrokerOptions) -> dict[str, Any]:
-    return {
+    args: dict[str, Any] = {
         "x-max-length": o.queue_max_length,
         "x-overflow": "drop-head",
         "x-message-ttl": o.queue_message_ttl_ms,
         "x-expires": o.queue_expires_ms,
     }
+    if o.pod_queue_type == "quorum":
+        args["x-queue-type"] = "quorum"
+    return args
 
 
 def history_arguments(o: BrokerOptions) -> dict[str, Any]:
@@ -30,6 +55,7 @@ def history_arguments(o: BrokerOptions) -> dict[str, Any]:
         "x-queue-type": "stream",
         "x-max-age": o.history_max_age,
         "x-max-length-bytes": o.history_max_bytes,
+        "x-initial-cluster-size": HISTORY_REPLICAS,
     }
 
 
@@ -40,10 +66,14 @@ async def declare_exchange(channel: AbstractChannel, o: BrokerOptions) -> Abstra
 async def declare_pod_queue(
     conn: AbstractConnection, channel: AbstractChannel, name: str, o: BrokerOptions
 ) -> AbstractQueue:
-    """The pod's own queue, bound to the exchange: durable, non-exclusive, bounded."""
+    """The pod's own queue, bound to the exchange: non-exclusive, bounded; transient or quorum."""
     try:
         queue = await channel.declare_queue(
-            name, durable=True, exclusive=False, auto_delete=False, arguments=queue_arguments(o)
+            name,
+            durable=o.pod_queue_type == "quorum",
+            exclusive=False,
+            auto_delete=False,
+            arguments=queue_arguments(o),
         )
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         # The queue exists with other arguments (an upgrade changed them): use
@@ -58,19 +88,18 @@ async def declare_pod_queue(
 
 async def declare_history(conn: AbstractConnection, o: BrokerOptions) -> None:
     """The stream every message also lands in, for ``since`` recovery and catch-up."""
+    stream = history_queue(o.exchange)
     ch = await conn.channel(publisher_confirms=False)
     try:
         for attempt in range(5):
             try:
                 history = await ch.declare_queue(
-                    HISTORY_QUEUE, durable=True, arguments=history_arguments(o)
+                    stream, durable=True, arguments=history_arguments(o)
                 )
                 await history.bind(o.exchange, routing_key="")
                 return
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                log.warning(
-                    "%s exists with other arguments, using it as is: %s", HISTORY_QUEUE, exc
-                )
+                log.warning("%s exists with other arguments, using it as is: %s", stream, exc)
                 return
             except aiormq.exceptions.AMQPError as exc:
                 # Right after a broker restart a durable queue can briefly
@@ -79,7 +108,7 @@ async def declare_history(conn: AbstractConnection, o: BrokerOptions) -> None:
                     "home node" not in str(exc)
                 ):
                     raise
-                log.info("declaring %s failed (%s), retrying", HISTORY_QUEUE, exc)
+                log.info("declaring %s failed (%s), retrying", stream, exc)
                 await asyncio.sleep(0.2 * (attempt + 1))
                 if ch.is_closed:
                     ch = await conn.channel(publisher_confirms=False)
