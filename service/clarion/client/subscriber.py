@@ -1,0 +1,599 @@
+"""Receiving pushed messages: one WebSocket, reconnected by the close-code policy,
+recovering what it missed with ``since``.
+
+The same behaviour as the TypeScript client (clients/js): success is the
+``welcome`` frame, not the socket's open (only it resets the backoff); the
+greatest message id seen is the connection's ``since`` and each channel is
+re-subscribed with the greatest id seen on it; duplicates (a replay
+overlapping live delivery) are dropped by id; an expired token (4001) is
+refreshed with ``get_token`` and the client reconnects at once.
+
+A slow consumer cannot block the read loop: the socket is read into a
+bounded queue (``queue_size`` messages). When the consumer falls that far
+behind, the subscriber closes the socket itself, stops reading, and once the
+consumer has taken half of the queue it reconnects with ``since`` the
+greatest id it queued: the server replays what came meanwhile, so nothing
+within the history window is lost and memory stays bounded
+(``overflows`` counts these).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from .policy import Action, Backoff, close_action, reconnect_delay
+
+log = logging.getLogger("clarion.client")
+
+State = Literal["disconnected", "connecting", "connected"]
+#: A close code the client reports when no close frame came (network error, timeout).
+LOST = 1006
+
+
+class ClarionError(Exception):
+    """Base of the client's errors."""
+
+
+class Unauthorized(ClarionError):
+    """Raised (or returned) by ``get_token`` to stop the subscriber: no token will do."""
+
+
+class Closed(ClarionError):
+    """The subscriber stopped for good: a terminal close code (``code``, ``reason``), a
+    refused token, or ``max_retries`` failures in a row."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A pushed message: its id (a UUIDv7: it sorts by publish time), target, data."""
+
+    id: str
+    target: dict[str, Any]
+    data: Any
+    ts: int | None = None
+
+    @property
+    def channel(self) -> str | None:
+        channel = self.target.get("channel")
+        return channel if isinstance(channel, str) else None
+
+    def frame(self) -> dict[str, Any]:
+        """The message as the server sent it."""
+        frame = {"type": "message", "id": self.id, "target": self.target, "data": self.data}
+        return frame if self.ts is None else {**frame, "ts": self.ts}
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """The outcome of a (re)connection or a re-subscription: ``recovered`` True means
+    every missed message was replayed (``missed`` of them); False (a *resync*) means
+    something may be lost (``since`` older than the history window, or no message seen
+    before the reconnect: ``since`` None), so the application should reload its state.
+    ``channel`` is None for the connection (user and broadcast messages)."""
+
+    recovered: bool
+    missed: int
+    since: str | None
+    channel: str | None = None
+
+    @property
+    def resync(self) -> bool:
+        return not self.recovered
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A transition; ``code`` and ``reason`` say which close caused it (0: none), ``delay``
+    how long the subscriber waits before the next attempt."""
+
+    state: State
+    previous: State
+    code: int = 0
+    reason: str = ""
+    delay: float | None = None
+
+
+@dataclass(slots=True)
+class _End:
+    error: Closed | None = None
+
+
+@dataclass(slots=True)
+class _Channel:
+    since: str | None = None  # the greatest id seen on it
+    subscribed_once: bool = False
+    pending: bool = False
+
+
+class _Overflow(Exception):
+    pass
+
+
+GetToken = Callable[[], "str | Awaitable[str]"]
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` of a JWT (unix seconds), read without verifying it (the server verifies;
+    the client only needs to know when to refresh); None for anything else."""
+    try:
+        part = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).get("exp")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+@dataclass
+class _Counters:
+    #: Sockets the server welcomed.
+    connections: int = 0
+    #: Times the queue overflowed (the subscriber dropped the socket to recover later).
+    overflows: int = 0
+    #: Duplicates dropped by id.
+    duplicates: int = 0
+    #: Calls of get_token.
+    token_calls: int = 0
+    closes: list[int] = field(default_factory=list)
+
+
+class Subscriber:
+    """An async iterator over the messages pushed to a user, its channels and everyone.
+
+    >>> async with Subscriber("wss://push.example.com/ws", get_token=fetch_token,
+    ...                       channels=["orders.eu"]) as sub:
+    ...     async for message in sub:
+    ...         print(message.target, message.data)
+
+    Iteration ends after ``close()``; it raises ``Closed`` (after the messages
+    already queued) when the server says not to come back (1008, 1009, 4500-4999),
+    when ``get_token`` raises ``Unauthorized``, and after ``max_retries``
+    failed attempts in a row. ``on_recovery`` is called in the consumer's task,
+    in order with the messages (before the replayed ones); ``on_state`` at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        get_token: GetToken | None = None,
+        user: str | None = None,
+        channels: Iterable[str] = (),
+        since: str | None = None,
+        backoff: Backoff | None = None,
+        queue_size: int = 1000,
+        timeout: float = 10.0,
+        ping_interval: float = 25.0,
+        refresh_margin: float = 30.0,
+        dedupe_size: int = 10_000,
+        reconnect: bool = True,
+        max_retries: int | None = None,
+        on_state: Callable[[StateChange], object] | None = None,
+        on_recovery: Callable[[Recovery], object] | None = None,
+        on_error: Callable[[str, str], object] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError("the URL must start with ws:// or wss://")
+        if queue_size < 2:
+            raise ValueError("queue_size must be at least 2")
+        self.url = url
+        self._parts = parts
+        self._get_token = get_token
+        self.user = user
+        self.backoff = backoff or Backoff()
+        self.queue_size = queue_size
+        self.timeout = timeout
+        self.ping_interval = ping_interval
+        self.refresh_margin = refresh_margin
+        self.dedupe_size = dedupe_size
+        self.reconnect = reconnect
+        self.max_retries = max_retries
+        self.on_state = on_state
+        self.on_recovery = on_recovery
+        self.on_error = on_error
+        self.stats = _Counters()
+        #: The greatest message id received: the next connection's ``since``.
+        self.last_id: str | None = since
+        #: The welcome frame's pod, conn and user.
+        self.info: dict[str, Any] | None = None
+        self.state: State = "disconnected"
+        self._channels: dict[str, _Channel] = {c: _Channel() for c in channels}
+        self._token: str | None = None
+        self._socket_token: str | None = None
+        self._refresh_at: float | None = None
+        self._token_task: asyncio.Task[str] | None = None
+        if token is not None:
+            self._set_token(token)
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._items: collections.deque[Message | Recovery | _End] = collections.deque()
+        self._queued = 0  # messages in _items
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._had_connection = False
+
+    # --- the application's side ------------------------------------------
+
+    async def __aenter__(self) -> Subscriber:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Starts connecting (iterating starts it too)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"clarion-subscriber {self.url}")
+
+    async def close(self) -> None:
+        """Closes the socket (1000) and ends the iteration after what is queued."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._token_task is not None:
+            self._token_task.cancel()
+        if not self._items or not isinstance(self._items[-1], _End):
+            self._push(_End())
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        self.start()
+        while True:
+            while not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+            item = self._items.popleft()
+            if isinstance(item, Message):
+                self._queued -= 1
+                if self._queued <= self.queue_size // 2:
+                    self._room.set()
+                yield item
+            elif isinstance(item, Recovery):
+                if self.on_recovery is not None:
+                    result = self.on_recovery(item)
+                    if inspect.isawaitable(result):
+                        await result
+            else:
+                self._items.appendleft(item)  # later iterations end too
+                if item.error is not None:
+                    raise item.error
+                return
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribes to ``channel`` now and on every later connection."""
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("a channel is a non-empty string")
+        if channel in self._channels:
+            return
+        self._channels[channel] = ch = _Channel()
+        if self.state == "connected" and self._ws is not None:
+            await self._send_subscribe(self._ws, channel, ch)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._channels.pop(channel, None) is not None and self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(orjson.dumps({"type": "unsubscribe", "channel": channel}))
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    async def refresh_token(self) -> str:
+        """Calls ``get_token`` (one call in flight at a time: concurrent callers share it)."""
+        if self._get_token is None:
+            raise ClarionError("no get_token")
+        if self._token_task is None:
+            self._token_task = asyncio.ensure_future(self._call_get_token())
+        task = self._token_task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._token_task is task:
+                self._token_task = None
+
+    # --- the connection --------------------------------------------------
+
+    async def _call_get_token(self) -> str:
+        assert self._get_token is not None
+        self.stats.token_calls += 1
+        result = self._get_token()
+        token = await result if inspect.isawaitable(result) else result
+        if isinstance(token, Unauthorized):
+            raise token
+        if not isinstance(token, str) or not token:
+            raise ClarionError("get_token returned no token")
+        self._set_token(token)
+        return token
+
+    def _set_token(self, token: str) -> None:
+        """Keeps a token and when to refresh it: ``refresh_margin`` before its ``exp``, or
+        half-way for a short-lived one (so that it cannot make us call get_token in a loop)."""
+        self._token = token
+        exp = token_expiry(token)
+        now = time.time()
+        self._refresh_at = (
+            None if exp is None else now + max((exp - now) / 2, exp - now - self.refresh_margin)
+        )
+
+    def _token_stale(self) -> bool:
+        return self._token is None or (
+            self._refresh_at is not None and time.time() >= self._refresh_at
+        )
+
+    def _socket_url(self) -> str:
+        query = dict(parse_qsl(self._parts.query))
+        if self._token is not None:
+            query["token"] = self._token
+        elif self.user is not None:
+            query["user"] = self.user
+        if self.last_id:
+            query["since"] = self.last_id
+        return urlunsplit(self._parts._replace(query=urlencode(query)))
+
+    async def _run(self) -> None:
+        end = _End()
+        failures = 0
+        try:
+            while True:
+                code, reason, welcomed = await self._attempt()
+                failures = 0 if welcomed else failures + 1
+                self.stats.closes.append(code)
+                if code == _OVERFLOW:
+                    # Our own close: wait for the consumer, then recover with since.
+                    self._set_state("connecting", code, reason, None)
+                    self._room.clear()
+                    if self._queued > self.queue_size // 2:
+                        await self._room.wait()
+                    continue
+                action = close_action(code)
+                if action is Action.TOKEN and self._get_token is None:
+                    action = Action.FATAL
+                    reason = f"{reason} (and there is no get_token)"
+                if action in (Action.STOP, Action.FATAL):
+                    if action is Action.FATAL:
+                        end = _End(Closed(code, reason))
+                    break
+                if not self.reconnect or (
+                    self.max_retries is not None and failures > self.max_retries
+                ):
+                    end = _End(Closed(code, f"{reason} (not reconnecting)"))
+                    break
+                if action is Action.TOKEN and self._token == self._socket_token:
+                    self._token = None  # expired: get a new one (unless a refresh did)
+                delay = reconnect_delay(self.backoff, action, welcomed=welcomed)
+                self._set_state("connecting", code, reason, delay)
+                await asyncio.sleep(delay)
+        except _Stop as stop:
+            end = _End(stop.error)
+        finally:
+            error = end.error
+            code, reason = (error.code, error.reason) if error else (1000, "closed")
+            self._set_state("disconnected", code, reason, None)
+            self._push(end)
+
+    async def _attempt(self) -> tuple[int, str, bool]:
+        """One connection, from the token to the close: (close code, reason, welcomed)."""
+        self._set_state("connecting", 0, "connect", None)
+        if self._get_token is not None and self._token_stale():
+            try:
+                await self.refresh_token()
+            except Unauthorized as exc:
+                raise _Stop(Closed(4500, f"get_token: {exc}")) from None
+            except Exception as exc:
+                self._error("token", f"get_token failed: {exc!r}")
+                return LOST, "get_token failed", False
+        welcomed = False
+        self._socket_token = self._token
+        try:
+            async with connect(
+                self._socket_url(),
+                open_timeout=self.timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.timeout,
+                close_timeout=2,
+                max_size=None,
+                max_queue=None,  # our queue is the bound (a websockets queue would block reads)
+            ) as ws:
+                self._ws = ws
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), self.timeout)
+                    welcome = orjson.loads(raw)
+                    if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+                        return LOST, "no welcome", False
+                    welcomed = True
+                    await self._welcome(ws, welcome)
+                    refresher = asyncio.create_task(self._refresh_loop())
+                    try:
+                        async for raw in ws:
+                            await self._frame(ws, raw)
+                    finally:
+                        refresher.cancel()
+                finally:
+                    self._ws = None
+            return _close_of(ws)
+        except _Overflow:
+            return _OVERFLOW, "queue full: the consumer is behind", welcomed
+        except TimeoutError:
+            return LOST, "no welcome in time" if not welcomed else "timeout", welcomed
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else LOST
+            reason = exc.rcvd.reason if exc.rcvd is not None else "connection lost"
+            return code, reason, welcomed
+        except websockets.InvalidStatus as exc:
+            return LOST, f"HTTP {exc.response.status_code}", False
+        except (OSError, websockets.InvalidHandshake, orjson.JSONDecodeError) as exc:
+            return LOST, str(exc) or type(exc).__name__, welcomed
+
+    async def _welcome(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        self.backoff.reset()
+        self.stats.connections += 1
+        self.info = {k: frame.get(k) for k in ("pod", "conn", "user")}
+        recovery = self._had_connection
+        self._had_connection = True
+        if isinstance(frame.get("recovered"), bool):
+            self._push(Recovery(frame["recovered"], int(frame.get("missed") or 0), self.last_id))
+        elif recovery:
+            self._push(Recovery(False, 0, None))
+        for channel, ch in self._channels.items():
+            await self._send_subscribe(ws, channel, ch)
+        self._set_state("connected", 0, "welcome", None)
+
+    async def _send_subscribe(self, ws: ClientConnection, channel: str, ch: _Channel) -> None:
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if ch.since:
+            frame["since"] = ch.since
+        ch.pending = True
+        await ws.send(orjson.dumps(frame).decode())
+
+    async def _frame(self, ws: ClientConnection, raw: str | bytes) -> None:
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "message":
+            self._message(frame)
+        elif kind == "subscribed":
+            self._subscribed(frame)
+        elif kind == "error":
+            self._server_error(frame)
+
+    def _message(self, frame: dict[str, Any]) -> None:
+        mid, target = frame.get("id"), frame.get("target")
+        if not isinstance(mid, str) or not isinstance(target, dict):
+            return
+        if mid in self._seen:
+            self.stats.duplicates += 1
+            return
+        channel = target.get("channel")
+        ch = self._channels.get(channel) if isinstance(channel, str) else None
+        if channel is not None and ch is None:
+            return  # in flight when it was unsubscribed
+        if self._queued >= self.queue_size:
+            self.stats.overflows += 1
+            raise _Overflow
+        self._seen[mid] = None
+        if len(self._seen) > self.dedupe_size:
+            self._seen.popitem(last=False)
+        if self.last_id is None or mid > self.last_id:
+            self.last_id = mid
+        if ch is not None and (ch.since is None or mid > ch.since):
+            ch.since = mid
+        ts = frame.get("ts")
+        self._push(Message(mid, target, frame.get("data"), ts if isinstance(ts, int) else None))
+
+    def _subscribed(self, frame: dict[str, Any]) -> None:
+        channel = frame.get("channel")
+        ch = self._channels.get(channel) if isinstance(channel, str) else None
+        if ch is None:
+            return
+        ch.pending = False
+        recovery = ch.subscribed_once
+        ch.subscribed_once = True
+        if isinstance(frame.get("recovered"), bool):
+            rec = Recovery(frame["recovered"], int(frame.get("missed") or 0), ch.since, channel)
+            self._push(rec)
+        elif recovery:
+            self._push(Recovery(False, 0, None, channel))
+
+    def _server_error(self, frame: dict[str, Any]) -> None:
+        code, text = str(frame.get("code", "error")), str(frame.get("message", ""))
+        channel = frame.get("channel")
+        if not isinstance(channel, str):  # an answer to the oldest subscribe still waiting
+            channel = next((c for c, ch in self._channels.items() if ch.pending), None)
+        if channel is not None and code in ("forbidden", "too_many_subscriptions"):
+            self._channels.pop(channel, None)
+            text = f"{channel}: {text}"
+        elif channel is not None and channel in self._channels:
+            self._channels[channel].pending = False
+        self._error(code, text)
+
+    async def _refresh_loop(self) -> None:
+        """Refreshes the token before its ``exp``, so that the reconnect after the server's
+        4001 does not wait for get_token."""
+        while self._get_token is not None and self._refresh_at is not None:
+            await asyncio.sleep(max(0.0, self._refresh_at - time.time()))
+            try:
+                await self.refresh_token()
+            except Unauthorized as exc:
+                self._error("unauthorized", f"get_token: {exc}")
+                return
+            except Exception as exc:
+                self._error("token", f"get_token failed: {exc!r}")
+                await asyncio.sleep(self.backoff.base)
+
+    # --- helpers ---------------------------------------------------------
+
+    def _push(self, item: Message | Recovery | _End) -> None:
+        if isinstance(item, Message):
+            self._queued += 1
+        self._items.append(item)
+        self._wake.set()
+
+    def _set_state(self, state: State, code: int, reason: str, delay: float | None) -> None:
+        if state == self.state and delay is None:
+            return
+        change = StateChange(state, self.state, code, reason, delay)
+        self.state = state
+        self._call(self.on_state, change)
+
+    def _error(self, code: str, message: str) -> None:
+        log.warning("clarion subscriber: %s: %s", code, message)
+        self._call(self.on_error, code, message)
+
+    @staticmethod
+    def _call(callback: Callable[..., object] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:  # a listener's bug must not break the connection
+            log.exception("clarion subscriber: a callback raised")
+
+
+#: The subscriber's own close when its queue is full (a private code: never sent).
+_OVERFLOW = -1
+
+
+class _Stop(Exception):
+    def __init__(self, error: Closed) -> None:
+        self.error = error
+
+
+def _close_of(ws: ClientConnection) -> tuple[int, str, bool]:
+    """The close the server sent (the socket ended without an exception)."""
+    rcvd = ws.protocol.close_rcvd
+    if rcvd is None:
+        return LOST, "connection lost", True
+    return rcvd.code, rcvd.reason, True
