@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import random
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -108,67 +107,48 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def _listen(args: argparse.Namespace) -> int:
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from .client import Closed, Recovery, StateChange, Subscriber
 
-    import websockets
+    def on_state(change: StateChange) -> None:
+        if change.state == "connected" and sub.info:
+            say(f"connected to pod {sub.info['pod']} as {sub.info['user']}")
+        elif change.state == "connecting" and change.delay is not None:
+            say(f"closed {change.code} {change.reason}; reconnecting in {change.delay:.1f}s", True)
 
-    parts = urlsplit(args.url)
-    if parts.scheme not in ("ws", "wss"):
-        print("clarion listen: URL must start with ws:// or wss://", file=sys.stderr)
+    def on_recovery(rec: Recovery) -> None:
+        what = f"channel {rec.channel}" if rec.channel else "connection"
+        if rec.recovered:
+            say(f"{what}: recovered {rec.missed} missed message(s)")
+        else:
+            say(f"{what}: resync (something may be lost; since={rec.since})", always=True)
+
+    def say(text: str, always: bool = False) -> None:
+        if always or args.verbose:
+            print(f"clarion listen: {text}", file=sys.stderr, flush=True)
+
+    try:
+        sub = Subscriber(
+            args.url,
+            user=args.user,
+            token=args.token,
+            channels=args.channel,
+            reconnect=not args.once,
+            max_retries=args.max_retries,
+            on_state=on_state,
+            on_recovery=on_recovery,
+            on_error=lambda code, text: say(f"{code}: {text}", always=True),
+        )
+    except ValueError as exc:
+        print(f"clarion listen: {exc}", file=sys.stderr)
         return 2
-    last_id: str | None = None
-    delay = 0.5
-    attempts = 0
-    while True:
-        query = dict(parse_qsl(parts.query))
-        if args.user:
-            query["user"] = args.user
-        if args.token:
-            query["token"] = args.token
-        if last_id:
-            query["since"] = last_id
-        url = urlunsplit(parts._replace(query=urlencode(query)))
-        try:
-            async with websockets.connect(url, max_size=None, open_timeout=10) as ws:
-                attempts = 0
-                delay = 0.5
-                for ch in args.channel:
-                    frame: dict[str, Any] = {"type": "subscribe", "channel": ch}
-                    if last_id:
-                        frame["since"] = last_id
-                    await ws.send(orjson.dumps(frame).decode())
-                async for raw in ws:
-                    try:
-                        msg = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if not isinstance(msg, dict):
-                        continue
-                    if msg.get("type") == "message":
-                        mid = msg.get("id")
-                        if isinstance(mid, str) and (last_id is None or mid > last_id):
-                            last_id = mid  # the greatest id: replays are not in one order
-                        print(orjson.dumps(msg).decode(), flush=True)
-                    elif args.verbose:
-                        print(orjson.dumps(msg).decode(), file=sys.stderr, flush=True)
-                print(
-                    f"clarion listen: closed {ws.close_code} {ws.close_reason}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if ws.close_code is not None and (
-                    ws.close_code in (1008, 1009) or 4500 <= ws.close_code <= 4999
-                ):
-                    return 1  # the server says do not come back as you are
-        except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
-            print(f"clarion listen: {exc}", file=sys.stderr, flush=True)
-        attempts += 1
-        if args.once or (args.max_retries is not None and attempts > args.max_retries):
-            return 1
-        pause = delay * (0.5 + random.random())
-        print(f"clarion listen: reconnecting in {pause:.1f}s", file=sys.stderr, flush=True)
-        await asyncio.sleep(pause)
-        delay = min(delay * 2, 30.0)
+    try:
+        async with sub:
+            async for message in sub:
+                print(orjson.dumps(message.frame()).decode(), flush=True)
+    except Closed as exc:
+        print(f"clarion listen: stopped: {exc.code} {exc.reason}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -178,31 +158,47 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return 0
 
 
+#: The first character of a DATA argument that says "this is JSON": such an
+#: argument must parse. Anything else that is not valid JSON is sent as a string.
+_JSON_START = ("{", "[", '"')
+
+
+def publish_data(text: str) -> Any:
+    """The data of ``clarion publish DATA``: JSON, or plain text sent as a string.
+
+    Text that starts (after blanks) like an object, array or string must be
+    valid JSON: ``{"a":`` is a mistake, not a message (ValueError). Numbers,
+    ``true``, ``false`` and ``null`` are JSON when they parse; ``3 apples`` is text.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if text.lstrip().startswith(_JSON_START):
+            raise ValueError(f"DATA looks like JSON but is not valid JSON: {exc}") from None
+        return text
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
-    import httpx
+    from .client import Publisher, PublishError
 
     try:
-        data = orjson.loads(args.data)
-    except orjson.JSONDecodeError:
-        data = args.data  # plain text is sent as a JSON string
-    body: dict[str, Any] = {"data": data}
-    if args.user:
-        body["user"] = args.user
-    elif args.channel:
-        body["channel"] = args.channel
-    else:
-        body["broadcast"] = True
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    url = args.url.rstrip("/") + "/api/publish"
+        data = publish_data(args.data)
+    except ValueError as exc:
+        print(f"clarion publish: {exc}", file=sys.stderr)
+        return 2
+    target: dict[str, Any] = (
+        {"user": args.user}
+        if args.user is not None
+        else {"channel": args.channel}
+        if args.channel is not None
+        else {"broadcast": True}
+    )
     try:
-        r = httpx.post(url, json=body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
+        with Publisher(args.url, args.api_key, retries=args.retries) as publisher:
+            print(publisher.publish(data, **target))
+    except PublishError as exc:
         print(f"clarion publish: {exc}", file=sys.stderr)
         return 1
-    if r.status_code != 202:
-        print(f"clarion publish: HTTP {r.status_code}: {r.text}", file=sys.stderr)
-        return 1
-    print(r.json()["id"])
     return 0
 
 
@@ -227,8 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--token", help="JWT (gateways with --auth jwt)")
     listen.add_argument("--channel", action="append", default=[], help="subscribe (repeatable)")
     listen.add_argument("--once", action="store_true", help="do not reconnect")
-    listen.add_argument("--max-retries", type=int, default=None, help="give up after N failures")
-    listen.add_argument("-v", "--verbose", action="store_true", help="print other frames to stderr")
+    listen.add_argument(
+        "--max-retries", type=int, default=None, help="give up after N failed attempts in a row"
+    )
+    listen.add_argument(
+        "-v", "--verbose", action="store_true", help="print connects, closes, recoveries to stderr"
+    )
     listen.set_defaults(func=cmd_listen)
 
     pub = sub.add_parser("publish", help="publish one message through the HTTP API")
@@ -242,7 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=(os.environ.get(config.option("api_keys").env) or ",").split(",")[0] or None,
         help=f"API key [env {config.option('api_keys').env}: the first of its keys]",
     )
-    pub.add_argument("data", help="JSON, or plain text sent as a JSON string")
+    pub.add_argument(
+        "--retries", type=int, default=3, help="retries on 503 and connection errors (default 3)"
+    )
+    pub.add_argument(
+        "data",
+        help='JSON, or text sent as a string (text starting with { [ or " must be JSON)',
+    )
     pub.set_defaults(func=cmd_publish)
     return parser
 

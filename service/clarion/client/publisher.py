@@ -27,7 +27,7 @@ class PublishError(Exception):
     reached (``status`` None) after the retries."""
 
     def __init__(self, status: int | None, code: str, message: str) -> None:
-        super().__init__(f"{status or 'unreachable'} {code}: {message}")
+        super().__init__(f"HTTP {status} {code}: {message}" if status else f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
