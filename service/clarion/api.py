@@ -132,6 +132,15 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if gw.ready else 503)
 
 
+async def client_js(request: Request) -> Response:
+    """``GET /clarion.js``: the JS client's IIFE bundle (clients/js, committed built), the
+    demo page's; served with the demo page."""
+    if not _gateway(request).settings.demo:
+        return _json(*_error(404, "not_found", "the demo (and its /clarion.js) is off"))
+    js = resources.files("clarion").joinpath("static/clarion.js").read_bytes()
+    return Response(js, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+
 async def index(request: Request) -> Response:
     gw = _gateway(request)
     if not gw.settings.demo:

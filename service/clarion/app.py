@@ -72,7 +72,7 @@ def create_app(gateway: Gateway, surface: Surface = "all") -> GatewayApp:
 
     routes = [Route("/healthz", api.healthz), Route("/readyz", api.readyz)]
     if surface != "internal":
-        routes.append(Route("/", api.index))
+        routes += [Route("/", api.index), Route("/clarion.js", api.client_js)]
     if surface != "public":
         routes += [
             Route("/admin/shed", api.shed, methods=["POST"]),
