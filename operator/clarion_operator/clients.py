@@ -5,8 +5,10 @@ Nothing here decides anything: a call that fails gives None or 0, never a
 guess, and the deciders make of it what they must.
 
 The management URL carries its credentials (``http://user:pass@host:15672``);
-the vhost comes from the gateways' AMQP URL (``amqp://…/vhost``), so the
-operator looks only at the vhost its gateway uses.
+on a RabbitMQ cluster it may name every node, comma-separated, and each call
+tries them in turn. The vhost comes from the gateways' AMQP URL
+(``amqp://…/vhost``, the first of a list), so the operator looks only at the
+vhost its gateway uses.
 """
 
 from __future__ import annotations
@@ -26,24 +28,34 @@ from .pods import PodView
 
 
 def vhost_of(amqp_url: str) -> str:
-    """The vhost of an AMQP URL: the path without its slash; none (or empty) is ``/``."""
-    path = urlsplit(amqp_url).path
+    """The vhost of an AMQP URL (the first of a list): the path without its slash; none is ``/``."""
+    path = urlsplit(amqp_url.split(",", 1)[0].strip()).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 class Management:
-    """RabbitMQ's management API for one broker: list and delete queues."""
+    """RabbitMQ's management API for one broker (or one cluster): list and delete queues."""
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
-        auth = None
-        if parts.username is not None:
-            auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-        self._client = httpx.AsyncClient(base_url=base, auth=auth, timeout=timeout)
+        self._clients = [
+            _management_client(u.strip(), timeout) for u in url.split(",") if u.strip()
+        ]
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """The first answer from a node that is up; a node that is down or paused is skipped."""
+        last: Exception | None = None
+        for i, client in enumerate(self._clients):
+            try:
+                r = await client.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if r.status_code >= 500 and i < len(self._clients) - 1:
+                continue
+            if i:  # ask the node that answered first next time
+                self._clients.insert(0, self._clients.pop(i))
+            return r
+        raise last or httpx.TransportError("no management URL")
 
     async def __aenter__(self) -> Management:
         return self
@@ -52,11 +64,13 @@ class Management:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def queues(self, vhost: str, prefix: str) -> list[QueueInfo]:
         """The vhost's queues whose name starts with ``prefix``, with their consumer counts."""
-        r = await self._client.get(
+        r = await self._request(
+            "GET",
             f"/api/queues/{quote(vhost, safe='')}",
             params={"columns": "name,consumers"},
         )
@@ -72,11 +86,25 @@ class Management:
 
     async def delete_queue(self, vhost: str, name: str) -> bool:
         """Delete one queue; False if it was already gone."""
-        r = await self._client.delete(f"/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}")
+        r = await self._request(
+            "DELETE", f"/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
+        )
         if r.status_code == 404:
             return False
         r.raise_for_status()
         return True
+
+
+def _management_client(url: str, timeout: float) -> httpx.AsyncClient:
+    parts = urlsplit(url)
+    auth = None
+    if parts.username is not None:
+        auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return httpx.AsyncClient(base_url=base, auth=auth, timeout=timeout)
 
 
 class GatewayPods:

@@ -27,8 +27,9 @@ def _declared(setting: str) -> bool:
 
 #: The gateway container listens here; the Service maps ``spec.service.port`` to it.
 CONTAINER_PORT = 8080
-#: The internal port (``/api``, ``/admin``, ``/metrics``), where the gateway has one.
-API_PORT: int | None = int(default_of("api_port")) if _declared("api_port") else None
+#: The internal port (``/api``, ``/admin``, ``/metrics``; the gateway's ``--api-port``):
+#: only the ``<name>-api`` Service reaches it. None for a gateway without the setting.
+API_PORT: int | None = 8081 if _declared("api_port") else None
 API_PORT_NAME = pods.API_PORT_NAME
 API_SERVICE_SUFFIX = "-api"
 #: The gateway's own drain timing (its defaults for ``clarion serve``).
@@ -99,9 +100,11 @@ def exchange_of(namespace: str, name: str, spec: GatewaySpec) -> str:
     """The gateway's fanout exchange: its own unless the spec names one.
 
     Two gateways in one vhost must not share an exchange (each would deliver the
-    other's messages) nor the history stream that hangs off it.
+    other's messages) nor the history stream named after it (``<exchange>.history``).
+    The ``gw`` part keeps it clear of the pod queues' ``clarion.pod.`` prefix (a
+    namespace called ``pod``), which the sweep deletes.
     """
-    return spec.broker.exchange or f"{names.APP_NAME}.{namespace}.{name}"
+    return spec.broker.exchange or f"{names.APP_NAME}.gw.{namespace}.{name}"
 
 
 def default_spread(name: str) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ AUTH_SECRET = "clarion-auth"
 
 @dataclass(frozen=True)
 class BrokerSpec:
-    #: Empty: the gateway's own exchange, ``clarion.<namespace>.<name>`` (``exchange_of``).
+    #: Empty: the gateway's own exchange, ``clarion.gw.<namespace>.<name>`` (``exchange_of``).
     exchange: str = ""
     queue_prefix: str = names.QUEUE_PREFIX
     url_secret_ref: SecretRef = SecretRef(BROKER_SECRET, "url")

@@ -50,7 +50,10 @@ def test_deployment_shape() -> None:
     )
     ann = dep["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true"
-    assert ann["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
+    # /metrics is on the internal port, next to /api and /admin; probes stay on http.
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080, "api": 8081}
+    assert ann["prometheus.io/port"] == str(ports["api"])
     assert dep["spec"]["replicas"] == 2
     assert c["securityContext"]["runAsNonRoot"] is True
 
@@ -97,6 +100,7 @@ def test_the_pod_environment_is_what_clarion_serve_reads(mode: str, publish: boo
     settings = Settings.from_env(environ)
     settings.validate()
     assert (settings.pod_name, settings.port) == ("gw-7d9f-x2x", resources.CONTAINER_PORT)
+    assert settings.api_port == resources.API_PORT
     assert (settings.exchange, settings.queue_prefix) == ("x.fan", "x.pod.")
     assert (settings.auth, settings.allow_client_publish) == (mode, publish)
     assert settings.api_keys == ["k1", "k2"] and settings.admin_token == "t"
@@ -148,7 +152,10 @@ def test_each_gateway_gets_its_own_exchange() -> None:
     b = env_of(resources.deployment("b", "ns", GatewaySpec.parse({"image": "i"}), OWNER, 2))
     other_ns = env_of(resources.deployment("a", "ns2", GatewaySpec.parse({"image": "i"}), OWNER, 2))
     exchanges = {e["CLARION_EXCHANGE"] for e in (a, b, other_ns)}
-    assert exchanges == {"clarion.ns.a", "clarion.ns.b", "clarion.ns2.a"}
+    assert exchanges == {"clarion.gw.ns.a", "clarion.gw.ns.b", "clarion.gw.ns2.a"}
+    # Never under the pod queues' prefix, which the sweep deletes (a namespace named "pod").
+    pod_ns = env_of(resources.deployment("x", "pod", GatewaySpec.parse({"image": "i"}), OWNER, 2))
+    assert not (pod_ns["CLARION_EXCHANGE"] + ".history").startswith(names.QUEUE_PREFIX)
     named = env_of(build({"image": "i", "broker": {"exchange": "shared.fanout"}}))
     assert named["CLARION_EXCHANGE"] == "shared.fanout"
 
