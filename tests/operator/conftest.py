@@ -260,8 +260,8 @@ class Cluster:
         for r in self.requests()[since:]:
             if r.resource is None or r.resource.plural is None:
                 continue  # discovery
-            if str(r.headers.get("User-Agent", "")).startswith("python-httpx"):
-                continue  # the test itself
+            if str(r.headers.get("User-Agent", "")).startswith(("python-httpx", "clarion-")):
+                continue  # the test itself, or the uninstall hook (its own service account)
             if r.method == kmock.method.GET:
                 verb = "get" if r.name else "watch" if r.params.get("watch") else "list"
             else:
