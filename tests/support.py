@@ -298,6 +298,26 @@ class InProcessPod(Pod):
 
 
 @contextlib.contextmanager
+def started(
+    pods: list[GatewayProcess], timeout: float = 20.0, *, kill: bool = False
+) -> Iterator[list[GatewayProcess]]:
+    """Start ``pods`` together, return once every one is ready, stop them all on exit
+    (``kill``: SIGKILL instead of a clean stop)."""
+    try:
+        for p in pods:
+            p.start()
+        for p in pods:
+            p.wait_ready(timeout)
+        yield pods
+    finally:
+        for p in pods:
+            if kill:
+                p.kill()
+            else:
+                p.stop()
+
+
+@contextlib.contextmanager
 def running_pods(
     prefix: str,
     count: int,
@@ -305,6 +325,7 @@ def running_pods(
     amqp_url: str,
     log_dir: Path,
     args: list[str] | None = None,
+    timeout: float = 20.0,
 ) -> Iterator[list[GatewayProcess]]:
     """``count`` ready gateway pods on 127.0.0.<first_host>, .<first_host + 1>, ...;
     killed on exit."""
@@ -315,13 +336,8 @@ def running_pods(
             amqp_url=amqp_url,
             args=args if args is not None else ["--auth", "none"],
             log_dir=log_dir,
-        ).start()
+        )
         for i in range(count)
     ]
-    try:
-        for p in pods:
-            p.wait_ready()
+    with started(pods, timeout, kill=True):
         yield pods
-    finally:
-        for p in pods:
-            p.kill()

@@ -15,7 +15,16 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, free_port, wait_for, wait_for_sync
+from .support import (
+    MGMT_AUTH,
+    MGMT_URL,
+    GatewayProcess,
+    Vhost,
+    free_port,
+    started,
+    wait_for,
+    wait_for_sync,
+)
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,15 +92,12 @@ def cluster(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> It
                 amqp_url=url,
                 args=args,
                 log_dir=logs,
-            ).start()
+            )
         )
     try:
-        for pod in pods:
-            pod.wait_ready()
-        yield Cluster(module_vhost, pods)
+        with started(pods):
+            yield Cluster(module_vhost, pods)
     finally:
-        for pod in pods:
-            pod.stop()
         httpx.delete(f"{MGMT_URL}/api/users/clarion-test-podb", auth=MGMT_AUTH, timeout=10)
 
 

@@ -26,7 +26,7 @@ import pytest
 from testkit.websocket import OP_CLOSE, mask_frame, upgrade_request
 
 from .private_broker import PrivateBroker
-from .support import GatewayProcess, wait_for
+from .support import GatewayProcess, started, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.slow
@@ -64,15 +64,8 @@ def outage_pods(private_broker: PrivateBroker, tmp_path: Any) -> Iterator[list[G
         GatewayProcess(f"fault-{n}-{tag}", amqp_url=private_broker.amqp_url, log_dir=tmp_path)
         for n in ("a", "b")
     ]
-    try:
-        for pod in pods:
-            pod.start()
-        for pod in pods:
-            pod.wait_ready(30)
+    with started(pods, 30):
         yield pods
-    finally:
-        for pod in pods:
-            pod.stop()
 
 
 @dataclass

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from .private_broker import PrivateBroker
-from .support import GatewayProcess, wait_for
+from .support import running_pods, wait_for
 from .wsclient import User
 
 # bench/soak.py runs this same test bigger and longer through these variables.
@@ -50,19 +49,8 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 async def test_soak_broker_restart_and_pod_kill_lose_nothing(
     broker: PrivateBroker, tmp_path: Path
 ) -> None:
-    pods = [
-        GatewayProcess(
-            f"soak-{i}-{uuid.uuid4().hex[:6]}",
-            host=f"127.0.0.{30 + i}",
-            amqp_url=broker.amqp_url,
-            args=["--auth", "none", "--max-frames-per-second", "1000"],
-            log_dir=tmp_path,
-        ).start()
-        for i in range(3)
-    ]
-    try:
-        for p in pods:
-            p.wait_ready(30)
+    args = ["--auth", "none", "--max-frames-per-second", "1000"]
+    with running_pods("soak", 3, 30, broker.amqp_url, tmp_path, args, timeout=30) as pods:
         a, b, victim = pods
         users = [User(f"s{i}") for i in range(SOCKETS)]
         for i, u in enumerate(users):
@@ -179,6 +167,3 @@ async def test_soak_broker_restart_and_pod_kill_lose_nothing(
             )
         for u in users:
             await u.close()
-    finally:
-        for p in pods:
-            p.kill()

@@ -25,7 +25,7 @@ import yaml
 from websockets.sync.client import ClientConnection, connect
 
 from clarion import names
-from tests.support import GatewayProcess, Vhost, free_port, wait_for_sync
+from tests.support import GatewayProcess, Vhost, free_port, started, wait_for_sync
 
 from .helpers import DASHBOARD
 
@@ -317,15 +317,8 @@ def pods(
         )
         for suffix in ("7d4f9-a1", "7d4f9-b2")
     ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.wait_ready(30)
+    with started(procs, 30):
         yield procs
-    finally:
-        for p in procs:
-            p.stop()
 
 
 def test_every_metric_in_the_dashboard_exists(pods: list[GatewayProcess]) -> None:
