@@ -86,7 +86,7 @@ async def expect_error(client: Client, code: str) -> dict[str, object]:
         ('{"type": "subscribe", "channel": ""}', "bad_field"),
         ('{"type": "subscribe", "channel": "c", "since": "yesterday"}', "bad_field"),
         ('{"type": "publish", "broadcast": true, "data": 1}', "forbidden"),
-        ("hello, bare text", "forbidden"),
+        ("hello, bare text", "bad_json"),  # bare text is chat only where clients may publish
     ],
     ids=[
         "not-json",
@@ -101,7 +101,7 @@ async def expect_error(client: Client, code: str) -> dict[str, object]:
         "empty-channel",
         "bad-since",
         "publish-not-allowed",
-        "bare-text-not-allowed",
+        "bare-text-without-client-publish",
     ],
 )
 async def test_bad_frame_gets_error_frame_and_socket_stays_open(
