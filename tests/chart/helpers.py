@@ -26,7 +26,13 @@ NAMESPACE = "clarion-test"
 #: The Kubernetes version the manifests are validated against (kind's current line).
 KUBE_VERSION = "1.33"
 #: Kinds that are custom resources: kubernetes-validate has no schema for them.
-CUSTOM_KINDS = {"WebSocketGateway", "ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
+CUSTOM_KINDS = {
+    "WebSocketGateway",
+    "ServiceMonitor",
+    "KopfPeering",
+    "ClusterKopfPeering",
+    "HTTPRoute",
+}
 
 Doc = dict[str, Any]
 RBAC_FIELDS = ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs")
@@ -143,7 +149,8 @@ def policy_violations(docs: list[Doc], read_only_root: bool = True) -> list[str]
                 for r in ("cpu", "memory"):
                     if r not in (res.get(part) or {}):
                         problems.append(f"{at}: no {part}.{r}")
-            if c in spec.get("containers", []):
+            # A Job's container runs to completion: nothing to probe.
+            if c in spec.get("containers", []) and not where.startswith(("Job/", "CronJob/")):
                 for probe in ("livenessProbe", "readinessProbe"):
                     if probe not in c:
                         problems.append(f"{at}: no {probe}")

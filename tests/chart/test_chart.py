@@ -73,9 +73,15 @@ COMBOS: dict[str, tuple[list[str], list[Path]]] = {
 }
 
 
-def combo(name: str, include_crds: bool = False) -> list[Doc]:
+def is_hook(doc: Doc) -> bool:
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+
+
+def combo(name: str, include_crds: bool = False, hooks: bool = False) -> list[Doc]:
+    """The release's objects (the hooks' too with ``hooks``: they live only while they run)."""
     sets, values = COMBOS[name]
-    return render(sets, values, include_crds=include_crds)
+    docs = render(sets, values, include_crds=include_crds)
+    return docs if hooks else [d for d in docs if not is_hook(d)]
 
 
 def secret_data(doc: Doc) -> dict[str, str]:
@@ -97,7 +103,7 @@ def test_helm_lint_strict(values: list[Path]) -> None:
 
 @pytest.mark.parametrize("name", COMBOS)
 def test_rendered_manifests_validate(name: str) -> None:
-    docs = combo(name, include_crds=True)
+    docs = combo(name, include_crds=True, hooks=True)
     out = kubernetes_validate(docs)
     kinds = {d["kind"] for d in docs}
     assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
@@ -119,7 +125,7 @@ def test_kubernetes_validate_is_strict() -> None:
 @pytest.mark.parametrize("name", [n for n in COMBOS if n != "dev"])
 def test_policies_hold(name: str) -> None:
     """Limits, probes, non-root, read-only root filesystem, no wildcard RBAC."""
-    assert policy_violations(combo(name)) == []
+    assert policy_violations(combo(name, hooks=True)) == []
 
 
 def test_dev_values_relax_only_the_read_only_root() -> None:
@@ -390,7 +396,8 @@ def test_in_chart_rabbitmq() -> None:
     docs = combo("default")
     sts = one(docs, "StatefulSet", f"{RELEASE}-rabbitmq")
     c = sts["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "rabbitmq:3.13-management"
+    # A pinned release of the supported 4.x series, not a floating tag.
+    assert re.fullmatch(r"rabbitmq:4\.\d+\.\d+-management", c["image"]), c["image"]
     env = {e["name"]: e for e in c["env"]}
     assert env["RABBITMQ_DEFAULT_PASS"]["valueFrom"]["secretKeyRef"] == {
         "name": f"{RELEASE}-rabbitmq",
@@ -398,10 +405,10 @@ def test_in_chart_rabbitmq() -> None:
     }
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/var/lib/rabbitmq", "/tmp"}
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
-        "storage": "1Gi"
+        "storage": "4Gi"
     }
     svc = one(docs, "Service", f"{RELEASE}-rabbitmq")
-    assert {p["port"] for p in svc["spec"]["ports"]} == {5672, 15672}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {5672, 15672, 15692}  # 15692: metrics
 
 
 def test_scrape_annotations_or_service_monitors() -> None:
@@ -418,7 +425,7 @@ def test_scrape_annotations_or_service_monitors() -> None:
         assert m["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     gw = monitors[RELEASE]["spec"]
     assert gw["selector"]["matchLabels"] == names.gateway_labels(RELEASE)
-    assert gw["endpoints"][0]["port"] == names.HTTP_PORT_NAME
+    assert gw["endpoints"][0]["port"] == "api"  # the internal port: /metrics
     assert gw["endpoints"][0]["relabelings"][0]["targetLabel"] == "gateway"
     op_svc = one(docs, "Service", f"{RELEASE}-operator-metrics")
     assert monitors[f"{RELEASE}-operator"]["spec"]["selector"]["matchLabels"].items() <= (
@@ -445,7 +452,34 @@ def test_pod_disruption_budgets_select_the_right_pods() -> None:
 def test_dashboard_configmap_carries_the_file() -> None:
     cm = one(combo("default"), "ConfigMap", f"{RELEASE}-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["clarion.json"]) == json.loads(DASHBOARD.read_text())
+    shipped = json.loads(cm["data"]["clarion.json"])
+    source = json.loads(DASHBOARD.read_text())
+    assert {k: v for k, v in shipped.items() if k not in ("uid", "title")} == {
+        k: v for k, v in source.items() if k not in ("uid", "title")
+    }
+
+
+def test_dashboard_uid_is_per_release() -> None:
+    """Two releases (another name, or another namespace) ship dashboards that do not collide."""
+
+    def dashboard(extra: list[str]) -> dict[str, Any]:
+        proc = run(helm_template_cmd(extra=["--show-only", "templates/dashboard.yaml", *extra]))
+        return dict(json.loads(yaml.safe_load(proc.stdout)["data"]["clarion.json"]))
+
+    first = dashboard([])
+    other_ns = dashboard(["--namespace", "other"])
+    other_name = run(
+        [tool("helm"), "template", "push", str(CHART), "--namespace", NAMESPACE]
+        + ["--show-only", "templates/dashboard.yaml"]
+    ).stdout
+    uids = {
+        first["uid"],
+        other_ns["uid"],
+        json.loads(yaml.safe_load(other_name)["data"]["clarion.json"])["uid"],
+    }
+    assert len(uids) == 3 and all(len(u) <= 40 for u in uids)
+    assert first["title"] == f"Clarion ({NAMESPACE}/{RELEASE})"
+    assert dashboard(["--set", "dashboard.uid=mine"])["uid"] == "mine"
 
 
 # -- NOTES.txt --------------------------------------------------------------------
@@ -539,11 +573,21 @@ def test_what_the_operator_makes_from_the_chart_gateway_fits_the_chart(name: str
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert names.HTTP_PORT_NAME in ports  # NOTES: port-forward pod/... 8080:http
     annotations = pod["metadata"].get("annotations") or {}
-    if annotations.get("prometheus.io/scrape") == "true":
-        assert int(annotations["prometheus.io/port"]) == ports[names.HTTP_PORT_NAME]
-    for monitor in find(docs, "ServiceMonitor", gw_name):
+    monitors = find(docs, "ServiceMonitor", gw_name)
+    # Scraped once: annotations, or a ServiceMonitor, never both; /metrics is on "api".
+    assert (annotations.get("prometheus.io/scrape") == "true") is (not monitors)
+    if not monitors:
+        assert int(annotations["prometheus.io/port"]) == ports["api"]
+    api = resources.api_service(gw_name, NAMESPACE, spec, owner)
+    kubernetes_validate([api])
+    for monitor in monitors:
         assert (
-            monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+            monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
         )
         port = monitor["spec"]["endpoints"][0]["port"]
-        assert port in {p["name"] for p in svc["spec"]["ports"]}
+        assert port in {p["name"] for p in api["spec"]["ports"]}
+        assert port not in {p["name"] for p in svc["spec"]["ports"]}  # scraped on one Service
+    # New credentials roll the pods: the chart's checksum reaches the pod template.
+    assert (
+        annotations["checksum/credentials"] == gw["spec"]["podAnnotations"]["checksum/credentials"]
+    )

@@ -58,8 +58,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/*
+The kopf peering object. Watching all namespaces, it is ClusterKopfPeering "clarion"
+whatever the release: a second cluster-wide release fails to install on it (Helm
+will not take over another release's object), and even forced, its operators would
+peer with the first ones, so only one operator ever acts on a gateway (they share
+the finalizer). Watching the release namespace, a KopfPeering named after the release.
+*/}}
 {{- define "clarion.peeringName" -}}
-{{- default (include "clarion.fullname" .) .Values.operator.peering }}
+{{- if .Values.operator.peering }}
+{{- .Values.operator.peering }}
+{{- else if .Values.operator.watchNamespace }}
+{{- include "clarion.fullname" . }}
+{{- else }}
+{{- "clarion" }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace the operator watches: the release's; a different one cannot work. */}}
+{{- define "clarion.checkWatchNamespace" -}}
+{{- with .Values.operator.watchNamespace }}
+{{- if ne . $.Release.Namespace }}
+{{- fail (printf "operator.watchNamespace=%s differs from the release namespace %s: the chart's gateway and Secrets are in the release namespace, where the operator would not look. Install the release into %s (helm install -n %s), or leave watchNamespace empty to watch all namespaces" . $.Release.Namespace . .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "clarion.rabbitmqName" -}}
@@ -86,7 +108,7 @@ app.kubernetes.io/component: broker
 {{/* Secret name and keys of the broker URLs. */}}
 {{- define "clarion.brokerSecretName" -}}
 {{- if .Values.rabbitmq.enabled }}
-{{- include "clarion.rabbitmqName" . }}
+{{- default (include "clarion.rabbitmqName" .) .Values.rabbitmq.existingSecret }}
 {{- else if .Values.externalBroker.existingSecret }}
 {{- .Values.externalBroker.existingSecret }}
 {{- else if .Values.externalBroker.url }}
@@ -110,16 +132,54 @@ the live Secret (lookup), else a fresh random one.
 Call with (dict "root" $ "secret" NAME "key" KEY "value" GIVEN "length" N).
 */}}
 {{- define "clarion.keptSecret" -}}
-{{- if .value }}
-{{- .value }}
-{{- else }}
+{{- if not (hasKey .root.Values "_kept") }}
+{{- $_ := set .root.Values "_kept" dict }}
+{{- end }}
+{{- $id := printf "%s/%s" .secret .key }}
+{{- if not (hasKey .root.Values._kept $id) }}
+{{- $value := .value }}
+{{- if not $value }}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret }}
 {{- if and $existing $existing.data (hasKey $existing.data .key) }}
-{{- index $existing.data .key | b64dec }}
+{{- $value = index $existing.data .key | b64dec }}
 {{- else }}
-{{- randAlphaNum (int .length) }}
+{{- $value = randAlphaNum (int .length) }}
 {{- end }}
 {{- end }}
+{{- /* One value per render: the Secret and the pods' checksum must see the same one. */}}
+{{- $_ := set .root.Values._kept $id $value }}
+{{- end }}
+{{- index .root.Values._kept $id }}
+{{- end }}
+
+{{/* The in-chart RabbitMQ's password (generated, given or kept). */}}
+{{- define "clarion.rabbitmqPassword" -}}
+{{- include "clarion.keptSecret" (dict "root" . "secret" (include "clarion.rabbitmqName" .) "key" "password" "value" .Values.rabbitmq.password "length" 32) }}
+{{- end }}
+
+{{/*
+A checksum of every credential the gateway pods read, put on their template:
+a new API key, JWT secret, admin token or broker password rolls them. An
+existingSecret counts by its name only (rotate it with a new name, or restart).
+*/}}
+{{- define "clarion.credentialsChecksum" -}}
+{{- $parts := list }}
+{{- range $field := list "apiKey" "jwtSecret" "adminToken" }}
+{{- $cred := index $.Values.auth $field }}
+{{- if $cred.existingSecret }}
+{{- $parts = append $parts (printf "%s=existing:%s/%s" $field $cred.existingSecret $cred.key) }}
+{{- else }}
+{{- $parts = append $parts (printf "%s=%s" $field (include "clarion.keptSecret" (dict "root" $ "secret" (include "clarion.authSecretName" $) "key" $cred.key "value" $cred.value "length" 40))) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.rabbitmq.enabled (not .Values.rabbitmq.existingSecret) }}
+{{- $parts = append $parts (printf "broker=%s:%s" .Values.rabbitmq.username (include "clarion.rabbitmqPassword" .)) }}
+{{- else if and (not .Values.rabbitmq.enabled) (not .Values.externalBroker.existingSecret) }}
+{{- $parts = append $parts (printf "broker=%s" .Values.externalBroker.url) }}
+{{- else }}
+{{- $parts = append $parts (printf "broker=existing:%s" (include "clarion.brokerSecretName" .)) }}
+{{- end }}
+{{- join "\n" $parts | sha256sum | trunc 16 }}
 {{- end }}
 
 {{- define "clarion.tag" -}}
