@@ -139,6 +139,8 @@ class Collect:
 
 
 async def test_memory_broker_replay_since() -> None:
+    from clarion.replays import EXPIRED, Replays
+
     exchange = MemoryExchange()
     listener = Collect()
     broker = MemoryBroker(exchange, "p")
@@ -146,11 +148,12 @@ async def test_memory_broker_replay_since() -> None:
     envs = [Envelope.create(Target("user", "u" if i % 2 else "v"), i) for i in range(6)]
     await broker.publish(envs)
     assert len(listener.got) == 6
-    replay = await broker.replay(envs[1].id, lambda e: e.target.name == "u")
+    replays = Replays(broker.read_history, broker.history_start)
+    replay = await replays.replay(envs[1].id, lambda e: e.target.name == "u")
     assert replay.complete
     assert [e.id for e in replay.messages] == [envs[3].id, envs[5].id]
-    unknown = await broker.replay("01a00000-0000-7000-8000-000000000000", lambda e: True)
-    assert not unknown.complete
+    unknown = await replays.replay("01a00000-0000-7000-8000-000000000000", lambda e: True)
+    assert not unknown.complete and unknown.reason == EXPIRED
 
 
 async def test_a_redelivered_message_is_not_pushed_twice() -> None:

@@ -198,6 +198,12 @@ class Settings:
     history_max_age: str = setting(
         "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"
     )
+    replay_timeout: float = setting(
+        10.0,
+        "seconds a `since=` replay may read history before it answers `recovered: false` "
+        "(`reason: unavailable`)",
+        float,
+    )
     history_max_bytes: int = setting(512 * 1024 * 1024, "size bound of the history stream", int)
     drain_delay: float = setting(
         5.0,

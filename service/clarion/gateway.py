@@ -21,6 +21,7 @@ from .config import Settings
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Envelope, Target
+from .replays import Replays
 
 log = logging.getLogger("clarion.gateway")
 
@@ -44,6 +45,12 @@ class Gateway:
             settings.pod_name,
             options=BrokerOptions.from_settings(settings),
             memory_exchange=memory_exchange,
+        )
+        self.replays = Replays(
+            self.broker.read_history,
+            self.broker.history_start,
+            settings.replay_timeout,
+            on_read=self._replayed,
         )
         self.auth: Authenticator
         if settings.auth == "none":
@@ -114,6 +121,10 @@ class Gateway:
         deadline = time.monotonic() + 2.0
         while self.hub.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    def _replayed(self, requests: int, seconds: float, ok: bool) -> None:
+        self.metrics.history_reads.labels(result="ok" if ok else "failed").inc()
+        self.metrics.history_read_seconds.observe(seconds)
 
     # -- the broker's listener -----------------------------------------------
 

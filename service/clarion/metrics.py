@@ -92,6 +92,25 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=r,
         )
+        self.replays = Counter(
+            names.M_REPLAYS,
+            "since= replays, by scope (connect|subscribe) and result "
+            "(recovered|expired|unknown|unavailable)",
+            ["scope", "result"],
+            registry=r,
+        )
+        self.history_reads = Counter(
+            names.M_HISTORY_READS,
+            "History reads for since= replays (concurrent replays share one), by result",
+            ["result"],
+            registry=r,
+        )
+        self.history_read_seconds = Histogram(
+            names.M_HISTORY_READ_SECONDS,
+            "Time one history read for since= replays took",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.limit_hits = Counter(
             names.M_LIMIT_HITS,
             "Requests refused by a limit: connections (pod full), subscriptions, "
@@ -105,6 +124,11 @@ class Metrics:
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))
         # Pre-create the label sets the dashboard queries, so they exist at 0.
+        for scope in ("connect", "subscribe"):
+            for result in ("recovered", "expired", "unknown", "unavailable"):
+                self.replays.labels(scope=scope, result=result)
+        for result in ("ok", "failed"):
+            self.history_reads.labels(result=result)
         for reason in disconnects.LABELS:
             self.closed.labels(reason=reason)
         for reason in ("slow_client", "rate_limited", "duplicate"):

@@ -44,6 +44,10 @@ M_BROKER_CONNECTED = "clarion_broker_connected"
 M_BROKER_ADDRESS = "clarion_broker_address"
 M_BROKER_FAILOVERS = "clarion_broker_failovers"
 M_BROKER_RECONNECT = "clarion_broker_reconnect_seconds"
+#: since= replays by scope and result, and the history reads that served them.
+M_REPLAYS = "clarion_replays"
+M_HISTORY_READS = "clarion_history_reads"
+M_HISTORY_READ_SECONDS = "clarion_history_read_seconds"
 #: How often each limit refused something.
 M_LIMIT_HITS = "clarion_limit_hits"
 #: Frames written to sockets, by transport path (fast or asgi).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
@@ -36,6 +36,7 @@ from .protocol import (
     parse_since,
 )
 from .ratelimit import RateLimiter
+from .replays import UNAVAILABLE, Replay
 from .transport import transport_for
 from .writer import SocketWriter
 
@@ -47,6 +48,14 @@ def origin_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
         return True
     origin = headers.get("origin")
     return origin is None or origin in allowed
+
+
+def recovery_fields(replay: Replay) -> dict[str, Any]:
+    """``recovered``, ``missed`` and, when not recovered, ``reason`` (welcome, subscribed)."""
+    fields: dict[str, Any] = {"recovered": replay.complete, "missed": len(replay.messages)}
+    if not replay.complete:
+        fields["reason"] = replay.reason or UNAVAILABLE
+    return fields
 
 
 def replay_frames(messages: list[Envelope]) -> list[Outgoing]:
@@ -118,21 +127,21 @@ class Session:
                 since = parse_since(since)
             except ProtocolError as exc:
                 refused, since = exc, None
-                welcome["recovered"] = False
+                welcome.update(recovered=False, reason="bad_since")
         # Held before the welcome: live messages wait behind it (and, with
         # since, behind the replay), so nothing falls in between.
         conn.hold()
         if since is not None:
             user = ident.user
-            replay = await gw.broker.replay(
+            replay = await self.replay(
+                "connect",
                 since,
                 lambda e: (
                     e.target.kind == "broadcast"
                     or (e.target.kind == "user" and e.target.name == user)
                 ),
             )
-            welcome["recovered"] = replay.complete
-            welcome["missed"] = len(replay.messages)
+            welcome.update(recovery_fields(replay))
             replayed = replay_frames(replay.messages)
         self.reply(encode(welcome))
         if refused is not None:
@@ -239,23 +248,22 @@ class Session:
             return
         conn.hold()
         try:
-            replay = await gw.broker.replay(
-                since, lambda e: e.target.kind == "channel" and e.target.name == channel
+            replay = await self.replay(
+                "subscribe",
+                since,
+                lambda e: e.target.kind == "channel" and e.target.name == channel,
             )
         except Exception:
             conn.release([])
             raise
-        self.reply(
-            encode(
-                {
-                    "type": "subscribed",
-                    "channel": channel,
-                    "recovered": replay.complete,
-                    "missed": len(replay.messages),
-                }
-            )
-        )
+        self.reply(encode({"type": "subscribed", "channel": channel, **recovery_fields(replay)}))
         conn.release(replay_frames(replay.messages))
+
+    async def replay(self, scope: str, since: str, match: Callable[[Envelope], bool]) -> Replay:
+        replay = await self.gw.replays.replay(since, match)
+        result = "recovered" if replay.complete else (replay.reason or "unavailable")
+        self.gw.metrics.replays.labels(scope=scope, result=result).inc()
+        return replay
 
     async def publish(self, target: Target, data: Any) -> None:
         if not self.gw.settings.allow_client_publish:

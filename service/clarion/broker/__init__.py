@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Replay
+from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
 from .memory import MemoryBroker, MemoryExchange
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "BrokerUnavailable",
     "MemoryBroker",
     "MemoryExchange",
-    "Replay",
     "create_broker",
 ]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Settings
-from ..protocol import Envelope, id_timestamp_ms
+from ..protocol import Envelope
 
 
 class BrokerListener(Protocol):
@@ -57,6 +57,10 @@ class BrokerOptions:
     #: Seconds; AMQP heartbeats find a frozen node (after about three of them).
     heartbeat: int = 2
     connect_timeout: float = 5.0
+    #: A publish still unconfirmed after ``probe_after`` s makes the pod check that its
+    #: node answers at all (opening a channel within ``probe_timeout`` s).
+    probe_after: float = 1.0
+    probe_timeout: float = 1.5
     #: Declaring, catching up and consuming again, on one connection.
     setup_timeout: float = 40.0
     #: For this long after losing the broker a publish waits for the new connection
@@ -79,55 +83,6 @@ class BrokerOptions:
 
 class BrokerUnavailable(RuntimeError):
     """The broker cannot take or confirm a message right now (HTTP 503)."""
-
-
-@dataclass
-class Replay:
-    """What a reconnecting client missed, oldest first.
-
-    ``complete`` is False when the ``since`` message is no longer in the history
-    window (or the history could not be read): then ``messages`` holds what the
-    window still has after ``since``'s timestamp, and the client may have lost
-    something older.
-    """
-
-    messages: list[Envelope] = field(default_factory=list)
-    complete: bool = True
-
-
-class ReplayCollector:
-    """Picks what a client missed out of history read in stream order.
-
-    Everything after the message ``since`` that ``match`` accepts, once each.
-    If ``since`` never shows up (it aged out of the window), the result is
-    what the window holds from ``since``'s timestamp on, marked incomplete.
-    """
-
-    def __init__(self, since: str, match: Callable[[Envelope], bool]) -> None:
-        self.since = since
-        self.since_ts = id_timestamp_ms(since)
-        self.match = match
-        self.found = False
-        self.after: list[Envelope] = []
-        self.fallback: list[Envelope] = []
-        self.seen: set[str] = set()
-
-    def add(self, env: Envelope) -> None:
-        if env.id in self.seen:
-            return
-        self.seen.add(env.id)
-        if self.found:
-            if self.match(env):
-                self.after.append(env)
-        elif env.id == self.since:
-            self.found = True
-        elif env.ts >= self.since_ts and self.match(env):
-            self.fallback.append(env)
-
-    def result(self) -> Replay:
-        if self.found:
-            return Replay(self.after, complete=True)
-        return Replay(self.fallback, complete=False)
 
 
 class Broker(abc.ABC):
@@ -155,10 +110,18 @@ class Broker(abc.ABC):
     async def publish(self, envelopes: Sequence[Envelope]) -> None: ...
 
     @abc.abstractmethod
-    async def replay(
-        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
-    ) -> Replay:
-        """Messages after the message ``since`` that ``match`` accepts, from history."""
+    async def read_history(
+        self, since_ms: int, each: Callable[[Envelope], object], timeout: float
+    ) -> bool:
+        """Hand every message from shortly before ``since_ms`` up to now to ``each``, in order.
+
+        False if the history could not be read to its end (replays.py and the
+        catch-up skip by id what they already have).
+        """
+
+    @abc.abstractmethod
+    async def history_start(self) -> int | None:
+        """The publish time (ms) of the oldest message the history holds; None if empty."""
 
     @property
     @abc.abstractmethod

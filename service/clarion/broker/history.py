@@ -82,3 +82,32 @@ async def read_history(
         if not ch.is_closed:
             with contextlib.suppress(Exception):
                 await ch.close()
+
+
+async def first_timestamp(
+    conn: AbstractConnection, queue_name: str, timeout: float = 5.0
+) -> int | None:
+    """The publish time (ms) of the oldest message still in the stream; None if empty or unknown.
+
+    Read only when a replay did not find its ``since``: it tells "older than the
+    window" from "no such message" (replays.py).
+    """
+    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    ch = await conn.channel(publisher_confirms=False)
+    try:
+        await ch.set_qos(prefetch_count=1)
+        queue = await ch.get_queue(queue_name, ensure=False)
+        await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": "first"})
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await inbox.get()
+                try:
+                    return message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {})).ts
+                except (Marker, ValueError):
+                    await msg.ack()
+    except (TimeoutError, aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException):
+        return None
+    finally:
+        if not ch.is_closed:
+            with contextlib.suppress(Exception):
+                await ch.close()

@@ -12,7 +12,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ..protocol import Envelope
-from .base import Broker, BrokerListener, Replay, ReplayCollector
+from .base import Broker, BrokerListener
+
+#: Like the stream's reader, start a little early; readers skip by id.
+EARLY_MS = 2000
 
 
 class MemoryExchange:
@@ -39,11 +42,10 @@ class MemoryExchange:
         for consumer in list(self._consumers.values()):
             consumer(envelope)
 
-    def replay(self, since: str, match: Callable[[Envelope], bool]) -> Replay:
-        collector = ReplayCollector(since, match)
-        for env in self.history:
-            collector.add(env)
-        return collector.result()
+    def read(self, since_ms: int, each: Callable[[Envelope], object]) -> None:
+        for env in list(self.history):
+            if env.ts >= since_ms - EARLY_MS:
+                each(env)
 
 
 class MemoryBroker(Broker):
@@ -65,10 +67,15 @@ class MemoryBroker(Broker):
         for env in envelopes:
             self.exchange.publish(env)
 
-    async def replay(
-        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
-    ) -> Replay:
-        return self.exchange.replay(since, match)
+    async def read_history(
+        self, since_ms: int, each: Callable[[Envelope], object], timeout: float
+    ) -> bool:
+        self.exchange.read(since_ms, each)
+        return True
+
+    async def history_start(self) -> int | None:
+        history = self.exchange.history
+        return history[0].ts if history else None
 
     @property
     def ready(self) -> bool:

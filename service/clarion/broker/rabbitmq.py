@@ -24,10 +24,10 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from ..names import history_queue, queue_name
-from ..protocol import Envelope, id_timestamp_ms
+from ..protocol import Envelope
 from . import history, topology
 from .acks import AckBatcher
-from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Replay, ReplayCollector
+from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
 from .catchup import CatchUp
 from .codec import Marker, envelope_to_message, message_to_envelope
 
@@ -82,6 +82,11 @@ class RabbitBroker(Broker):
         self._up = asyncio.Event()
         #: When the pod lost a working connection (monotonic), until it has one again.
         self._lost_at: float | None = None
+        #: Set to drop the current connection (with the reason in ``_why``).
+        self._lost = asyncio.Event()
+        self._why: list[str] = []
+        self._probing = False
+        self._probe_task: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._first_attempt = asyncio.Event()
@@ -115,8 +120,9 @@ class RabbitBroker(Broker):
         while not self._stopping:
             url = self.urls[index % len(self.urls)]
             index += 1
-            lost = asyncio.Event()
+            lost = self._lost = asyncio.Event()
             why: list[str] = []
+            self._why = why
 
             def on_close(
                 _: object,
@@ -184,8 +190,9 @@ class RabbitBroker(Broker):
                     self._catch_up.lost()
                     self._set_state(False)
                 if self._conn is not None and not self._conn.is_closed:
+                    # A frozen node never answers the close.
                     with contextlib.suppress(Exception):
-                        await self._conn.close()
+                        await asyncio.wait_for(self._conn.close(), 1.0)
                 self._first_attempt.set()
             if self._stopping:
                 break
@@ -225,7 +232,7 @@ class RabbitBroker(Broker):
         await topology.declare_history(conn, o)
         self._pub_exchange = exchange
         assert self._listener is not None
-        await self._catch_up.run(self._read_history, self._listener)
+        await self._catch_up.run(self.read_history, self._listener)
         # "Up" before the queue is consumed: the listener may act (e.g. close
         # sockets after a long outage) before anything buffered is delivered.
         self._consuming = True
@@ -233,15 +240,7 @@ class RabbitBroker(Broker):
         await queue.consume(self._on_message, no_ack=False)
         self._up.set()
 
-    async def replay(
-        self, since: str, match: Callable[[Envelope], bool], timeout: float = 5.0
-    ) -> Replay:
-        """What a client missed since the message ``since``, from the history stream."""
-        collector = ReplayCollector(since, match)
-        ok = await self._read_history(id_timestamp_ms(since), collector.add, timeout)
-        return collector.result() if ok else Replay([], complete=False)
-
-    async def _read_history(
+    async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float
     ) -> bool:
         conn, exchange = self._conn, self._pub_exchange
@@ -256,6 +255,12 @@ class RabbitBroker(Broker):
             timeout,
             self.options.publish_timeout,
         )
+
+    async def history_start(self) -> int | None:
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            return None
+        return await history.first_timestamp(conn, self.history_queue)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -290,28 +295,61 @@ class RabbitBroker(Broker):
         pending = list(envelopes)
         while True:
             exchange = await self._exchange(deadline)
-            results = await asyncio.gather(
-                *(
-                    exchange.publish(
-                        envelope_to_message(e),
-                        routing_key="",
-                        # Routed nowhere (not even to the history): refused, not dropped.
-                        mandatory=True,
-                        timeout=max(0.05, deadline - loop.time()),
-                    )
-                    for e in pending
-                ),
-                return_exceptions=True,
-            )
+            conn = self._conn
+            # A confirm slow to come may mean this node is frozen: ask it.
+            probe = loop.call_later(self.options.probe_after, self._probe_soon, conn)
+            try:
+                results = await asyncio.gather(
+                    *(
+                        exchange.publish(
+                            envelope_to_message(e),
+                            routing_key="",
+                            # Routed nowhere (not even to the history): refused, not dropped.
+                            mandatory=True,
+                            timeout=max(0.05, deadline - loop.time()),
+                        )
+                        for e in pending
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                probe.cancel()
             failed = [(e, r) for e, r in zip(pending, results, strict=True) if _failed(r)]
             if not failed:
                 return
             retry = [e for e, r in failed if _connection_lost(r)]
             if len(retry) < len(failed) or loop.time() >= deadline:
-                r = next(r for _, r in failed if isinstance(r, BaseException))
-                raise BrokerUnavailable(f"broker did not confirm: {r!r}") from r
+                r = failed[0][1]
+                log.info("publish refused: the broker did not confirm: %r", r)
+                raise BrokerUnavailable(f"broker did not confirm: {r!r}") from (
+                    r if isinstance(r, BaseException) else None
+                )
             log.info("publish: connection lost before %d confirms, sending again", len(retry))
             pending = retry
+
+    def _probe_soon(self, conn: AbstractConnection | None) -> None:
+        if conn is not None and not self._probing:
+            self._probing = True
+            self._probe_task = asyncio.ensure_future(self._probe(conn))
+
+    async def _probe(self, conn: AbstractConnection) -> None:
+        """Drop the connection if its node does not even open a channel in time.
+
+        Opening a channel is answered by the node the pod is connected to alone,
+        so it is quick even while the cluster waits for another node: a timeout
+        means this node is frozen (or cut off). Heartbeats would find it too,
+        but only after about three of them.
+        """
+        try:
+            async with asyncio.timeout(self.options.probe_timeout):
+                ch = await conn.channel(publisher_confirms=False)
+                await ch.close()
+        except Exception as exc:
+            if conn is self._conn and not conn.is_closed and not self._lost.is_set():
+                self._why.append(f"no answer in {self.options.probe_timeout}s ({reason(exc)})")
+                self._lost.set()
+        finally:
+            self._probing = False
 
     async def _exchange(self, deadline: float) -> AbstractExchange:
         """The exchange to publish to; during a failover, wait for it until ``deadline``."""
