@@ -468,10 +468,8 @@ def test_dashboard_uid_is_per_release() -> None:
 
     first = dashboard([])
     other_ns = dashboard(["--namespace", "other"])
-    other_name = run(
-        [tool("helm"), "template", "push", str(CHART), "--namespace", NAMESPACE]
-        + ["--show-only", "templates/dashboard.yaml"]
-    ).stdout
+    helm = [tool("helm"), "template", "push", str(CHART), "--namespace", NAMESPACE]
+    other_name = run([*helm, "--show-only", "templates/dashboard.yaml"]).stdout
     uids = {
         first["uid"],
         other_ns["uid"],
@@ -512,20 +510,24 @@ def test_notes_print_the_two_window_demo(tmp_path: Path) -> None:
             f"POD{i}=$(kubectl -n {NAMESPACE} get pods {sel} "
             f"-o jsonpath='{{.items[{i}].metadata.name}}')" in notes
         )
-        assert f"kubectl -n {NAMESPACE} port-forward pod/$POD{i} {port}:http &" in notes
+        assert (
+            f"kubectl -n {NAMESPACE} port-forward pod/$POD{i} {port}:http {port + 1000}:api &"
+            in notes
+        )
         assert f"http://localhost:{port}/" in notes
     assert "clarion listen ws://localhost:8080/ws --user u1" in notes
     assert (
         f"API_KEY=$(kubectl -n {NAMESPACE} get secret {RELEASE}-auth "
         "-o jsonpath='{.data.apiKeys}' | base64 -d)" in notes
     )
-    assert 'clarion publish --url http://localhost:8081 --user u1 --api-key "$API_KEY"' in notes
+    # Publishing goes to the internal api port (9081 forwards pod 1's api).
+    assert 'clarion publish --url http://localhost:9081 --user u1 --api-key "$API_KEY"' in notes
     assert "port-forward svc/clarion-rabbitmq 15672:15672" in notes
 
 
 def test_notes_with_jwt_auth_explain_the_token(tmp_path: Path) -> None:
     notes = render_notes(tmp_path, ["auth.apiKey.existingSecret=prod-api-keys"], [])
-    assert "port-forward pod/$POD1 8081:http" in notes
+    assert "port-forward pod/$POD1 8081:http 9081:api" in notes
     assert "get secret prod-api-keys" in notes
     assert f"get secret {RELEASE}-auth -o jsonpath='{{.data.jwtSecret}}'" in notes
     assert 'clarion listen ws://localhost:8080/ws --token "$TOKEN"' in notes
