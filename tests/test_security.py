@@ -385,7 +385,6 @@ async def test_max_subscriptions(hs: InProcessPod) -> None:
 
 @pytest.mark.timeout(30)
 async def test_frame_flood_is_rate_limited(hs: InProcessPod) -> None:
-    limited0 = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited")
     hits0 = _metric(hs, "clarion_limit_hits_total", limit="frame_rate")
     s = await signed_in(hs, "flooder")
     flood = 60
@@ -401,8 +400,6 @@ async def test_frame_flood_is_rate_limited(hs: InProcessPod) -> None:
     allowed = 2 * MAX_FRAMES_PER_SECOND + MAX_FRAMES_PER_SECOND * elapsed + 1
     assert 2 * MAX_FRAMES_PER_SECOND <= len(pongs) <= allowed, (len(pongs), elapsed)
     assert len(errors) == flood - len(pongs)
-    limited = _metric(hs, "clarion_messages_dropped_total", reason="rate_limited") - limited0
-    assert limited == len(errors)
     assert _metric(hs, "clarion_limit_hits_total", limit="frame_rate") - hits0 == len(errors)
     # The socket stays usable once the client slows down.
     await asyncio.sleep(2.0 / MAX_FRAMES_PER_SECOND)  # the bucket refills at the rate

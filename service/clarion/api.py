@@ -71,6 +71,7 @@ async def publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int,
 async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /api/publish``."""
     status, payload = await publish(gw, Headers(scope=scope), receive)
+    gw.metrics.publish_requests.labels(status=str(status)).inc()
     body = orjson.dumps(payload)
     await send(
         {

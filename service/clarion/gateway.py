@@ -159,7 +159,9 @@ class Gateway:
     async def publish(self, items: list[tuple[Target, Any]], source: str) -> list[str]:
         """Publish and wait for the broker's confirm; raises BrokerUnavailable."""
         envelopes = [Envelope.create(t, d) for t, d in items]
+        began = time.monotonic()
         await self.broker.publish(envelopes)
+        self.metrics.publish_confirm.observe(time.monotonic() - began)
         for env in envelopes:
             self.metrics.published.labels(source=source, target=env.target.kind).inc()
         return [e.id for e in envelopes]

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import disconnects, names
 from .transport import WriteCounts
+
+#: The answers of the publish API, pre-created at zero.
+PUBLISH_STATUSES = (202, 400, 401, 413, 503)
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -92,6 +95,22 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=r,
         )
+        self.publish_requests = Counter(
+            names.M_PUBLISH_REQUESTS,
+            "POST /api/publish requests, by HTTP status (202, 400, 401, 413, 503)",
+            ["status"],
+            registry=r,
+        )
+        for status in PUBLISH_STATUSES:
+            self.publish_requests.labels(status=str(status))
+        self.publish_confirm = Histogram(
+            names.M_PUBLISH_CONFIRM,
+            "Time from publishing to the broker's confirm of every message of a request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # CPU, memory and file descriptors of this process (process_cpu_seconds_total, ...).
+        ProcessCollector(registry=r)
         self.replays = Counter(
             names.M_REPLAYS,
             "since= replays, by scope (connect|subscribe) and result "
@@ -131,7 +150,8 @@ class Metrics:
             self.history_reads.labels(result=result)
         for reason in disconnects.LABELS:
             self.closed.labels(reason=reason)
-        for reason in ("slow_client", "rate_limited", "duplicate"):
+        # Refused client frames are not messages: clarion_limit_hits_total{limit="frame_rate"}.
+        for reason in ("slow_client", "duplicate"):
             self.dropped.labels(reason=reason)
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):

@@ -44,6 +44,9 @@ M_BROKER_CONNECTED = "clarion_broker_connected"
 M_BROKER_ADDRESS = "clarion_broker_address"
 M_BROKER_FAILOVERS = "clarion_broker_failovers"
 M_BROKER_RECONNECT = "clarion_broker_reconnect_seconds"
+#: Publish API requests by status, and the broker confirm time of each.
+M_PUBLISH_REQUESTS = "clarion_publish_requests"
+M_PUBLISH_CONFIRM = "clarion_publish_confirm_seconds"
 #: since= replays by scope and result, and the history reads that served them.
 M_REPLAYS = "clarion_replays"
 M_HISTORY_READS = "clarion_history_reads"

@@ -173,7 +173,6 @@ class Session:
                 if conn.closing:
                     continue
                 if not self.limiter.allow():
-                    gw.metrics.dropped.labels(reason="rate_limited").inc()
                     gw.metrics.limit_hits.labels(limit="frame_rate").inc()
                     text = message.get("text")
                     channel = channel_of(text) if text is not None else None
