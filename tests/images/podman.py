@@ -64,6 +64,8 @@ class PodRun:
     args: list[str]  # podman run options (no secret values: those go through ``env``)
     env: dict[str, str]  # secret values, passed by name (``-e NAME``) from podman's env
     port: int
+    #: The internal port (``/api``, ``/admin``, ``/metrics``) when the Deployment has one.
+    api_port: int | None
     ready_path: str
     live_path: str
     grace_seconds: float
@@ -80,6 +82,7 @@ def translate(
     pod_name: str,
     port: int,
     secrets: Mapping[tuple[str, str], str],
+    api_port: int | None = None,
     host: str = "127.0.0.1",
     env_overrides: Mapping[str, str] | None = None,
     image_user: str = "",
@@ -93,10 +96,18 @@ def translate(
     template = deployment["spec"]["template"]
     pod = _take(
         template["spec"],
-        {"containers", "volumes", "terminationGracePeriodSeconds", "securityContext"}
+        {
+            "containers",
+            "volumes",
+            "terminationGracePeriodSeconds",
+            "securityContext",
+            "automountServiceAccountToken",
+        }
         | SCHEDULING_ONLY,
         "pod spec",
     )
+    if pod.pop("automountServiceAccountToken", False) is not False:
+        raise Untranslatable("automountServiceAccountToken (podman mounts no token)")
     (container,) = pod["containers"]
     c = _take(
         container,
@@ -180,11 +191,16 @@ def translate(
     if "cpu" in limits:
         args += ["--cpus", _cpus(limits["cpu"])]
 
-    # -- ports: one TCP port; host networking makes it the host's port --------
-    (p,) = c.get("ports", [])
-    p = _take(p, {"name", "containerPort", "protocol"}, "port")
-    if p.get("protocol", "TCP") != "TCP":
-        raise Untranslatable(f"port protocol {p['protocol']}")
+    # -- ports: http, and the internal api one; host networking makes them the host's
+    ports = {}
+    for p in c.get("ports", []):
+        p = _take(p, {"name", "containerPort", "protocol"}, "port")
+        if p.get("protocol", "TCP") != "TCP":
+            raise Untranslatable(f"port protocol {p['protocol']}")
+        ports[p.get("name")] = p
+    if set(ports) - {"http", "api"} or "http" not in ports:
+        raise Untranslatable(f"ports {sorted(map(str, ports))}")
+    p = ports["http"]
     container_port = str(p["containerPort"])
 
     # -- environment -----------------------------------------------------------
@@ -216,6 +232,12 @@ def translate(
         raise AssertionError(f"CLARION_PORT {plain.get('CLARION_PORT')} != {container_port}")
     plain["CLARION_PORT"] = str(port)
     plain["CLARION_HOST"] = host
+    if "api" in ports:
+        if plain.get("CLARION_API_PORT") != str(ports["api"]["containerPort"]):
+            raise AssertionError("CLARION_API_PORT is not the container port named api")
+        if api_port is None:
+            raise AssertionError("the Deployment has an api port: give translate an api_port")
+        plain["CLARION_API_PORT"] = str(api_port)
     for name, value in (env_overrides or {}).items():
         if name not in plain:
             raise AssertionError(f"override of {name}, which the Deployment does not set")
@@ -251,6 +273,7 @@ def translate(
         args=args,
         env=env,
         port=port,
+        api_port=api_port if "api" in ports else None,
         ready_path=probe_path("readinessProbe"),
         live_path=probe_path("livenessProbe"),
         grace_seconds=float(pod.get("terminationGracePeriodSeconds", 30)),

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(60, func_only=True)]
 
 
 def url(run: PodRun, path: str) -> str:
-    return f"http://127.0.0.1:{run.port}{path}"
+    """``/api``, ``/admin`` and ``/metrics`` are on the internal port when there is one."""
+    internal = path.startswith(("/api/", "/admin/", "/metrics"))
+    port = run.api_port if internal and run.api_port else run.port
+    return f"http://127.0.0.1:{port}{path}"
 
 
 async def start(
@@ -37,6 +40,7 @@ async def start(
         gateway.deployment,
         pod_name=f"gw-{uuid.uuid4().hex[:8]}",
         port=free_port(),
+        api_port=free_port(),
         secrets=gateway.secrets,
         env_overrides=overrides,
         image_user=images.user(images.gateway),

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(10)]
 
 OWNER = {"metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"}}
 SECRETS = {
-    ("rabbitmq", "url"): "amqp://guest:s3cret-url@127.0.0.1:5672/v",
+    ("clarion-rabbitmq", "url"): "amqp://guest:s3cret-url@127.0.0.1:5672/v",
     ("clarion-auth", "jwtSecret"): "s3cret-jwt",
     ("clarion-auth", "apiKeys"): "s3cret-key",
 }
@@ -35,7 +35,13 @@ def container(dep: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_of(dep: dict[str, Any], **kw: Any) -> Any:
-    args = {"pod_name": "gw-0", "port": 18080, "secrets": SECRETS, "image_user": "10001:10001"}
+    args = {
+        "pod_name": "gw-0",
+        "port": 18080,
+        "api_port": 18081,
+        "secrets": SECRETS,
+        "image_user": "10001:10001",
+    }
     return translate(dep, **{**args, **kw})
 
 
@@ -112,8 +118,8 @@ def test_scheduling_only_fields_are_accepted() -> None:
 
 
 def test_what_the_kubelet_would_refuse_is_refused() -> None:
-    secrets = {k: v for k, v in SECRETS.items() if k != ("rabbitmq", "url")}
-    with pytest.raises(AssertionError, match="rabbitmq/url not provided"):
+    secrets = {k: v for k, v in SECRETS.items() if k != ("clarion-rabbitmq", "url")}
+    with pytest.raises(AssertionError, match="clarion-rabbitmq/url not provided"):
         run_of(deployment(), secrets=secrets)
     for user in ("0:0", "root", "clarion", ""):
         with pytest.raises(AssertionError, match="runAsNonRoot"):
