@@ -1,3 +1,5 @@
+"""``python -m clarion``: the ``clarion`` command (cli.py)."""
+
 import sys
 
 from .cli import main
