@@ -69,6 +69,34 @@ def expressions(dash: dict[str, Any]) -> list[tuple[str, str]]:
     return exprs
 
 
+def gateway_variable() -> dict[str, Any]:
+    return dict(next(v for v in dashboard()["templating"]["list"] if v["name"] == "gateway"))
+
+
+def gateway_of(pod: str) -> str | None:
+    """What Grafana makes of a pod name with the gateway variable's regex."""
+    m = re.fullmatch(gateway_variable()["regex"].strip("/"), pod)
+    return m.group(1) if m else None
+
+
+def test_the_gateway_comes_from_pod_names_not_from_relabeling() -> None:
+    """Deployment pods are <gateway>-<hash>-<id>; a gateway's selector takes only its own."""
+    var = gateway_variable()
+    assert var["query"]["query"].endswith(", pod)")
+    assert gateway_of("push-7d4f9c8b5-x2x4q") == "push"
+    assert gateway_of("push-eu-7d4f9c8b5-x2x4q") == "push-eu"
+    assert gateway_of("push") is None
+    selector = 'pod=~"$gateway-[a-z0-9]+-[a-z0-9]+"'
+    for title, expr in expressions(dashboard()):
+        if "clarion_operator" in expr or title.startswith("$"):
+            continue
+        assert "gateway=" not in expr, title  # a label only relabeling would add
+        assert selector in expr, title
+    pattern = selector.split('"')[1].replace("$gateway", "push")
+    assert re.fullmatch(pattern, "push-7d4f9c8b5-x2x4q")
+    assert not re.fullmatch(pattern, "push-eu-7d4f9c8b5-x2x4q")  # the neighbour gateway
+
+
 def metric_names(expr: str) -> set[str]:
     return set(METRIC_RE.findall(expr))
 
@@ -235,8 +263,9 @@ class Prometheus:
         static = [
             {
                 "targets": [f"{p.host}:{p.port}"],
-                # What the pod relabeling (k8s/dev) or the ServiceMonitor adds on a cluster.
-                "labels": {"namespace": TEST_NAMESPACE, "gateway": TEST_GATEWAY, "pod": p.pod_name},
+                # What every scrape setup adds on a cluster (annotation-based pod
+                # discovery and the ServiceMonitor alike): no relabeling-only label.
+                "labels": {"namespace": TEST_NAMESPACE, "pod": p.pod_name},
             }
             for p in pods
         ]
@@ -376,7 +405,7 @@ def test_every_gateway_panel_has_data_in_prometheus(
         # The template variables find the namespace and the gateway.
         assert TEST_NAMESPACE in prom.label_values("namespace", names.M_CONNECTIONS)
         match = f'{names.M_CONNECTIONS}{{namespace="{TEST_NAMESPACE}"}}'
-        assert prom.label_values("gateway", match) == [TEST_GATEWAY]
+        assert {gateway_of(pod) for pod in prom.label_values("pod", match)} == {TEST_GATEWAY}
     finally:
         traffic.close()
         prom.stop()
