@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import yaml
 
 from clarion import names
+from tests.support import Vhost, wait_for_sync
 
 from .helpers import (
     CRD_FILE,
+    DEV_VALUES,
     NAMESPACE,
     RELEASE,
     find,
@@ -219,3 +224,52 @@ def test_network_policies_let_the_operator_reach_pods_and_broker() -> None:
         p["podSelector"]["matchLabels"].items() <= operator_labels.items() for p in mgmt["from"]
     )
     kubernetes_validate(docs)
+
+
+QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def _bytes(quantity: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMG]iB?)?", quantity)
+    assert m, quantity
+    return int(m.group(1)) * QUANTITY.get(m.group(2) or "", 1)
+
+
+@pytest.mark.parametrize("values", [[], [DEV_VALUES]], ids=["default", "dev"])
+def test_rabbitmq_memory_alarm_comes_before_the_oom_kill(values: list) -> None:
+    docs = render(values=values)
+    conf = one(docs, "ConfigMap", f"{RELEASE}-rabbitmq-config")["data"]["20-clarion.conf"]
+    watermark = re.search(r"vm_memory_high_watermark.absolute = (\S+)", conf)
+    assert watermark
+    c = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    limit = _bytes(c["resources"]["limits"]["memory"])
+    # RabbitMQ may use about twice its watermark at a peak (its GC): well under the limit.
+    assert _bytes(watermark.group(1)) <= 0.65 * limit
+
+
+def test_the_stream_segment_policy_is_one_rabbitmq_accepts(vhost: Vhost) -> None:
+    """The chart's postStart policy, put on a real RabbitMQ: it takes it, applies it to a
+    history stream, and refuses a misspelt key (so the check means something)."""
+    c = one(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(c["lifecycle"]["postStart"]["exec"]["command"])
+    m = re.search(r"set_policy --apply-to (\w+) (\S+) '([^']+)'\s+'([^']+)'", command)
+    assert m, command
+    apply_to, name, pattern, definition = m.groups()
+    policy = {"pattern": pattern, "definition": json.loads(definition), "apply-to": apply_to}
+    with vhost.rabbit.mgmt() as api:
+        r = api.put(f"/api/policies/{vhost.quoted}/{name}", json=policy)
+        assert r.status_code in (201, 204), r.text
+        stream = "clarion.gw.ns.push.history"
+        r = api.put(
+            f"/api/queues/{vhost.quoted}/{stream}",
+            json={"durable": True, "arguments": {"x-queue-type": "stream"}},
+        )
+        assert r.status_code in (201, 204), r.text
+
+        def applied() -> bool:
+            q = api.get(f"/api/queues/{vhost.quoted}/{stream}").json()
+            return bool(q.get("policy") == name)
+
+        wait_for_sync(applied, 15, 0.2, "the policy on the history stream")
+        typo = {**policy, "definition": {"stream-max-segment-size-byte": 1}}
+        assert api.put(f"/api/policies/{vhost.quoted}/typo", json=typo).status_code == 400

@@ -396,10 +396,11 @@ def test_kubernetes_docs_name_real_paths_and_the_notes_commands() -> None:
         blocks
     )
     for line in (
-        "kubectl -n clarion port-forward pod/$POD0 8080:http &",
-        "kubectl -n clarion port-forward pod/$POD1 8081:http &",
+        "kubectl -n clarion port-forward pod/$POD0 8080:http 9080:api &",
+        "kubectl -n clarion port-forward pod/$POD1 8081:http 9081:api &",
         "clarion listen ws://localhost:8080/ws --user u1 &",
-        'clarion publish --url http://localhost:8081 --user u1 --api-key "$API_KEY"',
+        # Publishing goes to the internal api port.
+        'clarion publish --url http://localhost:9081 --user u1 --api-key "$API_KEY"',
         "kind create cluster --config k8s/kind/cluster.yaml",
     ):
         assert line in blocks, line
