@@ -314,7 +314,11 @@ class Cluster:
         return await self.create(GATEWAY_RESOURCE, body)
 
     async def pod(self, gateway: str, proc: GatewayProcess) -> dict[str, Any]:
-        """A pod object standing for a real gateway process: Running, Ready, its http port."""
+        """A pod object standing for a real gateway process: Running, Ready, its http port
+        and, as the operator's Deployment has, its internal api port (/metrics, /admin)."""
+        ports = [{"name": names.HTTP_PORT_NAME, "containerPort": proc.port}]
+        if proc.pod_name in API_PORTS:
+            ports.append({"name": "api", "containerPort": API_PORTS[proc.pod_name]})
         return await self.create(
             "v1/pods",
             {
@@ -324,7 +328,7 @@ class Cluster:
                         {
                             "name": "gateway",
                             "image": "ghcr.io/example/clarion:test",
-                            "ports": [{"name": names.HTTP_PORT_NAME, "containerPort": proc.port}],
+                            "ports": ports,
                         }
                     ]
                 },
@@ -425,10 +429,17 @@ def gateways(vhost: Vhost) -> Iterator[list[GatewayProcess]]:
         p.kill()
 
 
+#: Pod name -> the internal api port its process serves /metrics and /admin/shed on.
+API_PORTS: dict[str, int] = {}
+
+
 async def start_gateways(
     procs: list[GatewayProcess], vhost: Vhost, tmp_path: Path, *pod_names: str
 ) -> list[GatewayProcess]:
-    """Real ``clarion serve`` processes, one per pod name, each on its own 127.0.0.x."""
+    """Real ``clarion serve`` processes, one per pod name, each on its own 127.0.0.x,
+    with an internal api port as the operator's pods have (``--api-port``)."""
+    for name in pod_names:
+        API_PORTS[name] = free_port()
     new = [
         GatewayProcess(
             name,
@@ -443,6 +454,8 @@ async def start_gateways(
                 "0",
                 "--drain-window",
                 "0",
+                "--api-port",
+                str(API_PORTS[name]),
             ],
             log_dir=tmp_path,
         )
