@@ -307,6 +307,13 @@ class Subscriber:
     def channels(self) -> list[str]:
         return list(self._channels)
 
+    @property
+    def subscribed(self) -> list[str]:
+        """The channels whose subscription the server confirmed on this connection."""
+        if self.state != "connected":
+            return []
+        return [c for c, ch in self._channels.items() if ch.subscribed_once and not ch.pending]
+
     async def refresh_token(self) -> str:
         """Calls ``get_token`` (one call in flight at a time: concurrent callers share it)."""
         if self._get_token is None:
