@@ -380,3 +380,20 @@ def test_terminal_codes_stop_the_page_without_a_storm(pods: Pods, page: Any) -> 
     page.wait_for_timeout(1500)
     assert jwt_pod.metric("clarion_connections_opened_total") == 1  # the big one; no retry
     assert demo(page, "errors")[-1]["closeCode"] == 1009
+
+
+def test_a_full_pod_is_not_stormed(pods: Pods, page: Any) -> None:
+    """A pod that accepts sockets and closes them at once (full: 1013 before any welcome):
+    the page backs off at least 2 s each time instead of reconnecting every 500 ms."""
+    from websockets.sync.client import connect
+
+    (pod,) = pods.start("web-full", ["--auth", "none", "--max-connections", "1"])
+    with connect(f"{pod.ws_url}?user=holder") as holder:
+        holder.recv(timeout=5)  # the welcome: the pod is full now
+        refused = {"limit": "connections"}
+        page.goto(f"{pod.http_url}/?user=late")
+        wait_for_sync(lambda: pod.metric("clarion_limit_hits_total", refused) == 1, 10)
+        page.wait_for_timeout(3000)
+        assert pod.metric("clarion_limit_hits_total", refused) <= 2
+        # Never welcomed, the client is still connecting (it emits no state change).
+        assert page.locator("#state").inner_text() == "connecting"

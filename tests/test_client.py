@@ -288,3 +288,18 @@ async def test_the_readmes_backend_example_publishes(
     await asyncio.to_thread(exec, code, {})
     await wait_for(lambda: len(app.messages) == 2, 10, message="the two messages")
     assert [m.data for m in app.messages] == [{"order": 42, "status": "paid"}, {"price": 9.5}]
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_the_pod_serves_the_js_bundle_with_the_demo(demo: bool) -> None:
+    import httpx
+
+    from .support import REPO
+
+    with InProcessPod(auth="none", demo=demo) as pod:
+        r = httpx.get(f"{pod.http_url}/clarion.js")
+    if demo:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+        assert r.content == (REPO / "service/clarion/static/clarion.js").read_bytes()
+    else:
+        assert r.status_code == 404
