@@ -109,7 +109,7 @@ class Node:
             f"net_ticktime = {NET_TICKTIME}",
             # What the RabbitMQ Cluster Operator sets: a node cut off from
             # the majority stops serving instead of splitting the cluster.
-            "cluster_partition_handling = pause_minority",
+            "cluster_partition_handling = autoheal",
             "collect_statistics_interval = 1000",
         ]
         if index > 1:

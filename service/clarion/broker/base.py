@@ -54,6 +54,9 @@ class BrokerOptions:
     publish_timeout: float = 5.0
     reconnect_max_delay: float = 5.0
     catch_up_timeout: float = 30.0
+    #: A pod that cannot read the history after losing the broker keeps trying
+    #: (unready) for this long, then reports a gap (its sockets close with 1012).
+    catch_up_give_up: float = 60.0
     #: Seconds; AMQP heartbeats find a frozen node (after about three of them).
     heartbeat: int = 2
     connect_timeout: float = 5.0

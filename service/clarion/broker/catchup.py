@@ -4,8 +4,11 @@ Pod-queue messages are transient (fast confirms): a broker restart, or a
 cut-off longer than the queue's TTL or length bound, loses what waited there.
 Every message is also in the durable history stream, so before consuming its
 queue again the pod reads the stream from shortly before it lost contact; the
-hub skips what it already delivered, by id. If the history cannot be read,
-the pod reports a gap (its sockets then recover with since= themselves).
+hub skips what it already delivered, by id. If the history cannot be read
+(on a cluster that lost its majority the stream takes no marker), the pod
+tries again on its next connection, unready meanwhile; only after
+``give_up`` seconds does it report a gap (its sockets then recover with
+since= themselves).
 This policy belongs to no broker in particular: it needs only a way to read
 history from a point in time.
 """
@@ -28,9 +31,14 @@ MARGIN_MS = 2000
 ReadHistory = Callable[[int, Callable[[Envelope], object], float], Awaitable[bool]]
 
 
+class CatchUpIncomplete(Exception):
+    """The history could not be read yet: try again on a new connection."""
+
+
 class CatchUp:
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, give_up: float = 60.0) -> None:
         self.timeout = timeout
+        self.give_up = give_up
         #: When the pod lost the broker (ms), and the ts of the last message consumed.
         self.lost_at: int | None = None
         self.last_consumed_ms: int | None = None
@@ -57,5 +65,7 @@ class CatchUp:
         ok = await read(since, deliver, self.timeout)
         log.info("caught up %d messages from history after reconnecting (complete: %s)", caught, ok)
         if not ok:
+            if time.time() * 1000 - self.lost_at < self.give_up * 1000:
+                raise CatchUpIncomplete(f"could not read the history since {since} yet")
             listener.on_gap()
         self.lost_at = None

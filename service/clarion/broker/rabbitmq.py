@@ -91,7 +91,7 @@ class RabbitBroker(Broker):
         self._stopping = False
         self._first_attempt = asyncio.Event()
         self._acks = AckBatcher()
-        self._catch_up = CatchUp(options.catch_up_timeout)
+        self._catch_up = CatchUp(options.catch_up_timeout, options.catch_up_give_up)
 
     @property
     def ready(self) -> bool:
