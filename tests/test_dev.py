@@ -132,7 +132,7 @@ def test_demo_page_two_windows_on_two_pods(dev: DevServer) -> None:
             left.goto(f"{dev.url(0)}/?user=left")
             right.goto(f"{dev.url(1)}/?user=right")
             for page, pod in ((left, "dev-0"), (right, "dev-1")):
-                expect(page.locator("#state")).to_have_text("open", timeout=10_000)
+                expect(page.locator("#state")).to_have_text("connected", timeout=10_000)
                 expect(page.locator("#pod")).to_have_text(pod)
             text = f"typed in the left window {uuid.uuid4().hex[:6]}"
             left.fill("#text", text)
