@@ -79,4 +79,7 @@ async def test_a_reconnect_storm_recovers_every_client_from_few_reads(pod: Gatew
         pod.metric("clarion_replays_total", {"scope": "connect", "result": "recovered"}) == CLIENTS
     )
     grew = rss_mib(pod.proc.pid) - rss_before
-    assert grew < 40, f"RSS grew {grew:.0f} MiB serving {CLIENTS} replays"
+    print(
+        f"\nreplay storm: {CLIENTS} clients x {len(ids)} messages, {reads:.0f} reads, RSS +{grew:.1f} MiB"
+    )
+    assert grew < 20, f"RSS grew {grew:.0f} MiB serving {CLIENTS} replays"

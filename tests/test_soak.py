@@ -161,8 +161,11 @@ async def test_soak_broker_restart_and_pod_kill_lose_nothing(
         assert lost == 0
         assert duplicates == 0
         assert refused > 0, "the outage was not observed by the publisher"
+        # Measured here: +4 MiB per pod at the suite's size (a quarter of the bound).
+        # The growth a long soak showed came from concurrent since= replays each
+        # reading the stream (now shared: tests/test_replay_storm.py bounds it).
         for name, before in rss_before.items():
-            assert rss_after[name] < before + 64 * 1024, (
+            assert rss_after[name] < before + 16 * 1024, (
                 f"{name} grew {before} -> {rss_after[name]}"
             )
         for u in users:
