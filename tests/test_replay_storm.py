@@ -80,6 +80,7 @@ async def test_a_reconnect_storm_recovers_every_client_from_few_reads(pod: Gatew
     )
     grew = rss_mib(pod.proc.pid) - rss_before
     print(
-        f"\nreplay storm: {CLIENTS} clients x {len(ids)} messages, {reads:.0f} reads, RSS +{grew:.1f} MiB"
+        f"\nreplay storm: {CLIENTS} clients x {len(ids)} messages, "
+        f"{reads:.0f} reads, RSS +{grew:.1f} MiB"
     )
     assert grew < 20, f"RSS grew {grew:.0f} MiB serving {CLIENTS} replays"
