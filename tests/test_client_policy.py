@@ -622,3 +622,31 @@ async def test_async_publisher_batch_sends_no_per_message_keys() -> None:
     body = orjson.loads(seen[1].content)
     assert body == {"messages": [{"user": "u", "data": 1}, {"channel": "c", "data": 2}]}
     assert "Idempotency-Key" not in seen[1].headers and "Authorization" not in seen[1].headers
+
+
+async def test_a_4001_during_a_refresh_in_flight_waits_for_it_instead_of_calling_again() -> None:
+    """The refresh timer and the expiry close race: one get_token call serves both."""
+    import jwt
+
+    calls = 0
+
+    async def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await asyncio.sleep(0.3)  # the refresh is still in flight when 4001 comes
+        return jwt.encode({"sub": "u", "exp": int(time.time()) + 1, "n": calls}, "k" * 32)
+
+    async def expire_during_refresh(ws: ServerConnection) -> None:
+        await welcome(ws)
+        await wait_for(lambda: calls == 2, 5, message="the refresh started")
+        await ws.close(4001, "token expired")
+
+    async with FakeGateway([expire_during_refresh]) as gw:
+        rec = Recorder()
+        async with rec.subscriber(gw.url, user=None, get_token=get_token) as sub:
+            await wait_for(lambda: sub.stats.connections == 2, 5, message="the reconnect")
+            assert calls == 2
+            first, second = (jwt.decode(q["token"], options={"verify_signature": False})
+                             for q in gw.queries)  # fmt: skip
+            assert (first["n"], second["n"]) == (1, 2)
