@@ -153,7 +153,8 @@ class _Counters:
     duplicates: int = 0
     #: Calls of get_token.
     token_calls: int = 0
-    closes: list[int] = field(default_factory=list)
+    #: The last 100 close codes (``-1``: the subscriber's own, its queue was full).
+    closes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=100))
 
 
 class Subscriber:
