@@ -1,4 +1,4 @@
-"""The HTTP API of a pod: publish, admin (shed), metrics, health, the demo page.
+"""The HTTP API of a pod: publish, history, admin (shed), metrics, health, the demo page.
 
 ``POST /api/publish`` is a plain ASGI handler: the hot path of every publish
 skips Starlette's request, routing and response objects
@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from . import history_api
 from .auth import api_key_ok, token_ok
 from .broker import BrokerUnavailable
 from .gateway import Gateway
@@ -84,6 +85,21 @@ async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def history(request: Request) -> Response:
+    """``GET /api/history``: the history a reconnecting client would get (history_api.py)."""
+    gw = _gateway(request)
+    if not api_key_ok(request.headers, gw.settings.api_keys):
+        return _json(*_error(401, "unauthorized", "missing or invalid API key"))
+    try:
+        q = history_api.parse_query(request.query_params)
+    except ProtocolError as exc:
+        return _json(*_error(400, exc.code, exc.message))
+    answer = await history_api.query(gw.broker, q, gw.settings.replay_timeout)
+    if answer is None:
+        return _json(*_error(503, "unavailable", "the history could not be read, retry"))
+    return Response(orjson.dumps(answer), media_type="application/json")
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:

@@ -75,6 +75,7 @@ def create_app(gateway: Gateway, surface: Surface = "all") -> GatewayApp:
         routes += [Route("/", api.index), Route("/clarion.js", api.client_js)]
     if surface != "public":
         routes += [
+            Route("/api/history", api.history),
             Route("/admin/shed", api.shed, methods=["POST"]),
             Route("/metrics", api.metrics),
         ]
