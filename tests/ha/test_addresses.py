@@ -1,0 +1,49 @@
+"""``--amqp-url`` with several addresses: parsing, and a pod that skips a dead one.
+
+On the shared broker (one node), in a vhost of the test's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clarion.broker.rabbitmq import address_of, split_urls
+from testkit.net import free_port
+from tests.support import RABBIT, GatewayProcess, Vhost, wait_for_sync
+
+
+def test_split_urls_and_addresses() -> None:
+    assert split_urls("amqp://a/v") == ["amqp://a/v"]
+    assert split_urls(" amqp://u:p@a:1/v , amqp://u:p@b:2/v,") == [
+        "amqp://u:p@a:1/v",
+        "amqp://u:p@b:2/v",
+    ]
+    for empty in ("", ",", " , "):
+        with pytest.raises(ValueError, match="names no broker"):
+            split_urls(empty)
+    assert address_of("amqp://u:secret@rabbit-0.rabbit:5673/v") == "rabbit-0.rabbit:5673"
+    assert address_of("amqp://u:secret@rabbit/v") == "rabbit:5672"
+    assert address_of("amqps://u:secret@rabbit/v") == "rabbit:5671"
+
+
+@pytest.mark.timeout(45)
+def test_a_pod_skips_a_dead_address_and_names_the_live_one(vhost: Vhost, tmp_path: Path) -> None:
+    dead_port = free_port("127.0.0.1")
+    dead = f"amqp://guest:dead-node-password@127.0.0.1:{dead_port}/{vhost.quoted}"
+    pod = GatewayProcess(
+        f"addr-{vhost.name[-6:]}", amqp_url=f"{dead},{vhost.amqp_url}", log_dir=tmp_path
+    ).start()
+    try:
+        pod.wait_ready(30)
+        live = f"{RABBIT.host}:{RABBIT.port}"
+        wait_for_sync(
+            lambda: pod.metric("clarion_broker_address", {"address": live}) == 1, 10, 0.2, "address"
+        )
+        log = pod.log()
+        assert f"broker connection to 127.0.0.1:{dead_port} failed" in log
+        assert f"broker connected to {live}" in log
+        assert "dead-node-password" not in log
+    finally:
+        pod.kill()
