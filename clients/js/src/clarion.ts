@@ -369,10 +369,12 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     const channel = (m.target as { channel?: string }).channel;
     const sub = channel === undefined ? undefined : this.subs.get(channel);
     if (channel !== undefined && !sub) return; // in flight when it was unsubscribed
-    this.lastId = m.id;
+    // The greatest id (UUIDv7 ids sort by time), not the last: the connection's and
+    // each channel's replays come one after the other, so the last can be older.
+    if (this.lastId === null || m.id > this.lastId) this.lastId = m.id;
     if (this.storage) {
       try {
-        this.storage.setItem(this.persistKey, m.id);
+        this.storage.setItem(this.persistKey, this.lastId);
       } catch {
         // full or disabled: recovery across reloads is optional
       }

@@ -48,7 +48,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal */
   _message(message: Message): void {
-    this.lastId = message.id;
+    if (this.lastId === null || message.id > this.lastId) this.lastId = message.id;
     this.emit("message", message);
   }
 

@@ -129,6 +129,23 @@ describe("subscriptions and recovery", () => {
     client.close();
   });
 
+  it("keeps the greatest id as since, not the last one received", async () => {
+    // After a reconnect the connection's replay comes first and each channel's after
+    // it, so the last message received can be older than one received before it.
+    const [m1, m2, m3] = ids(3);
+    const { client, server } = setup();
+    const a = client.subscribe("a");
+    client.connect();
+    server.last.welcome().ackSubscribes();
+    server.last.message(m3!, { user: "u1" }).message(m1!, { channel: "a" }).message(m2!, { channel: "a" });
+    expect(client.lastId).toBe(m3);
+    expect(a.lastId).toBe(m2);
+    server.last.serverClose(1012, "rebalance");
+    await timeToNextSocket(server.sockets);
+    expect(server.last.params.get("since")).toBe(m3);
+    client.close();
+  });
+
   it("resync when recovery failed, or when there was no since to recover from", async () => {
     const [m1] = ids(1);
     const { client, server, events } = setup();
