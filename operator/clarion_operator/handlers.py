@@ -213,6 +213,7 @@ def _controller(body: Mapping[str, Any]) -> str | None:
 @kopf.on.event("deployments", labels=GATEWAY_PODS)
 @kopf.on.event("services", labels=GATEWAY_PODS)  # type: ignore[arg-type]
 async def owned_event(
+    type: str,
     body: kopf.Body,
     namespace: str | None,
     memo: kopf.Memo,
@@ -221,7 +222,11 @@ async def owned_event(
     gateway_owners: kopf.Index[tuple[str, str], dict[str, Any]],
     **_: Any,
 ) -> None:
-    """An owned Deployment or Service was deleted or edited: make it what the spec says again."""
+    """An owned Deployment or Service was deleted or edited: make it what the spec says again.
+
+    The event carries the object: one that still matches (a status or replicas
+    change, the operator's own write) costs no API call.
+    """
     if _closing(memo):
         return
     gateway = _controller(body) or body.get("metadata", {}).get("labels", {}).get(
@@ -232,6 +237,15 @@ async def owned_event(
     owner: dict[str, Any] | None = _first(gateway_owners.get(key))
     if gs is None or owner is None:
         return  # no such gateway (any more), or it is going: the garbage collector's turn
+    if type != "DELETED":
+        kind, obj = str(body.get("kind", "")), body.get("metadata", {}).get("name")
+        live_dep = body if kind == "Deployment" else None
+        wanted = {
+            (k, w["metadata"]["name"]): w
+            for k, w in resources.owned(key[1], key[0], gs, owner, live_dep)
+        }.get((kind, obj))
+        if wanted is None or resources.plan(body, wanted) is None:
+            return
     outcomes = await apply_owned(memo["kube"], key[0], key[1], owner, gs, memo)
     if outcomes:
         logger.info("re-applied after a change to an owned object: " + ", ".join(outcomes))
