@@ -15,21 +15,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from clarion import names
-from clarion.config import default_of, option, options
+from clarion.config import default_of, option
 
 from . import pods
 from .spec import GatewaySpec, ProbeSpec, SecretRef
 
-
-def _declared(setting: str) -> bool:
-    return any(o.name == setting for o in options())
-
-
 #: The gateway container listens here; the Service maps ``spec.service.port`` to it.
 CONTAINER_PORT = 8080
 #: The internal port (``/api``, ``/admin``, ``/metrics``; the gateway's ``--api-port``):
-#: only the ``<name>-api`` Service reaches it. None for a gateway without the setting.
-API_PORT: int | None = 8081 if _declared("api_port") else None
+#: only the ``<name>-api`` Service reaches it.
+API_PORT = 8081
 API_PORT_NAME = pods.API_PORT_NAME
 API_SERVICE_SUFFIX = "-api"
 #: The gateway's own drain timing (its defaults for ``clarion serve``).
@@ -82,14 +77,13 @@ def container_env(name: str, namespace: str, spec: GatewaySpec) -> list[dict[str
         _value("drain_delay", DRAIN_DELAY),
         _value("drain_window", DRAIN_WINDOW),
     ]
-    if API_PORT is not None:
-        env.append(_value("api_port", API_PORT))
+    env.append(_value("api_port", API_PORT))
     if spec.auth.mode == "jwt":
         env.append(_secret("jwt_secret", spec.auth.jwt_secret_ref, optional=False))
     # Fail closed: a missing API key stops the pod (CreateContainerConfigError)
     # rather than opening the publish API, unless the spec says it is public.
     public = spec.auth.public_api
-    if public and _declared("public_api"):
+    if public:
         env.append(_value("public_api", True))
     env.append(_secret("api_keys", spec.auth.api_key_secret_ref, optional=public))
     env.append(_secret("admin_token", spec.auth.admin_token_secret_ref, optional=True))
@@ -134,19 +128,19 @@ def _probe(path: str, probe: ProbeSpec) -> dict[str, Any]:
 
 
 def scrape_annotations() -> dict[str, str]:
-    """Where Prometheus reads a gateway pod's metrics (the internal port when there is one)."""
+    """Where Prometheus reads a gateway pod's metrics: the internal port."""
     return {
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(API_PORT or CONTAINER_PORT),
+        "prometheus.io/port": str(API_PORT),
         "prometheus.io/path": "/metrics",
     }
 
 
 def container_ports() -> list[dict[str, Any]]:
-    ports = [{"name": names.HTTP_PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}]
-    if API_PORT is not None:
-        ports.append({"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"})
-    return ports
+    return [
+        {"name": names.HTTP_PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+        {"name": API_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"},
+    ]
 
 
 def pod_template(name: str, namespace: str, spec: GatewaySpec) -> dict[str, Any]:
@@ -291,8 +285,6 @@ def api_service(
     name: str, namespace: str, spec: GatewaySpec, owner: Mapping[str, Any]
 ) -> dict[str, Any]:
     """``<name>-api``: the internal Service backends publish through (never exposed)."""
-    port = API_PORT or CONTAINER_PORT
-    target = API_PORT_NAME if API_PORT is not None else names.HTTP_PORT_NAME
     return _service(
         api_service_name(name),
         namespace,
@@ -301,7 +293,12 @@ def api_service(
             "type": "ClusterIP",
             "selector": names.gateway_labels(name),
             "ports": [
-                {"name": API_PORT_NAME, "port": port, "targetPort": target, "protocol": "TCP"}
+                {
+                    "name": API_PORT_NAME,
+                    "port": API_PORT,
+                    "targetPort": API_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     )
