@@ -273,3 +273,13 @@ def test_the_stream_segment_policy_is_one_rabbitmq_accepts(vhost: Vhost) -> None
         wait_for_sync(applied, 15, 0.2, "the policy on the history stream")
         typo = {**policy, "definition": {"stream-max-segment-size-byte": 1}}
         assert api.put(f"/api/policies/{vhost.quoted}/typo", json=typo).status_code == 400
+
+
+def test_the_broker_rolls_on_its_own_password_only() -> None:
+    def checksum(sets: list[str]) -> str:
+        sts = one(render(["rabbitmq.password=p", *sets]), "StatefulSet")
+        return str(sts["spec"]["template"]["metadata"]["annotations"]["checksum/credentials"])
+
+    base = checksum(["auth.apiKey.value=a"])
+    assert checksum(["auth.apiKey.value=b"]) == base  # a new API key leaves RabbitMQ running
+    assert checksum(["auth.apiKey.value=a", "rabbitmq.password=q"]) != base
