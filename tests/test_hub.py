@@ -50,6 +50,9 @@ class FakeTransport:
     async def close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
 
+    def abort(self) -> None:
+        self.aborted = True
+
 
 def connection(
     conn_id: str, user: str, transport: FakeTransport, metrics: Metrics, **limits: int

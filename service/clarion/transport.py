@@ -15,7 +15,10 @@ stops using it. How often each path wrote shows in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -60,6 +63,9 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None: ...
 
+    def abort(self) -> None:
+        """Drop the connection at once (a TCP reset where the server allows it)."""
+
 
 class AsgiTransport:
     """Plain ASGI: every send is awaited (a writer task does it)."""
@@ -85,6 +91,9 @@ class AsgiTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def abort(self) -> None:
+        """Plain ASGI has no way to reset a connection: the server's own timeouts end it."""
 
 
 class UvicornTransport(AsgiTransport):
@@ -112,6 +121,16 @@ class UvicornTransport(AsgiTransport):
     def write_frames(self, data: bytes, count: int) -> None:
         self._proto.transport.write(data)
         self.counts.frame += count
+
+    def abort(self) -> None:
+        transport = self._proto.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0: a reset, not a FIN behind the unsent data (a browser whose
+            # reading stalled then notices at once).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def send_now(self, text: str) -> Awaitable[None] | None:
         # Step the ASGI send coroutine by hand: on uvicorn it completes without

@@ -24,6 +24,9 @@ from .transport import Transport
 
 log = logging.getLogger("clarion.writer")
 
+#: How long a server-side close may wait for its close frame to go out.
+CLOSE_TIMEOUT = 5.0
+
 
 class SocketWriter:
     __slots__ = (
@@ -187,8 +190,15 @@ class SocketWriter:
         task.add_done_callback(_consume_result)
 
     async def _send_close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), CLOSE_TIMEOUT)
+        except TimeoutError:
+            # The client reads nothing (the close frame waits behind unread data):
+            # reset the connection, so it fails at once on the client's side too.
+            log.info("close frame not sent in %.0fs: connection reset", CLOSE_TIMEOUT)
+            self.transport.abort()
+        except Exception as exc:
+            log.debug("close failed: %s", exc)
 
     async def stop(self) -> None:
         """Wait for nothing more: cancel a send in flight (the session is over)."""
