@@ -148,7 +148,8 @@ class Settings:
     api_port: int = setting(
         0,
         "port of the internal API (`/api/*`, `/admin/*`, `/metrics`); then the public port "
-        "serves only `/ws`, `/`, `/healthz`, `/readyz`. `0`: the public port serves both",
+        "serves only `/ws`, the demo page (`/`, `/clarion.js`) and `/healthz`, `/readyz`. "
+        "`0`: the public port serves both",
         int,
     )
     admin_token: str | None = setting(
