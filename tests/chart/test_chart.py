@@ -420,7 +420,14 @@ def test_scrape_annotations_or_service_monitors() -> None:
 
     docs = combo("service-monitor")
     monitors = {d["metadata"]["name"]: d for d in find(docs, "ServiceMonitor")}
-    assert set(monitors) == {RELEASE, f"{RELEASE}-operator"}
+    assert set(monitors) == {RELEASE, f"{RELEASE}-operator", f"{RELEASE}-rabbitmq"}
+    rabbit = one(docs, "Service", f"{RELEASE}-rabbitmq")
+    assert monitors[f"{RELEASE}-rabbitmq"]["spec"]["endpoints"][0]["port"] in {
+        p["name"] for p in rabbit["spec"]["ports"]
+    }
+    assert monitors[f"{RELEASE}-rabbitmq"]["spec"]["selector"]["matchLabels"].items() <= (
+        rabbit["metadata"]["labels"].items()
+    )
     for m in monitors.values():
         assert m["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     gw = monitors[RELEASE]["spec"]

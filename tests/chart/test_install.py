@@ -130,7 +130,7 @@ def test_in_chart_rabbitmq_is_sized_from_the_values() -> None:
     c = sts["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"]["memory"] == "512Mi"  # the watermark sits well under it
     ready = " ".join(c["readinessProbe"]["exec"]["command"])
-    assert "check_running" in ready and "check_local_alarms" in ready
+    assert "check_port_connectivity" in ready and "check_local_alarms" in ready
     post = " ".join(c["lifecycle"]["postStart"]["exec"]["command"])
     assert '"stream-max-segment-size-bytes": 67108864' in post
     assert {"name": "prometheus", "containerPort": 15692} in c["ports"]
