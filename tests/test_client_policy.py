@@ -635,7 +635,7 @@ async def test_a_4001_during_a_refresh_in_flight_waits_for_it_instead_of_calling
         calls += 1
         if calls > 1:
             await asyncio.sleep(0.3)  # the refresh is still in flight when 4001 comes
-        return jwt.encode({"sub": "u", "exp": int(time.time()) + 1, "n": calls}, "k" * 32)
+        return jwt.encode({"sub": "u", "exp": int(time.time()) + 3, "n": calls}, "k" * 32)
 
     async def expire_during_refresh(ws: ServerConnection) -> None:
         await welcome(ws)

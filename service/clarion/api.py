@@ -21,7 +21,7 @@ from . import history_api
 from .auth import api_key_ok, token_ok
 from .broker import BrokerUnavailable
 from .gateway import Gateway
-from .protocol import ProtocolError, parse_publish_body
+from .protocol import ProtocolError, parse_publish_body, parse_target
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
@@ -85,6 +85,55 @@ async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+DISCONNECT_FIELDS = frozenset({"user", "conn", "code", "reason"})
+
+
+async def disconnect(request: Request) -> Response:
+    """``POST /api/disconnect {"user": U, "conn"?, "code"?, "reason"?}``: on every pod."""
+    gw = _gateway(request)
+    if not api_key_ok(request.headers, gw.settings.api_keys):
+        return _json(*_error(401, "unauthorized", "missing or invalid API key"))
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _json(*_error(400, "bad_json", "body is not valid JSON"))
+    try:
+        user, conn, code, reason = parse_disconnect(body)
+    except ProtocolError as exc:
+        return _json(*_error(400, exc.code, exc.message))
+    try:
+        await gw.disconnect(user, code, reason, conn)
+    except BrokerUnavailable as exc:
+        return _json(*_error(503, "unavailable", f"broker unavailable: {exc}"))
+    return _json(202, {"user": user})
+
+
+def parse_disconnect(body: object) -> tuple[str, str | None, int | None, str | None]:
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_body", "body must be a JSON object")
+    unknown = sorted(set(body) - DISCONNECT_FIELDS)
+    if unknown:
+        raise ProtocolError("unknown_field", f"no field {unknown[0][:64]!r}")
+    if "user" not in body:
+        raise ProtocolError("missing_field", "'user' is required")
+    user = parse_target({"user": body["user"]}).name
+    assert user is not None
+    conn = body.get("conn")
+    if conn is not None and (not isinstance(conn, str) or not conn or len(conn) > 256):
+        raise ProtocolError("bad_field", "'conn' must be a connection id (the welcome's conn)")
+    code = body.get("code")
+    if code is not None and (
+        not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999
+    ):
+        raise ProtocolError(
+            "bad_field", "'code' must be 4000-4999 (4000-4499: clients reconnect; 4500-: stop)"
+        )
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason.encode()) > 120):
+        raise ProtocolError("bad_field", "'reason' must be a string of at most 120 bytes")
+    return user, conn, code, reason
 
 
 async def history(request: Request) -> Response:

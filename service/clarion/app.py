@@ -76,6 +76,7 @@ def create_app(gateway: Gateway, surface: Surface = "all") -> GatewayApp:
     if surface != "public":
         routes += [
             Route("/api/history", api.history),
+            Route("/api/disconnect", api.disconnect, methods=["POST"]),
             Route("/admin/shed", api.shed, methods=["POST"]),
             Route("/metrics", api.metrics),
         ]

@@ -103,6 +103,15 @@ ORIGIN = Disconnect(
     "the page's `Origin` is not in `--allowed-origins`",
 )
 
+#: The backend disconnected this user (POST /api/disconnect); it may choose another code.
+DISCONNECTED = Disconnect(
+    4502,
+    "disconnected",
+    "disconnected",
+    "stop: do not reconnect (with a code the backend chose in 4000-4499: reconnect)",
+    "the backend disconnected the user (`POST /api/disconnect`): a logout, a ban",
+)
+
 ALL: tuple[Disconnect, ...] = (
     CLIENT,
     DRAIN,
@@ -116,6 +125,7 @@ ALL: tuple[Disconnect, ...] = (
     TOKEN_EXPIRED,
     UNAUTHORIZED,
     ORIGIN,
+    DISCONNECTED,
 )
 #: Every label ``clarion_connections_closed_total`` can carry.
 LABELS: tuple[str, ...] = tuple(dict.fromkeys(d.label for d in ALL))

@@ -14,10 +14,13 @@ import random
 import time
 from typing import Any
 
+import orjson
+
 from . import disconnects
 from .auth import Authenticator, JwtAuth, NoAuth
 from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
 from .config import Settings
+from .disconnects import Disconnect
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Envelope, Target
@@ -129,7 +132,31 @@ class Gateway:
     # -- the broker's listener -----------------------------------------------
 
     def on_message(self, env: Envelope) -> object:
+        if env.command is not None:
+            return self._command(env)
         return self.hub.deliver(env)
+
+    def _command(self, env: Envelope) -> int:
+        """A command to every pod (its id is remembered: a redelivery is not run twice)."""
+        if not self.hub.first_time(env.id):
+            return 0
+        args = orjson.loads(env.body)
+        user = env.target.name or ""
+        how = disconnects.DISCONNECTED
+        if args.get("code") is not None:
+            how = Disconnect(args["code"], how.reason, how.label, how.action, how.when)
+        if args.get("reason"):
+            how = how.with_reason(args["reason"])
+        conns = [
+            c
+            for c in self.hub.by_user.get(user, ())
+            if args.get("conn") is None or c.id == args["conn"]
+        ]
+        for conn in conns:
+            conn.close(how)
+        if conns:
+            log.info("pod=%s disconnected %d sockets of user %s", self.pod_name, len(conns), user)
+        return len(conns)
 
     def on_state(self, up: bool) -> None:
         self.metrics.broker_connected.set(1 if up else 0)
@@ -165,6 +192,15 @@ class Gateway:
         for env in envelopes:
             self.metrics.published.labels(source=source, target=env.target.kind).inc()
         return [e.id for e in envelopes]
+
+    async def disconnect(
+        self, user: str, code: int | None, reason: str | None, conn: str | None
+    ) -> str:
+        """Close ``user``'s sockets (or one of them) on every pod; raises BrokerUnavailable."""
+        args = {"code": code, "reason": reason, "conn": conn}
+        env = Envelope.create_command("disconnect", Target("user", user), args)
+        await self.broker.publish([env])
+        return env.id
 
     def shed(self, count: int) -> int:
         """Close up to ``count`` sockets with 1012 so the load balancer spreads them."""

@@ -81,7 +81,7 @@ async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, An
         matched: list[Envelope] = []
 
         def picked(env: Envelope) -> None:
-            if q.match(env):
+            if env.command is None and q.match(env):
                 matched.append(env)
 
     def each(env: Envelope) -> None:

@@ -220,6 +220,13 @@ class Hub:
                 n += 1
         return n
 
+    def first_time(self, mid: str) -> bool:
+        """True the first time an id is seen (then it is remembered), False after."""
+        if mid in self._recent:
+            return False
+        self._remember(mid)
+        return True
+
     def _remember(self, mid: str) -> None:
         self._recent.add(mid)
         self._recent_order.append(mid)

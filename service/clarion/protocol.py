@@ -101,6 +101,9 @@ class Envelope:
     target: Target
     ts: int
     body: bytes
+    #: An instruction to every pod instead of a message for sockets (``COMMANDS``);
+    #: its body is the command's JSON arguments. Never replayed to a client.
+    command: str | None = None
 
     @classmethod
     def create(cls, target: Target, data: Any) -> Envelope:
@@ -108,6 +111,17 @@ class Envelope:
         mid = new_message_id(ts)
         frame = {"type": "message", "id": mid, "target": target.as_json(), "data": data, "ts": ts}
         return cls(id=mid, target=target, ts=ts, body=orjson.dumps(frame))
+
+    @classmethod
+    def create_command(cls, command: str, target: Target, args: dict[str, Any]) -> Envelope:
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}")
+        ts = int(time.time() * 1000)
+        return cls(new_message_id(ts), target, ts, orjson.dumps(args), command)
+
+
+#: Commands a pod publishes to every pod: ``disconnect`` closes a user's sockets.
+COMMANDS = frozenset({"disconnect"})
 
 
 #: Characters of channel patterns (the token's ``channels`` claim), never of a channel name.

@@ -65,6 +65,8 @@ class ReplayCollector:
         self.fallback: list[Envelope] = []
 
     def add(self, env: Envelope) -> None:
+        if env.command is not None:
+            return  # an instruction to the pods, never a message for a client
         if self.found:
             if self.match(env):
                 self.after.append(env)

@@ -7,10 +7,12 @@ from typing import Any
 
 import aio_pika
 
-from ..protocol import Envelope, Target, id_timestamp_ms
+from ..protocol import COMMANDS, Envelope, Target, id_timestamp_ms
 
 HDR_KIND = "clarion-target"
 HDR_NAME = "clarion-name"
+#: Set on commands to every pod (protocol.COMMANDS), absent on messages.
+HDR_COMMAND = "clarion-command"
 #: A marker a replaying pod publishes to learn where "now" is in the history stream.
 KIND_MARKER = "marker"
 
@@ -23,6 +25,8 @@ def envelope_to_message(env: Envelope) -> aio_pika.Message:
     headers: dict[str, Any] = {HDR_KIND: env.target.kind}
     if env.target.name is not None:
         headers[HDR_NAME] = env.target.name
+    if env.command is not None:
+        headers[HDR_COMMAND] = env.command
     return aio_pika.Message(
         env.body,
         message_id=env.id,
@@ -51,8 +55,14 @@ def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, 
         raise Marker(message_id)
     if kind not in ("user", "channel", "broadcast"):
         raise ValueError(f"message without a valid {HDR_KIND} header")
+    command = headers.get(HDR_COMMAND)
+    if isinstance(command, bytes):
+        command = command.decode()
+    if command is not None and command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
     ts = 0
     if message_id:
         with contextlib.suppress(ValueError):
             ts = id_timestamp_ms(message_id)
-    return Envelope(id=message_id or "", target=Target(kind, name), ts=ts, body=body)  # type: ignore[arg-type]
+    target = Target(kind, name)  # type: ignore[arg-type]
+    return Envelope(id=message_id or "", target=target, ts=ts, body=body, command=command)
