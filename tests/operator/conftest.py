@@ -155,6 +155,13 @@ class Emulator(kmock.KubernetesEmulator):
         result = dict(await super()._serve_list(request))
         result["items"] = [o for o in result["items"] if _selected(o, request.params)]
         result["metadata"] = {"resourceVersion": str(next(_versions))}
+        # A real list says what it is (clients that decode by kind need it: helm's lookup).
+        res = request.resource
+        info = self.resources[res] if res is not None and res in self.resources else None
+        if info is not None and info.kind:
+            result.setdefault("kind", f"{info.kind}List")
+            group = f"{res.group}/" if res.group else ""  # type: ignore[union-attr]
+            result.setdefault("apiVersion", f"{group}{res.version}")  # type: ignore[union-attr]
         return result
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:

@@ -75,8 +75,40 @@ the finalizer). Watching the release namespace, a KopfPeering named after the re
 {{- end }}
 {{- end }}
 
+{{/*
+Operators that would act on the same gateways: another cluster-wide release
+(ClusterKopfPeering "clarion" of another release), or a cluster-wide and a
+namespaced one together. Found with lookup, so at `helm install`/`upgrade`
+(and `helm template --dry-run=server`); tools that render offline see nothing.
+*/}}
+{{- define "clarion.checkOtherOperators" -}}
+{{- $cluster := lookup "kopf.dev/v1" "ClusterKopfPeering" "" "clarion" }}
+{{- $owner := "" }}
+{{- if $cluster }}
+{{- $owner = printf "%s/%s" (index ($cluster.metadata.annotations | default dict) "meta.helm.sh/release-namespace" | default "?") (index ($cluster.metadata.annotations | default dict) "meta.helm.sh/release-name" | default "?") }}
+{{- end }}
+{{- $self := printf "%s/%s" .Release.Namespace .Release.Name }}
+{{- if and $cluster (ne $owner $self) }}
+{{- if .Values.operator.watchNamespace }}
+{{- fail (printf "release %s watches all namespaces already (ClusterKopfPeering clarion): its operator would act on this release's gateways too. Use that release, or uninstall it first" $owner) }}
+{{- else }}
+{{- fail (printf "release %s watches all namespaces already (ClusterKopfPeering clarion): two cluster-wide releases would both act on every gateway. Use that release, or set operator.watchNamespace" $owner) }}
+{{- end }}
+{{- end }}
+{{- if not .Values.operator.watchNamespace }}
+{{- range (lookup "kopf.dev/v1" "KopfPeering" "" "").items | default list }}
+{{- $a := .metadata.annotations | default dict }}
+{{- $other := printf "%s/%s" (index $a "meta.helm.sh/release-namespace" | default "?") (index $a "meta.helm.sh/release-name" | default "?") }}
+{{- if and (eq (index (.metadata.labels | default dict) "app.kubernetes.io/part-of" | default "") "clarion") (ne $other $self) }}
+{{- fail (printf "release %s runs a Clarion operator for namespace %s: a cluster-wide operator would act on its gateways too. Set operator.watchNamespace, or uninstall that release first" $other .metadata.namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The namespace the operator watches: the release's; a different one cannot work. */}}
 {{- define "clarion.checkWatchNamespace" -}}
+{{- include "clarion.checkOtherOperators" . }}
 {{- with .Values.operator.watchNamespace }}
 {{- if ne . $.Release.Namespace }}
 {{- fail (printf "operator.watchNamespace=%s differs from the release namespace %s: the chart's gateway and Secrets are in the release namespace, where the operator would not look. Install the release into %s (helm install -n %s), or leave watchNamespace empty to watch all namespaces" . $.Release.Namespace . .) }}
