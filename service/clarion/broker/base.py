@@ -59,7 +59,8 @@ class BrokerOptions:
     catch_up_give_up: float = 60.0
     #: Seconds; AMQP heartbeats find a frozen node (after about three of them).
     heartbeat: int = 2
-    connect_timeout: float = 5.0
+    #: A frozen node accepts TCP connections and never answers the AMQP handshake.
+    connect_timeout: float = 2.0
     #: A publish still unconfirmed after ``probe_after`` s makes the pod check that its
     #: node answers at all (opening a channel within ``probe_timeout`` s).
     probe_after: float = 1.0

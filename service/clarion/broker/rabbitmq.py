@@ -317,15 +317,16 @@ class RabbitBroker(Broker):
             failed = [(e, r) for e, r in zip(pending, results, strict=True) if _failed(r)]
             if not failed:
                 return
-            retry = [e for e, r in failed if _connection_lost(r)]
+            retry = [e for e, r in failed if _may_resend(r)]
             if len(retry) < len(failed) or loop.time() >= deadline:
                 r = failed[0][1]
                 log.info("publish refused: the broker did not confirm: %r", r)
                 raise BrokerUnavailable(f"broker did not confirm: {r!r}") from (
                     r if isinstance(r, BaseException) else None
                 )
-            log.info("publish: connection lost before %d confirms, sending again", len(retry))
+            log.info("publish: %d not confirmed (%r), sending again", len(retry), failed[0][1])
             pending = retry
+            await asyncio.sleep(0.05)
 
     def _probe_soon(self, conn: AbstractConnection | None) -> None:
         if conn is not None and not self._probing:
@@ -376,12 +377,24 @@ def _failed(result: object) -> bool:
     return isinstance(result, BaseException) or isinstance(result, aiormq.spec.Basic.Nack)
 
 
-def _connection_lost(exc: object) -> bool:
-    """The publish failed because its channel or connection went away (not a nack or timeout)."""
+def _may_resend(result: object) -> bool:
+    """The broker did not take the message, and sending it again cannot duplicate it.
+
+    Its channel or connection went away before the confirm, or the broker
+    nacked it. The message may still have reached some queues; sent again with
+    the same id, a pod that has it already skips it (the hub drops ids it
+    delivered; a replay keeps one of each id). A timeout is not resent: the
+    publish has used its time; nor is a message returned as unroutable.
+    """
+    if isinstance(result, aiormq.exceptions.PublishError):
+        return False
     return isinstance(
-        exc,
-        aio_pika.exceptions.ChannelInvalidStateError
-        | aiormq.exceptions.ChannelInvalidStateError
-        | aiormq.exceptions.ConnectionClosed
-        | aiormq.exceptions.ChannelClosed,
+        result,
+        aiormq.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ChannelClosed
+        | aiormq.exceptions.DeliveryError
+        | aiormq.spec.Basic.Nack
+        # The confirm's future is cancelled when its channel closes.
+        | asyncio.CancelledError,
     )
