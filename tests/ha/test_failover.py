@@ -196,6 +196,32 @@ def check_delivery(st: Stage, publishers: list[Publisher]) -> tuple[list[str], l
     return missing, dupes
 
 
+@contextlib.asynccontextmanager
+async def publishing(st: Stage) -> AsyncIterator[list[Publisher]]:
+    """One paced publisher per pod, running until the block ends."""
+    pubs = [Publisher([pod], st.targets, interval=0.03) for pod in st.pods]
+    tasks = [asyncio.create_task(p.run()) for p in pubs]
+    try:
+        yield pubs
+    finally:
+        for p in pubs:
+            p.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+
+
+async def assert_nothing_lost(st: Stage, pubs: list[Publisher]) -> None:
+    """No unexpected answer, no socket closed, every 202 delivered once to each target."""
+    for p in pubs:
+        assert not p.unexpected, p.unexpected[:5]
+    closed = [n for n, s in st.sockets.items() if s.closed]
+    assert not closed, f"sockets closed: {closed}"
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: not check_delivery(st, pubs)[0], 20, 0.2, "all deliveries")
+    missing, dupes = check_delivery(st, pubs)
+    assert not missing, f"accepted, not delivered once: {missing[:10]} (of {len(missing)})"
+    assert not dupes, f"delivered twice: {dupes[:10]}"
+
+
 FAULTS = {
     "kill-stream-leader": "SIGKILL node 3 (the stream's leader; no pod or pod queue on it)",
     "kill-queue-node": "SIGKILL node 1 (pod A's queue; pod A moved its connection to node 2)",
@@ -213,9 +239,7 @@ async def test_one_node_lost_loses_nothing_accepted(
     n1, n2, n3 = cluster.nodes
     async with stage(cluster, tmp_path) as st:
         pod_a, _pod_b = st.pods
-        pubs = [Publisher([pod], st.targets, interval=0.03) for pod in st.pods]
-        tasks = [asyncio.create_task(p.run()) for p in pubs]
-        try:
+        async with publishing(st) as pubs:
             t0 = time.monotonic()
             for p in pubs:
                 await published(p, 15, t0, 15, "publishing before the fault")
@@ -255,7 +279,7 @@ async def test_one_node_lost_loses_nothing_accepted(
             t_back = time.monotonic()
             if fault.startswith("freeze"):
                 victim.thaw()
-                # It finds itself cut off from the majority, pauses, and rejoins.
+                # Cut off from the majority, it restarts itself (autoheal) and rejoins.
                 await asyncio.to_thread(victim.wait_up, 30)
             else:
                 await asyncio.to_thread(victim.launch)
@@ -264,10 +288,6 @@ async def test_one_node_lost_loses_nothing_accepted(
             t_up = time.monotonic()
             for p in pubs:
                 await published(p, 10, t_up, 20, "publishing after the node came back")
-        finally:
-            for p in pubs:
-                p.stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
         gaps = {p.pods[0].pod_name[3]: longest_gap(p, t_fault) for p in pubs}
         print(
@@ -277,16 +297,7 @@ async def test_one_node_lost_loses_nothing_accepted(
             + f"{sum(len(accepted(p)) for p in pubs)} accepted, "
             + f"{sum(r.status == 503 for p in pubs for r in p.results)} refused (503)"
         )
-        for p in pubs:
-            assert not p.unexpected, p.unexpected[:5]
-        closed = [n for n, s in st.sockets.items() if s.closed]
-        assert not closed, f"sockets closed: {closed}"
-
-        with contextlib.suppress(AssertionError):
-            await wait_for(lambda: not check_delivery(st, pubs)[0], 15, 0.2, "all deliveries")
-        missing, dupes = check_delivery(st, pubs)
-        assert not missing, f"accepted, not delivered once: {missing[:10]} (of {len(missing)})"
-        assert not dupes, f"delivered twice: {dupes[:10]}"
+        await assert_nothing_lost(st, pubs)
         by_id = {r.id: r for p in pubs for r in p.results if r.id}
         misrouted = [
             f"{name}:{m['id']}"
@@ -314,9 +325,7 @@ async def test_two_nodes_lost_refuses_within_the_publish_timeout(
     cluster = ha_nodes_back
     n1, _n2, n3 = cluster.nodes
     async with stage(cluster, tmp_path) as st:
-        pubs = [Publisher([pod], st.targets, interval=0.03) for pod in st.pods]
-        tasks = [asyncio.create_task(p.run()) for p in pubs]
-        try:
+        async with publishing(st) as pubs:
             t0 = time.monotonic()
             for p in pubs:
                 await published(p, 15, t0, 15, "publishing before the fault")
@@ -342,10 +351,6 @@ async def test_two_nodes_lost_refuses_within_the_publish_timeout(
             t_up = time.monotonic()
             for p in pubs:
                 await published(p, 10, t_up, 30, "publishing after the nodes came back")
-        finally:
-            for p in pubs:
-                p.stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
         during = [r for p in pubs for r in p.results if t_down + 1 <= r.started <= t_restart]
         slowest = max(r.ended - r.started for r in during)
@@ -354,14 +359,6 @@ async def test_two_nodes_lost_refuses_within_the_publish_timeout(
             f"{sum(r.status == 202 for r in during)} accepted, slowest answer {slowest:.2f}s; "
             f"back {time.monotonic() - t_restart:.1f}s after the restart began"
         )
-        for p in pubs:
-            assert not p.unexpected, p.unexpected[:5]
         assert all(r.status == 503 for r in during), [r.status for r in during]
         assert slowest < 6.5, slowest
-        closed = [n for n, s in st.sockets.items() if s.closed]
-        assert not closed, f"sockets closed: {closed}"
-        with contextlib.suppress(AssertionError):
-            await wait_for(lambda: not check_delivery(st, pubs)[0], 20, 0.2, "all deliveries")
-        missing, dupes = check_delivery(st, pubs)
-        assert not missing, f"accepted, not delivered once: {missing[:10]} (of {len(missing)})"
-        assert not dupes, f"delivered twice: {dupes[:10]}"
+        await assert_nothing_lost(st, pubs)
