@@ -82,8 +82,7 @@ namespaced one together. Found with lookup, so at `helm install`/`upgrade`
 (and `helm template --dry-run=server`); tools that render offline see nothing.
 */}}
 {{- define "clarion.checkOtherOperators" -}}
-{{- /* Only where kopf's CRDs are served (a lookup of an unknown kind is an error). */}}
-{{- if .Capabilities.APIVersions.Has "kopf.dev/v1" }}
+{{- /* kopf's CRDs are in crds/, which helm installs before it renders. */}}
 {{- $cluster := lookup "kopf.dev/v1" "ClusterKopfPeering" "" "clarion" }}
 {{- $owner := "" }}
 {{- if $cluster }}
@@ -103,7 +102,6 @@ namespaced one together. Found with lookup, so at `helm install`/`upgrade`
 {{- $other := printf "%s/%s" (index $a "meta.helm.sh/release-namespace" | default "?") (index $a "meta.helm.sh/release-name" | default "?") }}
 {{- if and (eq (index (.metadata.labels | default dict) "app.kubernetes.io/part-of" | default "") "clarion") (ne $other $self) }}
 {{- fail (printf "release %s runs a Clarion operator for namespace %s: a cluster-wide operator would act on its gateways too. Set operator.watchNamespace, or uninstall that release first" $other .metadata.namespace) }}
-{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
