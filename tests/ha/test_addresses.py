@@ -1,4 +1,5 @@
-"""``--amqp-url`` with several addresses: parsing, and a pod that skips a dead one.
+"""``--amqp-url`` with several addresses (parsing, a pod that skips a dead one), and quorum
+pod queues.
 
 On the shared broker (one node), in a vhost of the test's own.
 """
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clarion.broker.rabbitmq import address_of, split_urls
 from testkit.net import free_port
 from tests.support import RABBIT, GatewayProcess, Vhost, wait_for_sync
+from tests.wsclient import Client
 
 
 def test_split_urls_and_addresses() -> None:
@@ -47,3 +50,36 @@ def test_a_pod_skips_a_dead_address_and_names_the_live_one(vhost: Vhost, tmp_pat
         assert "dead-node-password" not in log
     finally:
         pod.kill()
+
+
+@pytest.mark.timeout(45)
+async def test_quorum_pod_queues_deliver(vhost: Vhost, tmp_path: Path) -> None:
+    """``--pod-queue-type quorum``: a replicated (durable) pod queue; on one node too."""
+    pods = [
+        GatewayProcess(
+            f"quorum-{n}-{vhost.name[-6:]}",
+            amqp_url=vhost.amqp_url,
+            args=["--auth", "none", "--pod-queue-type", "quorum"],
+            log_dir=tmp_path,
+        ).start()
+        for n in "ab"
+    ]
+    try:
+        for p in pods:
+            p.wait_ready(30)
+        queues = {q["name"]: q for q in vhost.queues()}
+        for p in pods:
+            q = queues[f"clarion.pod.{p.pod_name}"]
+            assert q["type"] == "quorum" and q["durable"] is True, q
+        sock = await Client.connect(f"{pods[1].ws_url}?user=alice", "alice")
+        await sock.wait_welcome()
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(
+                f"{pods[0].http_url}/api/publish", json={"user": "alice", "data": "q"}
+            )
+        assert r.status_code == 202, r.text
+        await sock.wait_data("q")
+        await sock.close()
+    finally:
+        for p in pods:
+            p.kill()

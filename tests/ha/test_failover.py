@@ -306,6 +306,12 @@ async def test_one_node_lost_loses_nothing_accepted(
             if m["id"] in by_id and name not in _recipients(by_id[m["id"]].target, st.expected_of)
         ]
         assert not misrouted, misrouted[:10]
+        if fault == "kill-pod-node":
+            # Pod A's metrics name the move: which node now, one failover, its duration.
+            a = f"127.0.0.1:{n2.amqp_port}"
+            assert pod_a.metric("clarion_broker_address", {"address": a}) == 1
+            assert pod_a.metric("clarion_broker_failovers_total", {"address": a}) == 1
+            assert 0 < pod_a.metric("clarion_broker_reconnect_seconds_sum") < 5
         bound = 15.0 if fault.startswith("freeze") else 5.0
         assert max(gaps.values()) < bound, gaps
 
