@@ -6,16 +6,8 @@ clients/js (policy.py has the table).
 
 from .policy import CLOSE_CODES, Action, Backoff, CloseCode, close_action, reconnect_delay
 from .publisher import AsyncPublisher, Publisher, PublishError, message
-from .subscriber import (
-    ClarionError,
-    Closed,
-    Message,
-    Recovery,
-    StateChange,
-    Subscriber,
-    Unauthorized,
-    token_expiry,
-)
+from .subscriber import Subscriber
+from .types import ClarionError, Closed, Message, Recovery, StateChange, Unauthorized, token_expiry
 
 __all__ = [
     "CLOSE_CODES",

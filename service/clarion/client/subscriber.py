@@ -20,16 +20,13 @@ within the history window is lost and memory stays bounded
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import inspect
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -37,124 +34,23 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .policy import Action, Backoff, close_action, reconnect_delay
+from .tokens import Tokens
+from .types import (
+    LOST,
+    Closed,
+    GetToken,
+    Message,
+    Recovery,
+    State,
+    StateChange,
+    Unauthorized,
+    _Channel,
+    _Counters,
+    _End,
+    _Overflow,
+)
 
 log = logging.getLogger("clarion.client")
-
-State = Literal["disconnected", "connecting", "connected"]
-#: A close code the client reports when no close frame came (network error, timeout).
-LOST = 1006
-
-
-class ClarionError(Exception):
-    """Base of the client's errors."""
-
-
-class Unauthorized(ClarionError):
-    """Raised (or returned) by ``get_token`` to stop the subscriber: no token will do."""
-
-
-class Closed(ClarionError):
-    """The subscriber stopped for good: a terminal close code (``code``, ``reason``), a
-    refused token, or ``max_retries`` failures in a row."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"closed ({code}): {reason}")
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A pushed message: its id (a UUIDv7: it sorts by publish time), target, data."""
-
-    id: str
-    target: dict[str, Any]
-    data: Any
-    ts: int | None = None
-
-    @property
-    def channel(self) -> str | None:
-        channel = self.target.get("channel")
-        return channel if isinstance(channel, str) else None
-
-    def frame(self) -> dict[str, Any]:
-        """The message as the server sent it."""
-        frame = {"type": "message", "id": self.id, "target": self.target, "data": self.data}
-        return frame if self.ts is None else {**frame, "ts": self.ts}
-
-
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """The outcome of a (re)connection or a re-subscription: ``recovered`` True means
-    every missed message was replayed (``missed`` of them); False (a *resync*) means
-    something may be lost (``since`` older than the history window, or no message seen
-    before the reconnect: ``since`` None), so the application should reload its state.
-    ``channel`` is None for the connection (user and broadcast messages)."""
-
-    recovered: bool
-    missed: int
-    since: str | None
-    channel: str | None = None
-
-    @property
-    def resync(self) -> bool:
-        return not self.recovered
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """A transition; ``code`` and ``reason`` say which close caused it (0: none), ``delay``
-    how long the subscriber waits before the next attempt."""
-
-    state: State
-    previous: State
-    code: int = 0
-    reason: str = ""
-    delay: float | None = None
-
-
-@dataclass(slots=True)
-class _End:
-    error: Closed | None = None
-
-
-@dataclass(slots=True)
-class _Channel:
-    since: str | None = None  # the greatest id seen on it
-    subscribed_once: bool = False
-    pending: bool = False
-
-
-class _Overflow(Exception):
-    pass
-
-
-GetToken = Callable[[], "str | Awaitable[str]"]
-
-
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` of a JWT (unix seconds), read without verifying it (the server verifies;
-    the client only needs to know when to refresh); None for anything else."""
-    try:
-        part = token.split(".")[1]
-        exp = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).get("exp")
-    except (IndexError, ValueError, AttributeError):
-        return None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-
-
-@dataclass
-class _Counters:
-    #: Sockets the server welcomed.
-    connections: int = 0
-    #: Times the queue overflowed (the subscriber dropped the socket to recover later).
-    overflows: int = 0
-    #: Duplicates dropped by id.
-    duplicates: int = 0
-    #: Calls of get_token.
-    token_calls: int = 0
-    #: The last 100 close codes (``-1``: the subscriber's own, its queue was full).
-    closes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=100))
 
 
 class Subscriber:
@@ -200,7 +96,6 @@ class Subscriber:
             raise ValueError("queue_size must be at least 2")
         self.url = url
         self._parts = parts
-        self._get_token = get_token
         self.user = user
         self.backoff = backoff or Backoff()
         self.queue_size = queue_size
@@ -220,12 +115,8 @@ class Subscriber:
         self.info: dict[str, Any] | None = None
         self.state: State = "disconnected"
         self._channels: dict[str, _Channel] = {c: _Channel() for c in channels}
-        self._token: str | None = None
+        self._tokens = Tokens(token, get_token, refresh_margin, self.stats)
         self._socket_token: str | None = None
-        self._refresh_at: float | None = None
-        self._token_task: asyncio.Task[str] | None = None
-        if token is not None:
-            self._set_token(token)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._items: collections.deque[Message | Recovery | _End] = collections.deque()
         self._queued = 0  # messages in _items
@@ -258,8 +149,7 @@ class Subscriber:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._token_task is not None:
-            self._token_task.cancel()
+        self._tokens.cancel()
         if not self._items or not isinstance(self._items[-1], _End):
             self._push(_End())
 
@@ -317,50 +207,14 @@ class Subscriber:
 
     async def refresh_token(self) -> str:
         """Calls ``get_token`` (one call in flight at a time: concurrent callers share it)."""
-        if self._get_token is None:
-            raise ClarionError("no get_token")
-        if self._token_task is None:
-            self._token_task = asyncio.ensure_future(self._call_get_token())
-        task = self._token_task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._token_task is task:
-                self._token_task = None
+        return await self._tokens.refresh()
 
     # --- the connection --------------------------------------------------
 
-    async def _call_get_token(self) -> str:
-        assert self._get_token is not None
-        self.stats.token_calls += 1
-        result = self._get_token()
-        token = await result if inspect.isawaitable(result) else result
-        if isinstance(token, Unauthorized):
-            raise token
-        if not isinstance(token, str) or not token:
-            raise ClarionError("get_token returned no token")
-        self._set_token(token)
-        return token
-
-    def _set_token(self, token: str) -> None:
-        """Keeps a token and when to refresh it: ``refresh_margin`` before its ``exp``, or
-        half-way for a short-lived one (so that it cannot make us call get_token in a loop)."""
-        self._token = token
-        exp = token_expiry(token)
-        now = time.time()
-        self._refresh_at = (
-            None if exp is None else now + max((exp - now) / 2, exp - now - self.refresh_margin)
-        )
-
-    def _token_stale(self) -> bool:
-        return self._token is None or (
-            self._refresh_at is not None and time.time() >= self._refresh_at
-        )
-
     def _socket_url(self) -> str:
         query = dict(parse_qsl(self._parts.query))
-        if self._token is not None:
-            query["token"] = self._token
+        if self._tokens.token is not None:
+            query["token"] = self._tokens.token
         elif self.user is not None:
             query["user"] = self.user
         if self.last_id:
@@ -383,7 +237,7 @@ class Subscriber:
                         await self._room.wait()
                     continue
                 action = close_action(code)
-                if action is Action.TOKEN and self._get_token is None:
+                if action is Action.TOKEN and self._tokens.get is None:
                     action = Action.FATAL
                     reason = f"{reason} (and there is no get_token)"
                 if action in (Action.STOP, Action.FATAL):
@@ -395,8 +249,8 @@ class Subscriber:
                 ):
                     end = _End(Closed(code, f"{reason} (not reconnecting)"))
                     break
-                if action is Action.TOKEN and self._token == self._socket_token:
-                    self._token = None  # expired: get a new one (unless a refresh did)
+                if action is Action.TOKEN and self._tokens.token == self._socket_token:
+                    self._tokens.token = None  # expired: get a new one (unless a refresh did)
                 delay = reconnect_delay(self.backoff, action, welcomed=welcomed)
                 self._set_state("connecting", code, reason, delay)
                 await asyncio.sleep(delay)
@@ -411,7 +265,7 @@ class Subscriber:
     async def _attempt(self) -> tuple[int, str, bool]:
         """One connection, from the token to the close: (close code, reason, welcomed)."""
         self._set_state("connecting", 0, "connect", None)
-        if self._get_token is not None and self._token_stale():
+        if self._tokens.get is not None and self._tokens.stale():
             try:
                 await self.refresh_token()
             except Unauthorized as exc:
@@ -420,7 +274,7 @@ class Subscriber:
                 self._error("token", f"get_token failed: {exc!r}")
                 return LOST, "get_token failed", False
         welcomed = False
-        self._socket_token = self._token
+        self._socket_token = self._tokens.token
         try:
             async with connect(
                 self._socket_url(),
@@ -550,8 +404,8 @@ class Subscriber:
     async def _refresh_loop(self) -> None:
         """Refreshes the token before its ``exp``, so that the reconnect after the server's
         4001 does not wait for get_token."""
-        while self._get_token is not None and self._refresh_at is not None:
-            await asyncio.sleep(max(0.0, self._refresh_at - time.time()))
+        while self._tokens.get is not None and self._tokens.refresh_at is not None:
+            await asyncio.sleep(max(0.0, self._tokens.refresh_at - time.time()))
             try:
                 await self.refresh_token()
             except Unauthorized as exc:
