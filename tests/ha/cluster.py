@@ -64,14 +64,16 @@ def kill_nodes(node_names: set[str], epmd_port: int | None) -> None:
         for sig in (signal.SIGCONT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-    if epmd_port is not None:
-        subprocess.run(
-            ["epmd", "-port", str(epmd_port), "-kill"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-            env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"},
-        )
+    if epmd_port is None:
+        return
+    ours = f"epmd\0-daemon\0-port\0{epmd_port}\0".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes() == ours:
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
 
 _WATCHDOG = """
