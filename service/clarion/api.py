@@ -21,7 +21,7 @@ from . import history_api
 from .auth import api_key_ok, token_ok
 from .broker import BrokerUnavailable
 from .gateway import Gateway
-from .protocol import ProtocolError, parse_publish_body, parse_target
+from .protocol import ProtocolError, Target, parse_publish_body, parse_target
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
@@ -85,6 +85,51 @@ async def publish_asgi(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _presence_target(request: Request, allowed: tuple[str, ...]) -> Target:
+    params = request.query_params
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ProtocolError("unknown_field", f"no parameter {unknown[0][:64]!r}")
+    named = {k: params[k] for k in allowed if k in params}
+    if len(named) != 1:
+        raise ProtocolError("bad_target", f"exactly one of {' or '.join(allowed)} must be given")
+    return parse_target(named)
+
+
+async def presence(request: Request) -> Response:
+    """``GET /api/presence?channel=C|user=U``: who is connected, on every pod (presence.py)."""
+    return await _presence(request, ("channel", "user"), stats=False)
+
+
+async def presence_stats(request: Request) -> Response:
+    """``GET /api/presence/stats?channel=C``: counts only."""
+    return await _presence(request, ("channel",), stats=True)
+
+
+async def _presence(request: Request, allowed: tuple[str, ...], stats: bool) -> Response:
+    gw = _gateway(request)
+    if not api_key_ok(request.headers, gw.settings.api_keys):
+        return _json(*_error(401, "unauthorized", "missing or invalid API key"))
+    try:
+        target = _presence_target(request, allowed)
+    except ProtocolError as exc:
+        return _json(*_error(400, exc.code, exc.message))
+    try:
+        answer = await gw.presence.query(target)
+    except BrokerUnavailable as exc:
+        return _json(*_error(503, "unavailable", f"broker unavailable: {exc}"))
+    gw.metrics.presence_queries.labels(complete="false" if answer.missing else "true").inc()
+    body: dict[str, Any] = {target.kind: target.name}
+    if target.kind == "user":
+        body.update(sockets=sum(answer.counts.values()), pods=answer.counts)
+    elif stats:
+        body.update(users=len(answer.counts), sockets=sum(answer.counts.values()))
+    else:
+        body["users"] = answer.counts
+    body.update(answered=answer.answered, missing=answer.missing)
+    return _json(200, body)
 
 
 DISCONNECT_FIELDS = frozenset({"user", "conn", "code", "reason"})

@@ -76,6 +76,8 @@ def create_app(gateway: Gateway, surface: Surface = "all") -> GatewayApp:
     if surface != "public":
         routes += [
             Route("/api/history", api.history),
+            Route("/api/presence", api.presence),
+            Route("/api/presence/stats", api.presence_stats),
             Route("/api/disconnect", api.disconnect, methods=["POST"]),
             Route("/admin/shed", api.shed, methods=["POST"]),
             Route("/metrics", api.metrics),

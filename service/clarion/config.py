@@ -205,6 +205,18 @@ class Settings:
         "(`reason: unavailable`)",
         float,
     )
+    presence_interval: float = setting(
+        5.0,
+        "seconds between a pod's hellos to the others; a pod silent for three intervals is "
+        "forgotten by presence queries",
+        float,
+    )
+    presence_timeout: float = setting(
+        1.0,
+        "seconds a presence query waits for the other pods (those that do not answer are "
+        "named in `missing`)",
+        float,
+    )
     history_max_bytes: int = setting(512 * 1024 * 1024, "size bound of the history stream", int)
     drain_delay: float = setting(
         5.0,

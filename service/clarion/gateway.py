@@ -23,6 +23,8 @@ from .config import Settings
 from .disconnects import Disconnect
 from .hub import Hub
 from .metrics import Metrics
+from .presence import COMMANDS as PRESENCE_COMMANDS
+from .presence import Presence
 from .protocol import Envelope, Target
 from .replays import Replays
 
@@ -54,6 +56,13 @@ class Gateway:
             self.broker.history_start,
             settings.replay_timeout,
             on_read=self._replayed,
+        )
+        self.presence = Presence(
+            self.hub,
+            self.pod_name,
+            self._publish_command,
+            settings.presence_interval,
+            settings.presence_timeout,
         )
         self.auth: Authenticator
         if settings.auth == "none":
@@ -87,11 +96,13 @@ class Gateway:
                 "--auth none" if self.settings.auth == "none" else "--public-api",
             )
         await self.broker.start(self)
+        self.presence.start()
         self.metrics.broker_connected.set(1 if self.broker.ready else 0)
         self.started = True
 
     async def stop(self) -> None:
         self.hub.close_all(disconnects.SHUTDOWN)
+        await self.presence.stop()
         await self.broker.stop()
 
     @property
@@ -139,6 +150,9 @@ class Gateway:
     def _command(self, env: Envelope) -> int:
         """A command to every pod (its id is remembered: a redelivery is not run twice)."""
         if not self.hub.first_time(env.id):
+            return 0
+        if env.command in PRESENCE_COMMANDS:
+            self.presence.on_command(env)
             return 0
         args = orjson.loads(env.body)
         user = env.target.name or ""
@@ -192,6 +206,9 @@ class Gateway:
         for env in envelopes:
             self.metrics.published.labels(source=source, target=env.target.kind).inc()
         return [e.id for e in envelopes]
+
+    async def _publish_command(self, command: str, args: dict[str, Any]) -> None:
+        await self.broker.publish([Envelope.create_command(command, Target("broadcast"), args)])
 
     async def disconnect(
         self, user: str, code: int | None, reason: str | None, conn: str | None

@@ -111,6 +111,14 @@ class Metrics:
         )
         # CPU, memory and file descriptors of this process (process_cpu_seconds_total, ...).
         ProcessCollector(registry=r)
+        self.presence_queries = Counter(
+            names.M_PRESENCE_QUERIES,
+            "Presence queries this pod answered, by complete (false: some pod did not answer)",
+            ["complete"],
+            registry=r,
+        )
+        for complete in ("true", "false"):
+            self.presence_queries.labels(complete=complete)
         self.replays = Counter(
             names.M_REPLAYS,
             "since= replays, by scope (connect|subscribe) and result "

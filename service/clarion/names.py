@@ -47,6 +47,8 @@ M_BROKER_RECONNECT = "clarion_broker_reconnect_seconds"
 #: Publish API requests by status, and the broker confirm time of each.
 M_PUBLISH_REQUESTS = "clarion_publish_requests"
 M_PUBLISH_CONFIRM = "clarion_publish_confirm_seconds"
+#: Presence queries answered, complete or partial.
+M_PRESENCE_QUERIES = "clarion_presence_queries"
 #: since= replays by scope and result, and the history reads that served them.
 M_REPLAYS = "clarion_replays"
 M_HISTORY_READS = "clarion_history_reads"
