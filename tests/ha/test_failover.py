@@ -41,6 +41,7 @@ from tests.test_faults import Published, Publisher, _recipients
 from tests.wsclient import Client
 
 from .cluster import HaCluster, Node
+from .proxy import TcpProxy
 
 STREAM = history_queue(EXCHANGE)
 
@@ -100,17 +101,25 @@ async def declare_stream_on(node: Node, vhost: HaVhost) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stage(cluster: HaCluster, tmp_path: Path) -> AsyncIterator[Stage]:
+async def stage(cluster: HaCluster, tmp_path: Path, service: bool = False) -> AsyncIterator[Stage]:
+    """The layout of the module docstring; with ``service``, pod A reaches the nodes through
+    one address (a stand-in for a Kubernetes Service) instead of the list of all three."""
     n1, n2, n3 = cluster.nodes
     vhost = vhost_on(cluster)
     await asyncio.to_thread(vhost.create)
     tag = uuid.uuid4().hex[:6]
     pods: list[GatewayProcess] = []
     sockets: dict[str, Client] = {}
+    proxy = await TcpProxy([n.amqp_port for n in (n1, n2, n3)]).start()
+    a_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost.quoted}"
     try:
         await declare_stream_on(n3, vhost)
         pods = [
-            GatewayProcess(f"ha-a-{tag}", amqp_url=urls([n1, n2, n3], vhost), log_dir=tmp_path),
+            GatewayProcess(
+                f"ha-a-{tag}",
+                amqp_url=a_url if service else urls([n1, n2, n3], vhost),
+                log_dir=tmp_path,
+            ),
             GatewayProcess(f"ha-b-{tag}", amqp_url=urls([n2, n3, n1], vhost), log_dir=tmp_path),
         ]
         for p in pods:
@@ -163,6 +172,7 @@ async def stage(cluster: HaCluster, tmp_path: Path) -> AsyncIterator[Stage]:
                 await s.close()
         for p in pods:
             p.kill()
+        await proxy.close()
         await asyncio.to_thread(vhost.delete)
 
 
@@ -226,6 +236,7 @@ FAULTS = {
     "kill-stream-leader": "SIGKILL node 3 (the stream's leader; no pod or pod queue on it)",
     "kill-queue-node": "SIGKILL node 1 (pod A's queue; pod A moved its connection to node 2)",
     "kill-pod-node": "SIGKILL node 1 (pod A's connection and its queue)",
+    "kill-pod-node-service": "the same, pod A reaching the nodes through one Service address",
     "freeze-pod-node": "SIGSTOP node 1 (pod A's connection and its queue), found by ticks",
 }
 
@@ -237,7 +248,7 @@ async def test_one_node_lost_loses_nothing_accepted(
 ) -> None:
     cluster = ha_nodes_back
     n1, n2, n3 = cluster.nodes
-    async with stage(cluster, tmp_path) as st:
+    async with stage(cluster, tmp_path, service=fault.endswith("-service")) as st:
         pod_a, _pod_b = st.pods
         async with publishing(st) as pubs:
             t0 = time.monotonic()
@@ -340,7 +351,7 @@ async def test_two_nodes_lost_refuses_within_the_publish_timeout(
             # Down long enough for several publish timeouts on each pod.
             await wait_for(
                 lambda: all(
-                    sum(r.started >= t_down + 1 and r.status == 503 for r in p.results) >= 3
+                    sum(r.started >= t_down + 1 and r.status == 503 for r in p.results) >= 2
                     for p in pubs
                 ),
                 30,
