@@ -2,7 +2,10 @@
 
 The pod owns its reconnect loop (rather than aio-pika's robust connection) so
 that readiness reflects exactly "connected and consuming", and so a publish
-during an outage fails fast with BrokerUnavailable instead of hanging. The
+during an outage fails with BrokerUnavailable within its timeout instead of
+hanging. ``--amqp-url`` may list several addresses (the nodes of a cluster):
+the loop tries them in turn, moving to the next one after losing a connection,
+and backs off only once all of them failed in a row (README, broker HA). The
 parts live beside it: the topology (topology.py), reading history
 (history.py), catching up after an outage (catchup.py), batched acks
 (acks.py) and the message codec (codec.py).
@@ -106,7 +109,7 @@ class RabbitBroker(Broker):
         self._stopping = True
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.close()
+                await asyncio.wait_for(self._conn.close(), 1.0)  # a frozen node never answers
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
