@@ -608,19 +608,21 @@ def test_publish_needs_exactly_one_target(targets: dict[str, Any]) -> None:
         Publisher("http://gw").publish(1, **targets)
 
 
-async def test_async_publisher_batch_sends_no_per_message_keys() -> None:
-    """The server refuses unknown fields until it deduplicates by key (issue 14)."""
+async def test_async_publisher_batch_keys_each_message_the_same_on_every_retry() -> None:
+    """Each message of a batch carries its own idempotency key, kept across retries."""
     from clarion.client import message
 
     transport, seen = scripted_transport([503, 202])
     async with AsyncPublisher(
         "http://gw/", backoff=fast(), client=httpx.AsyncClient(transport=transport)
     ) as p:
-        batch = [message(1, user="u"), message(2, channel="c")]
+        batch = [message(1, user="u"), {**message(2, channel="c"), "idempotency_key": "mine"}]
         assert await p.publish_batch(batch) == ["id0", "id1"]
     assert str(seen[0].url) == "http://gw/api/publish"
-    body = orjson.loads(seen[1].content)
-    assert body == {"messages": [{"user": "u", "data": 1}, {"channel": "c", "data": 2}]}
+    first, second = (orjson.loads(r.content)["messages"] for r in seen)
+    assert first == second  # a retry sends the same keys
+    assert [m["data"] for m in second] == [1, 2] and second[1]["idempotency_key"] == "mine"
+    assert len({m["idempotency_key"] for m in second}) == 2
     assert "Idempotency-Key" not in seen[1].headers and "Authorization" not in seen[1].headers
 
 

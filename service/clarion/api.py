@@ -59,7 +59,7 @@ async def publish(gw: Gateway, headers: Headers, receive: Receive) -> tuple[int,
         gw.metrics.limit_hits.labels(limit="body_size").inc()
         return _error(413, "too_large", f"body over {s.max_body_bytes} bytes")
     try:
-        items, batch = parse_publish_body(body)
+        items, batch = parse_publish_body(body, headers.get("idempotency-key"))
     except ProtocolError as exc:
         return _error(400, exc.code, exc.message)
     try:

@@ -205,6 +205,18 @@ class Settings:
         "(`reason: unavailable`)",
         float,
     )
+    idempotency_window: float = setting(
+        300.0,
+        "seconds an idempotency key is remembered: a publish with a key seen within it "
+        "answers the first message's id and is not delivered again",
+        float,
+    )
+    publish_settle_timeout: float = setting(
+        1.0,
+        "seconds a publish with an idempotency key waits to see its own message come back "
+        "(so that a retry racing another pod answers with the winner's id)",
+        float,
+    )
     presence_interval: float = setting(
         5.0,
         "seconds between a pod's hellos to the others; a pod silent for three intervals is "

@@ -22,10 +22,11 @@ from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
 from .config import Settings
 from .disconnects import Disconnect
 from .hub import Hub
+from .idempotency import Idempotency
 from .metrics import Metrics
 from .presence import COMMANDS as PRESENCE_COMMANDS
 from .presence import Presence
-from .protocol import Envelope, Target
+from .protocol import Envelope, Publication, Target
 from .replays import Replays
 
 log = logging.getLogger("clarion.gateway")
@@ -57,6 +58,7 @@ class Gateway:
             settings.replay_timeout,
             on_read=self._replayed,
         )
+        self.idempotency = Idempotency(settings.idempotency_window)
         self.presence = Presence(
             self.hub,
             self.pod_name,
@@ -145,6 +147,9 @@ class Gateway:
     def on_message(self, env: Envelope) -> object:
         if env.command is not None:
             return self._command(env)
+        if env.key is not None and not self.idempotency.consumed(env):
+            self.metrics.dropped.labels(reason="duplicate").inc()
+            return 0  # another message came first with this idempotency key
         return self.hub.deliver(env)
 
     def _command(self, env: Envelope) -> int:
@@ -197,15 +202,44 @@ class Gateway:
 
     # -- what the session and the API ask of the pod ---------------------------
 
-    async def publish(self, items: list[tuple[Target, Any]], source: str) -> list[str]:
-        """Publish and wait for the broker's confirm; raises BrokerUnavailable."""
-        envelopes = [Envelope.create(t, d) for t, d in items]
+    async def publish(self, items: list[Publication], source: str) -> list[str]:
+        """Publish and wait for the broker's confirm; raises BrokerUnavailable.
+
+        A message whose idempotency key is known is not published again: its id is
+        the first message's (idempotency.py).
+        """
+        ids: list[str] = []
+        envelopes: list[Envelope] = []
+        for item in items:
+            known = self.idempotency.lookup(item.key) if item.key is not None else None
+            if known is not None:
+                self.metrics.idempotent_hits.inc()
+                ids.append(known)
+                continue
+            env = Envelope.create(item.target, item.data, item.key)
+            envelopes.append(env)
+            ids.append(env.id)
+        if not envelopes:
+            return ids
+        keyed = [e.id for e in envelopes if e.key is not None]
+        arrived = self.idempotency.expect(keyed)
         began = time.monotonic()
-        await self.broker.publish(envelopes)
+        try:
+            await self.broker.publish(envelopes)
+        except BaseException:
+            await self.idempotency.settled(keyed, arrived, 0)
+            raise
         self.metrics.publish_confirm.observe(time.monotonic() - began)
         for env in envelopes:
             self.metrics.published.labels(source=source, target=env.target.kind).inc()
-        return [e.id for e in envelopes]
+        if keyed:
+            # Answer with the id that won, should a copy from a retry elsewhere have come first.
+            await self.idempotency.settled(keyed, arrived, self.settings.publish_settle_timeout)
+            ids = [
+                (self.idempotency.lookup(item.key) or mid) if item.key is not None else mid
+                for item, mid in zip(items, ids, strict=True)
+            ]
+        return ids
 
     async def _publish_command(self, command: str, args: dict[str, Any]) -> None:
         await self.broker.publish([Envelope.create_command(command, Target("broadcast"), args)])

@@ -85,9 +85,12 @@ async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, An
                 matched.append(env)
 
     def each(env: Envelope) -> None:
-        if env.id not in seen:
-            seen.add(env.id)
-            picked(env)
+        if env.id in seen or (env.key is not None and env.key in seen):
+            return  # read twice, or a second copy of an idempotent publish
+        seen.add(env.id)
+        if env.key is not None:
+            seen.add(env.key)
+        picked(env)
 
     if not await broker.read_history(start, each, timeout):
         return None

@@ -111,6 +111,11 @@ class Metrics:
         )
         # CPU, memory and file descriptors of this process (process_cpu_seconds_total, ...).
         ProcessCollector(registry=r)
+        self.idempotent_hits = Counter(
+            names.M_IDEMPOTENT_HITS,
+            "Publishes answered with the id of an earlier message with the same idempotency key",
+            registry=r,
+        )
         self.presence_queries = Counter(
             names.M_PRESENCE_QUERIES,
             "Presence queries this pod answered, by complete (false: some pod did not answer)",

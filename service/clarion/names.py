@@ -47,6 +47,8 @@ M_BROKER_RECONNECT = "clarion_broker_reconnect_seconds"
 #: Publish API requests by status, and the broker confirm time of each.
 M_PUBLISH_REQUESTS = "clarion_publish_requests"
 M_PUBLISH_CONFIRM = "clarion_publish_confirm_seconds"
+#: Publishes whose idempotency key was known (not published again).
+M_IDEMPOTENT_HITS = "clarion_idempotent_hits"
 #: Presence queries answered, complete or partial.
 M_PRESENCE_QUERIES = "clarion_presence_queries"
 #: since= replays by scope and result, and the history reads that served them.

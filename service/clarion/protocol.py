@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -104,13 +104,15 @@ class Envelope:
     #: An instruction to every pod instead of a message for sockets (``COMMANDS``);
     #: its body is the command's JSON arguments. Never replayed to a client.
     command: str | None = None
+    #: The publisher's idempotency key: a second message with it is a duplicate.
+    key: str | None = None
 
     @classmethod
-    def create(cls, target: Target, data: Any) -> Envelope:
+    def create(cls, target: Target, data: Any, key: str | None = None) -> Envelope:
         ts = int(time.time() * 1000)
         mid = new_message_id(ts)
         frame = {"type": "message", "id": mid, "target": target.as_json(), "data": data, "ts": ts}
-        return cls(id=mid, target=target, ts=ts, body=orjson.dumps(frame))
+        return cls(id=mid, target=target, ts=ts, body=orjson.dumps(frame), key=key)
 
     @classmethod
     def create_command(cls, command: str, target: Target, args: dict[str, Any]) -> Envelope:
@@ -151,6 +153,23 @@ def _refuse_unknown(obj: dict[str, Any], allowed: frozenset[str], where: str) ->
 
 
 PUBLISH_FIELDS = frozenset({"user", "channel", "broadcast", "data"})
+#: The publish API's messages may also carry an idempotency key (client frames may not).
+API_FIELDS = PUBLISH_FIELDS | {"idempotency_key"}
+
+
+class Publication(NamedTuple):
+    """One message to publish."""
+
+    target: Target
+    data: Any
+    #: The idempotency key (publish API only).
+    key: str | None = None
+
+
+def parse_key(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+        raise ProtocolError("bad_field", f"{where} must be 1..{MAX_NAME_LENGTH} characters")
+    return value
 
 
 def parse_target(obj: dict[str, Any]) -> Target:
@@ -168,7 +187,7 @@ def parse_target(obj: dict[str, Any]) -> Target:
     return Target("user" if key == "user" else "channel", _check_name(obj[key], key))
 
 
-def parse_publish(obj: object, fields: frozenset[str] = PUBLISH_FIELDS) -> tuple[Target, Any]:
+def parse_publish(obj: object, fields: frozenset[str] = API_FIELDS) -> Publication:
     """Validate one message of the publish API (or a client publish frame)."""
     if not isinstance(obj, dict):
         raise ProtocolError("bad_body", "a message must be a JSON object")
@@ -176,14 +195,21 @@ def parse_publish(obj: object, fields: frozenset[str] = PUBLISH_FIELDS) -> tuple
     target = parse_target(obj)
     if "data" not in obj:
         raise ProtocolError("missing_field", "'data' is required")
-    return target, obj["data"]
+    key = obj.get("idempotency_key")
+    if key is not None:
+        key = parse_key(key, "'idempotency_key'")
+    return Publication(target, obj["data"], key)
 
 
-def parse_publish_body(raw: bytes) -> tuple[list[tuple[Target, Any]], bool]:
+def parse_publish_body(raw: bytes, header_key: str | None = None) -> tuple[list[Publication], bool]:
     """Validate a whole ``POST /api/publish`` body; a batch is all or nothing.
 
-    Returns the messages and whether the body was a batch.
+    Returns the messages and whether the body was a batch. ``header_key`` is the
+    ``Idempotency-Key`` header (a single message only; a batch names its keys
+    per message).
     """
+    if header_key is not None:
+        header_key = parse_key(header_key, "the Idempotency-Key header")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -195,14 +221,31 @@ def parse_publish_body(raw: bytes) -> tuple[list[tuple[Target, Any]], bool]:
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
             raise ProtocolError("bad_body", "'messages' must be a non-empty list")
+        if header_key is not None:
+            raise ProtocolError(
+                "bad_field",
+                "a batch names its keys per message ('idempotency_key'), not in a header",
+            )
         out = []
         for i, m in enumerate(messages):
             try:
                 out.append(parse_publish(m))
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, f"messages[{i}]: {exc.message}") from None
+        keys = [p.key for p in out if p.key is not None]
+        if len(keys) != len(set(keys)):
+            raise ProtocolError(
+                "bad_field", "two messages of a batch have the same idempotency_key"
+            )
         return out, True
-    return [parse_publish(obj)], False
+    one = parse_publish(obj)
+    if header_key is not None:
+        if one.key is not None and one.key != header_key:
+            raise ProtocolError(
+                "bad_field", "the Idempotency-Key header and idempotency_key differ"
+            )
+        one = one._replace(key=header_key)
+    return [one], False
 
 
 CLIENT_TYPES = ("subscribe", "unsubscribe", "publish", "ping")
@@ -252,7 +295,7 @@ def parse_client_frame(text: str) -> ClientFrame:
                 raise ProtocolError(exc.code, exc.message, channel) from None
         return ClientFrame(type=ftype, channel=channel, since=since)
     if ftype == "publish":
-        target, data = parse_publish(obj, PUBLISH_FIELDS | {"type"})
+        target, data, _ = parse_publish(obj, PUBLISH_FIELDS | {"type"})
         return ClientFrame(type="publish", target=target, data=data)
     raise ProtocolError("unknown_type", f"unknown frame type {ftype[:64]!r}")
 

@@ -138,9 +138,11 @@ class Replays:
         seen: set[str] = set()  # once per read, not per client: the ids are many
 
         def each(env: Envelope) -> None:
-            if env.id in seen:
-                return
+            if env.id in seen or (env.key is not None and env.key in seen):
+                return  # read twice, or a second copy of an idempotent publish
             seen.add(env.id)
+            if env.key is not None:
+                seen.add(env.key)
             for collector in collectors:
                 collector.add(env)
 

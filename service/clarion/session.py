@@ -28,6 +28,7 @@ from .hub import Connection
 from .protocol import (
     Envelope,
     ProtocolError,
+    Publication,
     Target,
     channel_of,
     encode,
@@ -269,7 +270,7 @@ class Session:
             self.reply(error_frame("forbidden", "client publishing is disabled on this gateway"))
             return
         try:
-            ids = await self.gw.publish([(target, data)], source="client")
+            ids = await self.gw.publish([Publication(target, data)], source="client")
         except BrokerUnavailable:
             self.reply(error_frame("unavailable", "broker unavailable, message not sent"))
             return

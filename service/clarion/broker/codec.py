@@ -13,6 +13,8 @@ HDR_KIND = "clarion-target"
 HDR_NAME = "clarion-name"
 #: Set on commands to every pod (protocol.COMMANDS), absent on messages.
 HDR_COMMAND = "clarion-command"
+#: The publisher's idempotency key (idempotency.py).
+HDR_KEY = "clarion-key"
 #: A marker a replaying pod publishes to learn where "now" is in the history stream.
 KIND_MARKER = "marker"
 
@@ -27,6 +29,8 @@ def envelope_to_message(env: Envelope) -> aio_pika.Message:
         headers[HDR_NAME] = env.target.name
     if env.command is not None:
         headers[HDR_COMMAND] = env.command
+    if env.key is not None:
+        headers[HDR_KEY] = env.key
     return aio_pika.Message(
         env.body,
         message_id=env.id,
@@ -64,5 +68,15 @@ def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, 
     if message_id:
         with contextlib.suppress(ValueError):
             ts = id_timestamp_ms(message_id)
+    key = headers.get(HDR_KEY)
+    if isinstance(key, bytes):
+        key = key.decode()
     target = Target(kind, name)  # type: ignore[arg-type]
-    return Envelope(id=message_id or "", target=target, ts=ts, body=body, command=command)
+    return Envelope(
+        id=message_id or "",
+        target=target,
+        ts=ts,
+        body=body,
+        command=command,
+        key=key if isinstance(key, str) else None,
+    )

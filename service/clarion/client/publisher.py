@@ -2,11 +2,10 @@
 
 A 503 means the broker did not confirm (nothing was accepted) and a
 connection error or a timeout leaves the caller unsure, so both are retried
-with backoff. Every single-message publish carries an ``Idempotency-Key``
-header, the same on each retry of it, so that once the server deduplicates
-by key (issue 14) a retry cannot deliver twice; today's server ignores the
-header. A batch carries no keys yet: the per-message ``idempotency_key``
-field needs that server feature (a server without it refuses unknown fields).
+with backoff. Every message carries an idempotency key, the same on each
+retry (an ``Idempotency-Key`` header for one message, an ``idempotency_key``
+field per message of a batch), so that a retry cannot deliver twice: the
+server answers a known key with the first message's id and delivers it once.
 """
 
 from __future__ import annotations
@@ -48,7 +47,8 @@ def message(
 
 
 def _batch(messages: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    items = [dict(m) for m in messages]
+    """The batch body; each message gets a key of its own unless it names one."""
+    items = [{"idempotency_key": str(uuid.uuid4()), **m} for m in messages]
     if not items:
         raise ValueError("a batch needs at least one message")
     return {"messages": items}
