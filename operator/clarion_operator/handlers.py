@@ -28,7 +28,7 @@ import kopf
 
 from clarion import names
 
-from . import queues, resources
+from . import applying, queues, resources
 from . import status as gateway_status
 from .autoscaler import Autoscaler
 from .clients import GatewayPods
@@ -147,10 +147,10 @@ async def apply_owned(
             obj = wanted["metadata"]["name"]
             live = live_dep if kind == "Deployment" else await kube.get(kind, namespace, obj)
             if live is None:
-                await kube.create(kind, namespace, resources.recorded(wanted))
+                await kube.create(kind, namespace, applying.recorded(wanted))
                 outcomes.append(f"{kind} {obj} created")
                 continue
-            change = resources.plan(live, wanted)
+            change = applying.plan(live, wanted)
             if change is not None:
                 await kube.patch(kind, namespace, obj, change)
                 outcomes.append(f"{kind} {obj} updated")
@@ -244,7 +244,7 @@ async def owned_event(
             (k, w["metadata"]["name"]): w
             for k, w in resources.owned(key[1], key[0], gs, owner, live_dep)
         }.get((kind, obj))
-        if wanted is None or resources.plan(body, wanted) is None:
+        if wanted is None or applying.plan(body, wanted) is None:
             return
     outcomes = await apply_owned(memo["kube"], key[0], key[1], owner, gs, memo)
     if outcomes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clarion_operator import resources
+from clarion_operator import applying, resources
 from clarion_operator.spec import GatewaySpec
 from tests.operator.conftest import (  # cluster: the emulator, KUBECONFIG set to it
     GATEWAY_RESOURCE,
@@ -80,7 +80,7 @@ async def test_operator_image_creates_the_gateways_deployment_and_service(
     gw = k.get(GATEWAY_RESOURCE, "gw")
     assert gw is not None
     wanted = resources.deployment("gw", NS, GatewaySpec.parse(gw["spec"]), gw, replicas=2)
-    assert resources.contains(dep, wanted), dep
+    assert applying.contains(dep, wanted), dep
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == images.gateway
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(f"http://127.0.0.1:{metrics}/metrics")).text

@@ -9,7 +9,7 @@ import pytest
 
 from clarion import names
 from clarion.config import Settings, options
-from clarion_operator import resources
+from clarion_operator import applying, resources
 from clarion_operator.spec import GatewaySpec
 
 OWNER = {"metadata": {"name": "gw", "namespace": "ns", "uid": "u-1"}}
@@ -132,8 +132,8 @@ def test_contains_ignores_server_defaults_but_not_changes() -> None:
     live = build({"image": "i"}, replicas=3)
     live["status"] = {"readyReplicas": 3}
     live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
-    assert resources.contains(live, wanted)
-    assert not resources.contains(live, build({"image": "j"}, replicas=None))
+    assert applying.contains(live, wanted)
+    assert not applying.contains(live, build({"image": "j"}, replicas=None))
 
 
 @pytest.mark.parametrize("version", ["1.29"])
@@ -272,14 +272,14 @@ def test_service_annotations_and_source_ranges() -> None:
 
 def _live(spec: dict[str, Any]) -> dict[str, Any]:
     """What the server holds after the operator wrote ``spec``'s Deployment (plus defaults)."""
-    live = resources.recorded(build(spec, replicas=3))
+    live = applying.recorded(build(spec, replicas=3))
     live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
     live["status"] = {"readyReplicas": 3}
     return live
 
 
 def test_plan_is_empty_when_nothing_changed() -> None:
-    assert resources.plan(_live({"image": "i"}), build({"image": "i"}, replicas=None)) is None
+    assert applying.plan(_live({"image": "i"}), build({"image": "i"}, replicas=None)) is None
 
 
 def test_plan_removes_what_the_spec_no_longer_sets() -> None:
@@ -293,8 +293,8 @@ def test_plan_removes_what_the_spec_no_longer_sets() -> None:
     after = {"image": "i", "resources": {"limits": {"memory": "512Mi"}}}
     live = _live(before)
     wanted = build(after, replicas=None)
-    assert resources.contains(live, wanted)  # what made the removal invisible before
-    patch = resources.plan(live, wanted)
+    assert applying.contains(live, wanted)  # what made the removal invisible before
+    patch = applying.plan(live, wanted)
     assert patch is not None
     pod = patch["spec"]["template"]["spec"]
     assert pod["nodeSelector"] is None
@@ -306,6 +306,6 @@ def test_plan_removes_what_the_spec_no_longer_sets() -> None:
 def test_plan_restores_a_hand_edit() -> None:
     live = _live({"image": "i"})
     live["spec"]["template"]["spec"]["containers"][0]["image"] = "hand:edit"
-    patch = resources.plan(live, build({"image": "i"}, replicas=None))
+    patch = applying.plan(live, build({"image": "i"}, replicas=None))
     assert patch is not None
     assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "i"
