@@ -17,6 +17,7 @@ from tests.support import RABBIT, GatewayProcess, Vhost, wait_for_sync
 from tests.wsclient import Client
 
 
+@pytest.mark.timeout(5)
 def test_split_urls_and_addresses() -> None:
     assert split_urls("amqp://a/v") == ["amqp://a/v"]
     assert split_urls(" amqp://u:p@a:1/v , amqp://u:p@b:2/v,") == [

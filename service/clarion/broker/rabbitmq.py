@@ -228,12 +228,16 @@ class RabbitBroker(Broker):
         o = self.options
         pub = await conn.channel(publisher_confirms=True)
         exchange = await topology.declare_exchange(pub, o)
+        # Publishing needs only the exchange: it resumes now, while the pod's own
+        # queue may still wait for the cluster to give up on a frozen node. What
+        # this pod's sockets miss meanwhile, the catch-up below brings.
+        self._pub_exchange = exchange
+        self._up.set()
         sub = await conn.channel(publisher_confirms=False)
         await sub.set_qos(prefetch_count=o.prefetch)
         queue = await topology.declare_pod_queue(conn, sub, self.queue_name, o)
         (await queue.channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
         await topology.declare_history(conn, o)
-        self._pub_exchange = exchange
         assert self._listener is not None
         await self._catch_up.run(self.read_history, self._listener)
         # "Up" before the queue is consumed: the listener may act (e.g. close
@@ -241,7 +245,6 @@ class RabbitBroker(Broker):
         self._consuming = True
         self._set_state(True)
         await queue.consume(self._on_message, no_ack=False)
-        self._up.set()
 
     async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float
