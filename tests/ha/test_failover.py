@@ -295,7 +295,7 @@ async def test_one_node_lost_loses_nothing_accepted(
                 # usually within about 11 s; when that stalls, it is restarted as a
                 # liveness probe would.
                 try:
-                    await asyncio.to_thread(victim.wait_up, 20)
+                    await asyncio.to_thread(victim.wait_up, 15)
                 except RuntimeError:
                     restarted = True
                     await asyncio.to_thread(victim.restart)
