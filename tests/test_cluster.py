@@ -219,7 +219,7 @@ def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(cluster: Clu
     queues = wait_for_sync(queues_with_consumers, 20, 0.5, "one consumer on each pod queue")
     for q in queues.values():
         # Transient: a pod queue must not outlive its node (docs/failure-modes.md, broker HA).
-        assert q["exclusive"] is False and q["durable"] is False
+        assert q["exclusive"] is True and q["durable"] is False  # dies with the connection
         args = q["arguments"]
         assert args["x-overflow"] == "drop-head"
         assert {"x-max-length", "x-message-ttl", "x-expires"} <= set(args)

@@ -191,10 +191,12 @@ class Settings:
         int,
     )
     pod_queue_type: str = setting(
-        "classic",
-        "`classic` (transient; caught up from history after a node loss) or `quorum` "
-        "(replicated; see [broker HA](#broker-ha))",
-        _choice("classic", "quorum"),
+        "exclusive",
+        "`exclusive` (lives and dies with the pod's connection; caught up from history after "
+        "each reconnect), `classic` (transient non-exclusive: RabbitMQ before 4.3, or with "
+        "`deprecated_features.permit.transient_nonexcl_queues`) or `quorum` (replicated; see "
+        "[broker HA](#broker-ha))",
+        _choice("exclusive", "classic", "quorum"),
     )
     history_max_age: str = setting(
         "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"

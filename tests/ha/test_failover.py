@@ -101,9 +101,12 @@ async def declare_stream_on(node: Node, vhost: HaVhost) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stage(cluster: HaCluster, tmp_path: Path, service: bool = False) -> AsyncIterator[Stage]:
+async def stage(
+    cluster: HaCluster, tmp_path: Path, service: bool = False, queue_type: str = "exclusive"
+) -> AsyncIterator[Stage]:
     """The layout of the module docstring; with ``service``, pod A reaches the nodes through
-    one address (a stand-in for a Kubernetes Service) instead of the list of all three."""
+    one address (a stand-in for a Kubernetes Service) instead of the list of all three;
+    ``queue_type`` is the pods' ``--pod-queue-type``."""
     n1, n2, n3 = cluster.nodes
     vhost = vhost_on(cluster)
     await asyncio.to_thread(vhost.create)
@@ -118,9 +121,15 @@ async def stage(cluster: HaCluster, tmp_path: Path, service: bool = False) -> As
             GatewayProcess(
                 f"ha-a-{tag}",
                 amqp_url=a_url if service else urls([n1, n2, n3], vhost),
+                args=["--auth", "none", "--pod-queue-type", queue_type],
                 log_dir=tmp_path,
             ),
-            GatewayProcess(f"ha-b-{tag}", amqp_url=urls([n2, n3, n1], vhost), log_dir=tmp_path),
+            GatewayProcess(
+                f"ha-b-{tag}",
+                amqp_url=urls([n2, n3, n1], vhost),
+                args=["--auth", "none", "--pod-queue-type", queue_type],
+                log_dir=tmp_path,
+            ),
         ]
         for p in pods:
             p.start()
@@ -234,7 +243,8 @@ async def assert_nothing_lost(st: Stage, pubs: list[Publisher]) -> None:
 
 FAULTS = {
     "kill-stream-leader": "SIGKILL node 3 (the stream's leader; no pod or pod queue on it)",
-    "kill-queue-node": "SIGKILL node 1 (pod A's queue; pod A moved its connection to node 2)",
+    # Only a non-exclusive queue can outlive its connection and stay on another node.
+    "kill-queue-node": "SIGKILL node 1 (pod A's classic queue; pod A moved to node 2)",
     "kill-pod-node": "SIGKILL node 1 (pod A's connection and its queue)",
     "kill-pod-node-service": "the same, pod A reaching the nodes through one Service address",
     "freeze-pod-node": "SIGSTOP node 1 (pod A's connection and its queue), found by ticks",
@@ -248,7 +258,10 @@ async def test_one_node_lost_loses_nothing_accepted(
 ) -> None:
     cluster = ha_nodes_back
     n1, n2, n3 = cluster.nodes
-    async with stage(cluster, tmp_path, service=fault.endswith("-service")) as st:
+    queue_type = "classic" if fault == "kill-queue-node" else "exclusive"
+    async with stage(
+        cluster, tmp_path, service=fault.endswith("-service"), queue_type=queue_type
+    ) as st:
         pod_a, _pod_b = st.pods
         async with publishing(st) as pubs:
             t0 = time.monotonic()

@@ -79,8 +79,13 @@ async def test_operator_management_calls_skip_a_node_that_is_down(vhost: Vhost) 
         vhost.name
     )
     async with Management(f"{dead},{live}", timeout=3) as mgmt:
-        # The vhost has no queues yet; a pod declares one.
-        gw = GatewayProcess(f"mgmt-{vhost.name[-6:]}", amqp_url=vhost.amqp_url).start()
+        # The vhost has no queues yet; a pod declares one (classic: it outlives the
+        # pod, as the queues the operator deletes do; an exclusive one goes with it).
+        gw = GatewayProcess(
+            f"mgmt-{vhost.name[-6:]}",
+            amqp_url=vhost.amqp_url,
+            args=["--auth", "none", "--pod-queue-type", "classic"],
+        ).start()
         try:
             gw.wait_ready(30)
             queues = await wait_for(

@@ -5,14 +5,16 @@ On a cluster of several nodes, what each piece does when a node dies:
 - The history stream is replicated (``x-initial-cluster-size`` 3, or as many
   nodes as there are): a publish is confirmed once a majority of its replicas
   has it, and it survives any one node. It is the copy that makes a 202.
-- A pod queue is by default a *transient* classic queue (``--pod-queue-type
-  classic``): it lives on the node the pod declared it on. When that node dies
-  the queue is gone with what it held, and the pod always notices (its
-  connection drops, or the broker cancels its consumer): it declares the queue
-  again on a surviving node and catches up from the stream (catchup.py). A
-  *durable* classic queue would instead stay on the dead node: it cannot be
-  declared elsewhere ("home node is down") and copies routed to it are
-  confirmed and dropped, which is why pod queues are not durable.
+- A pod queue is by default an *exclusive* classic queue (``--pod-queue-type
+  exclusive``): it lives on the node of the pod's connection and dies with
+  that connection, so the pod always notices its loss; it declares the queue
+  again over its new connection and catches up from the stream (catchup.py),
+  as after any reconnect. RabbitMQ 4.3 refuses transient non-exclusive queues
+  by default; ``classic`` keeps them for older brokers (the queue outlives a
+  connection blip but dies with its node, and the broker cancels the
+  consumer). A *durable* classic queue would instead stay on a dead node: it
+  cannot be declared elsewhere ("home node is down") and copies routed to it
+  are confirmed and dropped, which is why pod queues are not durable.
 - ``--pod-queue-type quorum``: a replicated pod queue that loses nothing and is
   never cancelled, at the cost of Raft writes per pod per message (the README
   has the measured numbers).
@@ -66,12 +68,16 @@ async def declare_exchange(channel: AbstractChannel, o: BrokerOptions) -> Abstra
 async def declare_pod_queue(
     conn: AbstractConnection, channel: AbstractChannel, name: str, o: BrokerOptions
 ) -> AbstractQueue:
-    """The pod's own queue, bound to the exchange: non-exclusive, bounded; transient or quorum."""
+    """The pod's own queue, bound to the exchange: bounded; exclusive, transient or quorum.
+
+    An exclusive queue still held by the pod's previous connection (not yet
+    noticed dead by the broker) is refused as locked: the reconnect loop retries.
+    """
     try:
         queue = await channel.declare_queue(
             name,
             durable=o.pod_queue_type == "quorum",
-            exclusive=False,
+            exclusive=o.pod_queue_type == "exclusive",
             auto_delete=False,
             arguments=queue_arguments(o),
         )
