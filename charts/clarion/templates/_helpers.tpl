@@ -218,3 +218,46 @@ existingSecret counts by its name only (rotate it with a new name, or restart).
 {{- define "clarion.tag" -}}
 {{- default .root.Chart.AppVersion .tag }}
 {{- end }}
+
+{{/* The in-chart RabbitMQ runs as a cluster (rabbitmq.replicas > 1). */}}
+{{- define "clarion.rabbitmqHA" -}}
+{{- if gt (int .Values.rabbitmq.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/* The headless Service that gives each RabbitMQ pod of a cluster its DNS name. */}}
+{{- define "clarion.rabbitmqNodesName" -}}
+{{- printf "%s-nodes" (include "clarion.rabbitmqName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The image predates RabbitMQ 4.1, whose rabbitmq_peer_discovery_k8s lists the
+headless Service's endpoints through the Kubernetes API (it needs a token, RBAC
+and its cluster_formation.k8s.* settings). From 4.1 on the plugin asks nothing:
+every pod joins the one with ordinal 0, and it ignores (with a warning) the old
+settings. A tag without a version counts as current.
+*/}}
+{{- define "clarion.rabbitmqLegacyDiscovery" -}}
+{{- $v := regexFind "^[0-9]+\\.[0-9]+(\\.[0-9]+)?" (toString .Values.rabbitmq.image.tag) }}
+{{- if and $v (semverCompare "<4.1.0-0" $v) }}true{{ end }}
+{{- end }}
+
+{{/* Each RabbitMQ node's host name (per-pod DNS under the headless Service), or the one Service. */}}
+{{- define "clarion.rabbitmqHosts" -}}
+{{- $ns := .Release.Namespace }}
+{{- $name := include "clarion.rabbitmqName" . }}
+{{- $hosts := list }}
+{{- if and (include "clarion.rabbitmqHA" .) (eq .Values.rabbitmq.gatewayAddresses "nodes") }}
+{{- $nodes := include "clarion.rabbitmqNodesName" . }}
+{{- range $i := until (int .Values.rabbitmq.replicas) }}
+{{- $hosts = append $hosts (printf "%s-%d.%s.%s.svc" $name $i $nodes $ns) }}
+{{- end }}
+{{- else }}
+{{- $hosts = append $hosts (printf "%s.%s.svc" $name $ns) }}
+{{- end }}
+{{- join "," $hosts }}
+{{- end }}
+
+{{/* The Erlang cookie the nodes of an in-chart cluster share (generated, given or kept). */}}
+{{- define "clarion.rabbitmqErlangCookie" -}}
+{{- include "clarion.keptSecret" (dict "root" . "secret" (include "clarion.rabbitmqName" .) "key" "erlangCookie" "value" .Values.rabbitmq.erlangCookie "length" 48) }}
+{{- end }}
