@@ -241,8 +241,11 @@ class Gateway:
             ]
         return ids
 
-    async def _publish_command(self, command: str, args: dict[str, Any]) -> None:
-        await self.broker.publish([Envelope.create_command(command, Target("broadcast"), args)])
+    async def _publish_command(
+        self, command: str, args: dict[str, Any], to_pod: str | None = None
+    ) -> None:
+        env = Envelope.create_command(command, Target("broadcast"), args)
+        await self.broker.publish([env], to_pod=to_pod)
 
     async def disconnect(
         self, user: str, code: int | None, reason: str | None, conn: str | None

@@ -17,9 +17,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,8 +28,12 @@ from .protocol import Envelope, Target
 
 log = logging.getLogger("clarion.presence")
 
-#: Publishes a command to every pod: (command, arguments).
-Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+class Publish(Protocol):
+    """Publishes a command to every pod, or to one pod's queue alone (``to_pod``)."""
+
+    def __call__(
+        self, command: str, args: dict[str, Any], to_pod: str | None = None
+    ) -> Awaitable[None]: ...
 
 #: The commands this module handles (protocol.COMMANDS lists them).
 HELLO, BYE, QUERY, REPLY = "hello", "bye", "presence", "presence_reply"
@@ -78,12 +82,12 @@ class Presence:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._publish(BYE, {"pod": self.pod_name}), 1.0)
+            await asyncio.wait_for(self._publish(BYE, {"pod": self.pod_name}, None), 1.0)
 
     async def _heartbeat(self) -> None:
         while True:
             with contextlib.suppress(Exception):  # the broker may be down: try again later
-                await self._publish(HELLO, {"pod": self.pod_name})
+                await self._publish(HELLO, {"pod": self.pod_name}, None)
             await asyncio.sleep(self.interval)
 
     def alive(self) -> list[str]:
@@ -110,7 +114,7 @@ class Presence:
         elif env.command == QUERY:
             counts = self.local(args["kind"], args["name"])
             reply = {"pod": self.pod_name, "q": args["q"], "to": pod, "counts": counts}
-            self._send(REPLY, reply)
+            self._send(REPLY, reply, to_pod=pod)  # to the asking pod's queue alone
         elif env.command == REPLY and args.get("to") == self.pod_name:
             pending = self._pending.get(args.get("q", ""))
             if pending is not None:
@@ -118,15 +122,15 @@ class Presence:
                 if pending.expected <= set(pending.answers):
                     pending.done.set()
 
-    def _send(self, command: str, args: dict[str, Any]) -> None:
+    def _send(self, command: str, args: dict[str, Any], to_pod: str | None = None) -> None:
         """Publish from the consumer without waiting (the confirm comes later)."""
-        task = asyncio.ensure_future(self._quietly(command, args))
+        task = asyncio.ensure_future(self._quietly(command, args, to_pod))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _quietly(self, command: str, args: dict[str, Any]) -> None:
+    async def _quietly(self, command: str, args: dict[str, Any], to_pod: str | None) -> None:
         try:
-            await self._publish(command, args)
+            await self._publish(command, args, to_pod)
         except Exception as exc:
             log.debug("presence %s not sent: %r", command, exc)
 

@@ -111,7 +111,8 @@ class Broker(abc.ABC):
     async def stop(self) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, envelopes: Sequence[Envelope]) -> None: ...
+    async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
+        """To every pod and the history; with ``to_pod``, to that pod's queue alone (a reply)."""
 
     @abc.abstractmethod
     async def read_history(

@@ -34,6 +34,12 @@ class MemoryExchange:
     def unbind(self, pod_name: str) -> None:
         self._consumers.pop(pod_name, None)
 
+    def send(self, pod_name: str, envelope: Envelope) -> None:
+        """To one pod alone, not kept in the history (a reply)."""
+        consumer = self._consumers.get(pod_name)
+        if consumer is not None:
+            consumer(envelope)
+
     def publish(self, envelope: Envelope) -> None:
         self.history.append(envelope)
         horizon = (time.time() - self.history_max_age) * 1000
@@ -63,9 +69,12 @@ class MemoryBroker(Broker):
         self.exchange.unbind(self.pod_name)
         self._started = False
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+    async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
         for env in envelopes:
-            self.exchange.publish(env)
+            if to_pod is None:
+                self.exchange.publish(env)
+            else:
+                self.exchange.send(to_pod, env)
 
     async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float

@@ -81,6 +81,8 @@ class RabbitBroker(Broker):
         self._listener: BrokerListener | None = None
         self._conn: AbstractConnection | None = None
         self._pub_exchange: AbstractExchange | None = None
+        #: The default exchange on the same channel: straight to one pod's queue.
+        self._pub_default: AbstractExchange | None = None
         self._consuming = False
         self._up = asyncio.Event()
         #: When the pod lost a working connection (monotonic), until it has one again.
@@ -232,6 +234,7 @@ class RabbitBroker(Broker):
         # queue may still wait for the cluster to give up on a frozen node. What
         # this pod's sockets miss meanwhile, the catch-up below brings.
         self._pub_exchange = exchange
+        self._pub_default = pub.default_exchange
         self._up.set()
         sub = await conn.channel(publisher_confirms=False)
         await sub.set_qos(prefetch_count=o.prefetch)
@@ -284,8 +287,11 @@ class RabbitBroker(Broker):
                 log.exception("consumer failed on message %s", env.id)
         self._acks.ack(message)
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+    async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
         """Publish with confirms; 503 (BrokerUnavailable) unless every message was confirmed.
+
+        With ``to_pod`` the messages go to that pod's queue alone, through the default
+        exchange (replies: not in the history, not to the other pods).
 
         A message is confirmed once it is in the history stream (replicated:
         confirmed by a majority of its nodes) and in every pod queue it was
@@ -302,6 +308,11 @@ class RabbitBroker(Broker):
         while True:
             exchange = await self._exchange(deadline)
             conn = self._conn
+            routing_key = ""
+            if to_pod is not None:
+                assert self._pub_default is not None
+                exchange = self._pub_default
+                routing_key = queue_name(to_pod, self.options.queue_prefix)
             # A confirm slow to come may mean this node is frozen: ask it.
             probe = loop.call_later(self.options.probe_after, self._probe_soon, conn)
             try:
@@ -309,7 +320,7 @@ class RabbitBroker(Broker):
                     *(
                         exchange.publish(
                             envelope_to_message(e),
-                            routing_key="",
+                            routing_key=routing_key,
                             # Routed nowhere (not even to the history): refused, not dropped.
                             mandatory=True,
                             timeout=max(0.05, deadline - loop.time()),
