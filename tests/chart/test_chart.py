@@ -61,6 +61,7 @@ COMBOS: dict[str, tuple[list[str], list[Path]]] = {
         ],
         [],
     ),
+    "rabbitmq-cluster": (["rabbitmq.replicas=3", "networkPolicy.enabled=true"], []),
     "service-monitor": (SERVICE_MONITOR, []),
     "existing-secrets": (EXISTING_SECRETS, []),
     "one-namespace": (["operator.watchNamespace=" + NAMESPACE], []),

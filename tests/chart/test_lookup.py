@@ -131,3 +131,28 @@ async def test_a_cluster_wide_release_next_to_a_namespaced_one_is_refused(cluste
     assert "release team-a/push runs a Clarion operator for namespace team-a" in proc.stderr
     # Another namespaced release is fine: each watches its own namespace.
     assert one(await render_live(["operator.watchNamespace=" + NS]), "KopfPeering")
+
+
+async def test_an_upgrade_of_a_cluster_keeps_its_erlang_cookie(cluster: Cluster) -> None:
+    # A new cookie would lock every node out of the others: it must survive upgrades.
+    await cluster.create(
+        "v1/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{RELEASE}-rabbitmq"},
+            "data": {"password": _b64("kept-pw"), "erlangCookie": _b64("keptcookie")},
+        },
+    )
+    sets = ["rabbitmq.replicas=3"]
+    docs = await render_live(sets)
+    rabbit = one(docs, "Secret", f"{RELEASE}-rabbitmq")["data"]
+    assert base64.b64decode(rabbit["erlangCookie"]).decode() == "keptcookie"
+    given = await render_live(
+        [*sets, "rabbitmq.password=kept-pw", "rabbitmq.erlangCookie=keptcookie"]
+    )
+    checksum = [
+        one(d, "StatefulSet")["spec"]["template"]["metadata"]["annotations"]["checksum/credentials"]
+        for d in (docs, given)
+    ]
+    assert checksum[0] == checksum[1]
