@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -24,6 +25,7 @@ from .helpers import (
     render,
     run,
 )
+from .test_chart import render_notes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -259,3 +261,10 @@ def test_an_external_cluster_renders_no_broker() -> None:
         "name": "rabbit-cluster-urls",
         "key": "managementUrl",
     }
+
+
+def test_notes_say_how_to_check_the_cluster(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, HA, [])
+    assert "RabbitMQ runs 3 nodes" in notes
+    assert f"kubectl -n {NAMESPACE} exec {NAME}-0 -- rabbitmq-diagnostics cluster_status" in notes
+    assert "cluster_status" not in render_notes(tmp_path / "one", [], [])
