@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import envvars
+from . import envvars, webhooks
 
 ENV_PREFIX = "CLARION_"
 
@@ -231,6 +231,43 @@ class Settings:
         "named in `missing`)",
         float,
     )
+    webhook_url: str | None = setting(
+        None,
+        "where webhook events are POSTed (`http://` or `https://`); unset: webhooks off. "
+        "See [webhooks](#webhooks)",
+        _optional,
+        doc_default="none: off",
+        secret=True,
+    )
+    webhook_secret: str | None = setting(
+        None,
+        "HMAC-SHA256 key of the `X-Clarion-Signature` header (required with a URL)",
+        _optional,
+        doc_default="—",
+        secret=True,
+    )
+    webhook_events: list[str] = setting(
+        ["channel_occupied", "channel_vacated", "user_online", "user_offline"],
+        "comma-separated events to send: `channel_occupied`, `channel_vacated`, "
+        "`user_online`, `user_offline`",
+        envvars.parse_list,
+    )
+    webhook_queue_size: int = setting(
+        1000, "webhook events a pod holds unsent; beyond it new ones are dropped (counted)", int
+    )
+    webhook_retries: int = setting(
+        5, "retries of a webhook POST answered non-2xx or timed out (then it counts as failed)", int
+    )
+    webhook_retry_delay: float = setting(
+        0.5, "seconds before the first retry; doubled each time, at most 30", float
+    )
+    webhook_timeout: float = setting(5.0, "seconds a webhook POST may take", float)
+    join_leave: bool = setting(
+        False,
+        "send `join`/`leave` frames to a channel's subscribers when a user's first socket in "
+        "the cluster subscribes to it or their last one leaves",
+        envvars.parse_bool,
+    )
     history_max_bytes: int = setting(512 * 1024 * 1024, "size bound of the history stream", int)
     drain_delay: float = setting(
         5.0,
@@ -278,6 +315,26 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.drain_delay < 0 or self.drain_window < 0:
             raise ValueError("--drain-delay and --drain-window must be >= 0")
+        self._validate_webhooks()
+
+    def _validate_webhooks(self) -> None:
+        unknown = sorted(set(self.webhook_events) - set(webhooks.EVENTS))
+        if unknown:
+            raise ValueError(
+                f"--webhook-events: unknown {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(webhooks.EVENTS)})"
+            )
+        if self.webhook_url is None:
+            return
+        webhooks.check_url(self.webhook_url)
+        if not self.webhook_secret:
+            raise ValueError("--webhook-url needs --webhook-secret (receivers verify signatures)")
+        if not self.webhook_events:
+            raise ValueError("--webhook-events must name at least one event with --webhook-url")
+        if self.webhook_queue_size <= 0 or self.webhook_retries < 0:
+            raise ValueError("--webhook-queue-size must be positive, --webhook-retries >= 0")
+        if not (self.webhook_retry_delay > 0 and self.webhook_timeout > 0):
+            raise ValueError("--webhook-retry-delay and --webhook-timeout must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, dev: bool = False, **given: Any) -> Settings:

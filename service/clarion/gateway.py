@@ -24,10 +24,13 @@ from .disconnects import Disconnect
 from .hub import Hub
 from .idempotency import Idempotency
 from .metrics import Metrics
+from .occupancy import COMMANDS as OCCUPANCY_COMMANDS
+from .occupancy import Key, Occupancy, event_name
 from .presence import COMMANDS as PRESENCE_COMMANDS
 from .presence import Presence
 from .protocol import Envelope, Publication, Target
 from .replays import Replays
+from .webhooks import Webhooks
 
 log = logging.getLogger("clarion.gateway")
 
@@ -66,6 +69,28 @@ class Gateway:
             settings.presence_interval,
             settings.presence_timeout,
         )
+        self.webhooks: Webhooks | None = None
+        kinds = {"member"} if settings.join_leave else set()
+        if settings.webhook_url is not None:
+            assert settings.webhook_secret is not None  # validate() says so
+            self.webhooks = Webhooks(
+                settings.webhook_url,
+                settings.webhook_secret,
+                settings.webhook_events,
+                self.metrics,
+                pod_name=self.pod_name,
+                queue_size=settings.webhook_queue_size,
+                retries=settings.webhook_retries,
+                retry_delay=settings.webhook_retry_delay,
+                timeout=settings.webhook_timeout,
+            )
+            kinds |= {e.split("_")[0] for e in settings.webhook_events}
+        #: Cluster-wide transitions, each decided by one pod (None: nothing asks for them).
+        self.occupancy = (
+            Occupancy(self.hub, self.presence, self._publish_command, self._fired, frozenset(kinds))
+            if kinds
+            else None
+        )
         self.auth: Authenticator
         if settings.auth == "none":
             self.auth = NoAuth()
@@ -99,11 +124,19 @@ class Gateway:
             )
         await self.broker.start(self)
         self.presence.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
+        if self.occupancy is not None:
+            self.occupancy.start()
         self.metrics.broker_connected.set(1 if self.broker.ready else 0)
         self.started = True
 
     async def stop(self) -> None:
         self.hub.close_all(disconnects.SHUTDOWN)
+        if self.occupancy is not None:
+            await self.occupancy.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop(drain=self.settings.webhook_timeout)
         await self.presence.stop()
         await self.broker.stop()
 
@@ -159,6 +192,10 @@ class Gateway:
         if env.command in PRESENCE_COMMANDS:
             self.presence.on_command(env)
             return 0
+        if env.command in OCCUPANCY_COMMANDS:
+            if self.occupancy is not None:
+                self.occupancy.on_command(env)
+            return 0
         args = orjson.loads(env.body)
         user = env.target.name or ""
         how = disconnects.DISCONNECTED
@@ -176,6 +213,11 @@ class Gateway:
         if conns:
             log.info("pod=%s disconnected %d sockets of user %s", self.pod_name, len(conns), user)
         return len(conns)
+
+    def _fired(self, key: Key, up: bool) -> None:
+        """A channel or user changed cluster-wide, and this pod owns it: tell the webhook."""
+        if self.webhooks is not None:
+            self.webhooks.enqueue(event_name(key, up), key[1])
 
     def on_state(self, up: bool) -> None:
         self.metrics.broker_connected.set(1 if up else 0)

@@ -127,6 +127,9 @@ class Hub:
         self._dirty: list[SocketWriter] = []
         self._flush_handle: asyncio.Handle | None = None
         self._prefix = f"{id_prefix}-{int(time.time() * 1000) % 1_000_000:06d}-"
+        #: Told of every socket added/removed (channel None) and (un)subscribed, after the
+        #: indexes changed (occupancy.py derives the transitions from them).
+        self.watch: Callable[[Connection, str | None, bool], None] | None = None
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
@@ -141,6 +144,8 @@ class Hub:
         conn.writer.on_dirty = self._mark_dirty
         self.metrics.connections.set(len(self.connections))
         self.metrics.opened.inc()
+        if self.watch is not None:
+            self.watch(conn, None, True)
 
     def _mark_dirty(self, writer: SocketWriter) -> None:
         self._dirty.append(writer)
@@ -171,6 +176,8 @@ class Hub:
                 del self.by_user[conn.user]
         for ch in list(conn.channels):
             self.unsubscribe(conn, ch)
+        if self.watch is not None:
+            self.watch(conn, None, False)
         self.metrics.connections.set(len(self.connections))
         self.metrics.closed.labels(reason=(conn.disconnect or how).label).inc()
 
@@ -180,6 +187,8 @@ class Hub:
         conn.channels.add(channel)
         self.by_channel.setdefault(channel, set()).add(conn)
         self.metrics.subscriptions.inc()
+        if self.watch is not None:
+            self.watch(conn, channel, True)
         return True
 
     def unsubscribe(self, conn: Connection, channel: str) -> bool:
@@ -192,6 +201,8 @@ class Hub:
             if not subs:
                 del self.by_channel[channel]
         self.metrics.subscriptions.dec()
+        if self.watch is not None:
+            self.watch(conn, channel, False)
         return True
 
     def targets(self, env: Envelope) -> Iterable[Connection]:

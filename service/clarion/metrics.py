@@ -152,6 +152,16 @@ class Metrics:
         )
         for limit in ("connections", "subscriptions", "frame_size", "frame_rate", "body_size"):
             self.limit_hits.labels(limit=limit)
+        self.webhook_events = Counter(
+            names.M_WEBHOOK_EVENTS,
+            "Webhook events, by event and result (sent, failed: retries exhausted, "
+            "dropped: queue full)",
+            ["event", "result"],
+            registry=r,
+        )
+        self.webhook_queue = Gauge(
+            names.M_WEBHOOK_QUEUE, "Webhook events queued on this pod, not yet sent", registry=r
+        )
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))

@@ -57,6 +57,9 @@ M_HISTORY_READS = "clarion_history_reads"
 M_HISTORY_READ_SECONDS = "clarion_history_read_seconds"
 #: How often each limit refused something.
 M_LIMIT_HITS = "clarion_limit_hits"
+#: Webhook events by event and result (sent, failed, dropped), and the queue's length.
+M_WEBHOOK_EVENTS = "clarion_webhook_events"
+M_WEBHOOK_QUEUE = "clarion_webhook_queue_length"
 #: Frames written to sockets, by transport path (fast or asgi).
 M_SOCKET_WRITES = "clarion_socket_writes"
 

@@ -122,9 +122,12 @@ class Envelope:
         return cls(new_message_id(ts), target, ts, orjson.dumps(args), command)
 
 
-#: Commands a pod publishes to every pod: ``disconnect`` closes a user's sockets; the
-#: others are presence.py's (membership and the scatter-gather of presence queries).
-COMMANDS = frozenset({"disconnect", "hello", "bye", "presence", "presence_reply"})
+#: Commands a pod publishes to every pod: ``disconnect`` closes a user's sockets;
+#: ``hello`` ... ``presence_reply`` are presence.py's (membership and the scatter-gather
+#: of presence queries), ``occupancy`` and ``joinleave`` occupancy.py's.
+COMMANDS = frozenset(
+    {"disconnect", "hello", "bye", "presence", "presence_reply", "occupancy", "joinleave"}
+)
 
 
 #: Characters of channel patterns (the token's ``channels`` claim), never of a channel name.

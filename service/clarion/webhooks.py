@@ -1,0 +1,196 @@
+"""The webhook sender: signed POSTs from a bounded in-memory queue, retried with backoff.
+
+Which events exist and which pod sends each is occupancy.py's business; this
+module only delivers what it is given, in order, one request at a time (so a
+``channel_occupied`` never overtakes the ``channel_vacated`` before it). A full
+queue drops the new event and counts it; a pod killed with events queued loses
+them (the README's Webhooks section says when that happens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from .metrics import Metrics
+
+log = logging.getLogger("clarion.webhooks")
+
+#: The events a pod can send, and the field that names what they are about.
+EVENTS = {
+    "channel_occupied": "channel",
+    "channel_vacated": "channel",
+    "user_online": "user",
+    "user_offline": "user",
+}
+SIGNATURE_HEADER = "X-Clarion-Signature"
+TIMESTAMP_HEADER = "X-Clarion-Timestamp"
+#: The pod that sent it (for the receiver's logs; not signed).
+POD_HEADER = "X-Clarion-Pod"
+#: The longest pause between two attempts, whatever the exponent says.
+MAX_BACKOFF = 30.0
+
+
+def check_url(url: str) -> str:
+    """The URL, or ValueError naming what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("--webhook-url must be an http:// or https:// URL")
+    try:
+        port = parts.port  # raises on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError("--webhook-url has a bad port") from None
+    if not parts.hostname or port == 0:
+        raise ValueError("--webhook-url needs a host (and a port other than 0)")
+    if parts.fragment or any(c.isspace() for c in url):
+        raise ValueError("--webhook-url must have no fragment and no spaces")
+    return url
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value: HMAC-SHA256 of ``<timestamp>.<raw body>``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(
+    secret: str, timestamp: str, body: bytes, signature: str, tolerance: float = 300
+) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= tolerance
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...)."""
+    return min(MAX_BACKOFF, base * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    name: str
+    ts: int
+    id: str
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {"event": self.event, EVENTS[self.event]: self.name, "ts": self.ts, "id": self.id}
+        )
+
+
+class Webhooks:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        events: list[str],
+        metrics: Metrics,
+        *,
+        pod_name: str,
+        queue_size: int,
+        retries: int,
+        retry_delay: float,
+        timeout: float,
+    ) -> None:
+        self.url = url
+        self._secret = secret
+        self.events = frozenset(events)
+        self.pod_name = pod_name
+        self.metrics = metrics
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.timeout = timeout
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def wants(self, event: str) -> bool:
+        return event in self.events
+
+    def enqueue(self, event: str, name: str) -> bool:
+        """Queue one event (never waits); False, counted as dropped, when the queue is full."""
+        if event not in self.events:
+            return False
+        item = Event(event, name, int(time.time() * 1000), uuid.uuid4().hex)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.metrics.webhook_events.labels(event=event, result="dropped").inc()
+            log.warning("webhook queue full: %s %s dropped", event, name)
+            return False
+        self.metrics.webhook_queue.set(self._queue.qsize())
+        return True
+
+    def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        self._task = asyncio.create_task(self._run(), name="webhooks")
+
+    async def stop(self, drain: float) -> None:
+        """Send what is queued for up to ``drain`` seconds, then give up on the rest."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                ok = await self._deliver(item)
+                result = "sent" if ok else "failed"
+                self.metrics.webhook_events.labels(event=item.event, result=result).inc()
+            finally:
+                self._queue.task_done()
+                self.metrics.webhook_queue.set(self._queue.qsize())
+
+    async def _deliver(self, item: Event) -> bool:
+        """POST one event until a 2xx, at most ``1 + retries`` times."""
+        assert self._client is not None
+        body = item.body()
+        attempt = 0
+        while True:
+            attempt += 1
+            timestamp = str(int(time.time()))  # signed anew: a late retry is not stale
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+                TIMESTAMP_HEADER: timestamp,
+                POD_HEADER: self.pod_name,
+            }
+            try:
+                resp = await self._client.post(self.url, content=body, headers=headers)
+                if 200 <= resp.status_code < 300:
+                    return True
+                why = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                why = type(exc).__name__
+            if attempt > self.retries:
+                log.warning(
+                    "webhook %s %s (id %s) failed after %d attempts: %s",
+                    item.event,
+                    item.name,
+                    item.id,
+                    attempt,
+                    why,
+                )
+                return False
+            await asyncio.sleep(backoff(attempt, self.retry_delay))
