@@ -268,3 +268,15 @@ def test_notes_say_how_to_check_the_cluster(tmp_path: Path) -> None:
     assert "RabbitMQ runs 3 nodes" in notes
     assert f"kubectl -n {NAMESPACE} exec {NAME}-0 -- rabbitmq-diagnostics cluster_status" in notes
     assert "cluster_status" not in render_notes(tmp_path / "one", [], [])
+
+
+def test_a_new_node_list_rolls_the_gateways() -> None:
+    def checksum(sets: list[str]) -> str:
+        given = ["rabbitmq.password=pw", "auth.apiKey.value=k", "auth.jwtSecret.value=j"]
+        given += ["auth.adminToken.value=a"]
+        gw = one(render([*sets, *given]), "WebSocketGateway")
+        return str(gw["spec"]["podAnnotations"]["checksum/credentials"])
+
+    three, five = checksum(HA), checksum(["rabbitmq.replicas=5"])
+    assert three != five  # the gateways read the URL list once, at start
+    assert checksum(["rabbitmq.replicas=3", "gateway.replicas.min=3"]) == three

@@ -207,6 +207,10 @@ existingSecret counts by its name only (rotate it with a new name, or restart).
 {{- end }}
 {{- if and .Values.rabbitmq.enabled (not .Values.rabbitmq.existingSecret) }}
 {{- $parts = append $parts (printf "broker=%s:%s" .Values.rabbitmq.username (include "clarion.rabbitmqPassword" .)) }}
+{{- if include "clarion.rabbitmqHA" . }}
+{{- /* The node list too: after a scale-out the gateways restart with every address. */}}
+{{- $parts = append $parts (printf "brokerHosts=%s" (include "clarion.rabbitmqHosts" .)) }}
+{{- end }}
 {{- else if and (not .Values.rabbitmq.enabled) (not .Values.externalBroker.existingSecret) }}
 {{- $parts = append $parts (printf "broker=%s" .Values.externalBroker.url) }}
 {{- else }}
