@@ -280,3 +280,19 @@ def test_a_new_node_list_rolls_the_gateways() -> None:
     three, five = checksum(HA), checksum(["rabbitmq.replicas=5"])
     assert three != five  # the gateways read the URL list once, at start
     assert checksum(["rabbitmq.replicas=3", "gateway.replicas.min=3"]) == three
+
+
+def test_each_node_is_scraped_once() -> None:
+    docs = render([*HA, "metrics.serviceMonitor.enabled=true"])
+    monitor = one(docs, "ServiceMonitor", NAME)["spec"]
+    selected = [
+        s
+        for s in find(docs, "Service")
+        if monitor["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    (port,) = {e["port"] for e in monitor["endpoints"]}
+    # Both Services select the nodes; only the client one has the metrics port.
+    scraped = [
+        s["metadata"]["name"] for s in selected if port in {p["name"] for p in s["spec"]["ports"]}
+    ]
+    assert scraped == [NAME]
