@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from .wsclient import Client
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "s3cret-for-tests"
+SLOW, HANG_UP = -1, -2
 AUTH = {"Authorization": "Bearer k"}
 
 
@@ -171,6 +173,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         #: Statuses to answer, in turn, to requests about a name; then 200.
+        #: SLOW: answer after 2 s (past the pods' 0.5 s timeout); HANG_UP: close, no answer.
         self.script: dict[str, list[int]] = {}
         #: Cleared: requests wait (a stuck receiver) until it is set.
         self.open = threading.Event()
@@ -180,6 +183,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver would
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.open.wait(30)
@@ -189,9 +193,21 @@ class Receiver:
                     statuses = receiver.script.get(name, [])
                     status = statuses.pop(0) if statuses else 200
                     receiver.requests.append(
-                        {"body": body, "event": event, "status": status, **dict(self.headers)}
+                        {
+                            "body": body,
+                            "event": event,
+                            "status": status,
+                            "at": time.monotonic(),
+                            **dict(self.headers),
+                        }
                     )
-                self.send_response(status)
+                if status == HANG_UP:
+                    self.close_connection = True
+                    return
+                if status == SLOW:
+                    time.sleep(2)
+                    self.close_connection = True
+                self.send_response(200 if status == SLOW else status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -231,7 +247,7 @@ def hook_args(url: str, *extra: str) -> list[str]:
     return [
         "--auth", "none", "--api-key", "k", "--presence-interval", "1",
         "--webhook-url", url, "--webhook-secret", SECRET,
-        "--webhook-retry-delay", "0.2", "--join-leave", *extra,
+        "--webhook-retry-delay", "0.2", "--webhook-timeout", "0.5", "--join-leave", *extra,
     ]  # fmt: skip
 
 
@@ -330,15 +346,19 @@ async def test_one_event_per_cluster_transition_signed_by_its_owner(
     assert sent >= 6
 
 
-async def test_a_receiver_answering_500_gets_the_event_again(
+async def test_a_receiver_answering_500_or_late_or_not_gets_the_event_again(
     pods: list[GatewayProcess], receiver: Receiver
 ) -> None:
     channel = f"retry-{uuid.uuid4().hex[:6]}"
-    receiver.script[channel] = [500, 503]
+    receiver.script[channel] = [500, SLOW, 503, HANG_UP]
     c = await connect(pods[1], "retrier", channel)
-    await wait_for(lambda: receiver.events(channel), 10, message="the event after two 500s")
+    await wait_for(lambda: receiver.events(channel), 10, message="the event after four failures")
     tries = receiver.about(channel)
-    assert [r["status"] for r in tries] == [500, 503, 200]
+    assert [r["status"] for r in tries] == [500, SLOW, 503, HANG_UP, 200]
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(tries)]
+    # Backoff 0.2, 0.4, 0.8 s (after the 0.5 s timeout); a hang-up on a kept connection is
+    # sent again at once on a fresh one.
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.9 and gaps[2] >= 0.8 and gaps[3] < 0.2, gaps
     assert len({r["event"]["id"] for r in tries}) == 1  # the same event, sent again
     await c.close()
 

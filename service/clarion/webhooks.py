@@ -10,16 +10,18 @@ them (the README's Webhooks section says when that happens).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
 import logging
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-import httpx
+import h11
 import orjson
 
 from .metrics import Metrics
@@ -79,6 +81,87 @@ def backoff(attempt: int, base: float) -> float:
     return min(MAX_BACKOFF, base * 2 ** (attempt - 1))
 
 
+class Poster:
+    """POSTs over one kept-alive HTTP/1.1 connection (h11 on asyncio streams).
+
+    Not httpx: its machinery costs about 1 ms of CPU per request, h11 alone 0.13 ms
+    (measured on loopback). No proxies, no redirects: a 3xx is a failed attempt.
+    """
+
+    #: The most of a response body read (and thrown away) before the connection is dropped.
+    MAX_BODY = 64 * 1024
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        netloc = parts.netloc.rpartition("@")[2]
+        self.headers = [("Host", netloc), ("User-Agent", "clarion-webhooks")]
+        if parts.username is not None:
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.headers.append(
+                ("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
+            )
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """The response's status; raises OSError, h11.ProtocolError or EOFError."""
+        reused = self._streams is not None
+        try:
+            return await self._exchange(body, headers)
+        except (OSError, h11.ProtocolError, EOFError):
+            self.close()
+            if not reused:
+                raise
+        # The receiver closed the idle connection: once more on a fresh one.
+        return await self._exchange(body, headers)
+
+    async def _exchange(self, body: bytes, headers: dict[str, str]) -> int:
+        if self._streams is None:
+            context = ssl.create_default_context() if self.tls else None
+            self._streams = await asyncio.open_connection(self.host, self.port, ssl=context)
+            self._h11 = h11.Connection(h11.CLIENT)
+        reader, writer = self._streams
+        conn = self._h11
+        all_headers = [*self.headers, *headers.items(), ("Content-Length", str(len(body)))]
+        writer.write(
+            conn.send(h11.Request(method="POST", target=self.target, headers=all_headers))
+            + conn.send(h11.Data(data=body))
+            + conn.send(h11.EndOfMessage())
+        )
+        await writer.drain()
+        status, read = 0, 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data and not status:
+                    raise EOFError("connection closed before a response")
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                read += len(event.data)
+                if read > self.MAX_BODY:
+                    self.close()
+                    return status
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 @dataclass(frozen=True)
 class Event:
     event: str
@@ -116,7 +199,7 @@ class Webhooks:
         self.timeout = timeout
         self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._poster = Poster(url)
 
     def wants(self, event: str) -> bool:
         return event in self.events
@@ -136,7 +219,6 @@ class Webhooks:
         return True
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
         self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self, drain: float) -> None:
@@ -148,8 +230,7 @@ class Webhooks:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._client is not None:
-            await self._client.aclose()
+        self._poster.close()
 
     async def _run(self) -> None:
         while True:
@@ -164,7 +245,6 @@ class Webhooks:
 
     async def _deliver(self, item: Event) -> bool:
         """POST one event until a 2xx, at most ``1 + retries`` times."""
-        assert self._client is not None
         body = item.body()
         attempt = 0
         while True:
@@ -177,11 +257,13 @@ class Webhooks:
                 POD_HEADER: self.pod_name,
             }
             try:
-                resp = await self._client.post(self.url, content=body, headers=headers)
-                if 200 <= resp.status_code < 300:
+                async with asyncio.timeout(self.timeout):
+                    status = await self._poster.post(body, headers)
+                if 200 <= status < 300:
                     return True
-                why = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
+                why = f"HTTP {status}"
+            except (TimeoutError, OSError, h11.ProtocolError, EOFError) as exc:
+                self._poster.close()  # its state is unknown: a fresh connection next time
                 why = type(exc).__name__
             if attempt > self.retries:
                 log.warning(
