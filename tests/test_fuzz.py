@@ -158,7 +158,8 @@ def test_parse_publish_body_raises_only_protocol_errors(raw: bytes) -> None:
         assert exc.code and exc.message
         return
     assert items and (batch or len(items) == 1)
-    for target, _ in items:
+    for target, _, key in items:
+        assert key is None or (isinstance(key, str) and 1 <= len(key) <= 256)
         assert target.kind in ("user", "channel", "broadcast")
         assert (target.name is None) == (target.kind == "broadcast")
 

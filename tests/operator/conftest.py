@@ -463,6 +463,10 @@ async def start_gateways(
                 "0",
                 "--api-port",
                 str(API_PORTS[name]),
+                # Queues that outlive their pod, which the operator must delete (an
+                # exclusive queue, the default, goes with its pod's connection).
+                "--pod-queue-type",
+                "classic",
             ],
             log_dir=tmp_path,
         )
