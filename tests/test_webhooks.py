@@ -300,6 +300,13 @@ async def settled(receiver: Receiver, pods: list[GatewayProcess]) -> None:
     await wait_for(quiet, 10, 0.3, "webhooks settled")
 
 
+def owned_by(pod: str, kind: str, prefix: str, names: list[str]) -> str:
+    """A fresh channel or user name that ``pod`` owns among ``names``."""
+    tag = uuid.uuid4().hex[:6]
+    candidates = (f"{prefix}-{tag}-{i}" for i in range(1000))
+    return next(n for n in candidates if owner((kind, n), names) == pod)
+
+
 async def connect(pod: GatewayProcess, user: str, *channels: str) -> Client:
     c = await Client.connect(f"{pod.ws_url}?user={user}", user)
     await c.wait_welcome()
@@ -358,7 +365,8 @@ async def test_a_receiver_answering_500_or_late_or_not_gets_the_event_again(
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(tries)]
     # Backoff 0.2, 0.4, 0.8 s (after the 0.5 s timeout); a hang-up on a kept connection is
     # sent again at once on a fresh one.
-    assert gaps[0] >= 0.2 and gaps[1] >= 0.9 and gaps[2] >= 0.8 and gaps[3] < 0.2, gaps
+    # (Measured at the receiver, which notes a request after reading it: a little slack.)
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.85 and gaps[2] >= 0.75 and gaps[3] < 0.2, gaps
     assert len({r["event"]["id"] for r in tries}) == 1  # the same event, sent again
     await c.close()
 
@@ -374,11 +382,7 @@ async def test_join_and_leave_frames_once_per_user_in_the_cluster(
     assert frame == {"type": "join", "channel": channel, "user": "dave"}
     # A second socket: no second join. Pods' transitions race each other (README), so
     # wait until the owner has pod 2's: a channel it also owns, subscribed after, is seen.
-    chat_owner = owner(("channel", channel), names)
-    marker = next(
-        c for c in (f"mark-{tag}-{i}" for i in range(200))
-        if owner(("channel", c), names) == chat_owner
-    )  # fmt: skip
+    marker = owned_by(owner(("channel", channel), names), "channel", "mark", names)
     d2 = await connect(pods[2], "dave", channel, marker)
     await wait_for(lambda: receiver.events(marker), 10, message="the owner saw pod 2's change")
     await d1.close()  # dave is still there on pod 2: no leave
@@ -421,10 +425,7 @@ async def test_a_killed_pods_users_go_offline_from_their_owner(
         await all_know_each_other(pods)
         names = [p.pod_name for p in pods]
         # A user that pod 0 owns, connected to pod 1, which dies.
-        user = next(
-            u for u in (f"eve-{i}-{uuid.uuid4().hex[:4]}" for i in range(100))
-            if owner(("user", u), names) == names[0]
-        )  # fmt: skip
+        user = owned_by(names[0], "user", "eve", names)
         c = await connect(pods[1], user)
         await wait_for(lambda: receiver.events(user) == ["user_online"], 10)
         assert not c.closed
@@ -433,3 +434,48 @@ async def test_a_killed_pods_users_go_offline_from_their_owner(
         await wait_for(lambda: receiver.events(user) == ["user_online", "user_offline"], 10)
         took = time.monotonic() - killed
         assert took < 5, f"offline {took:.1f}s after the kill (three presence intervals: 3 s)"
+
+
+async def test_a_stopping_pods_users_go_offline_at_once_whoever_owns_them(
+    vhost: Vhost, receiver: Receiver, tmp_path: Any
+) -> None:
+    made = hook_pods(
+        "hook-stop", 2, vhost, receiver.url, tmp_path, "--drain-delay", "0", "--drain-window", "0"
+    )
+    with started(made, kill=True) as pods:
+        await all_know_each_other(pods)
+        names = [p.pod_name for p in pods]
+        # Both on pod 1, which stops: one owned by pod 0, one by pod 1 itself.
+        users = [owned_by(n, "user", "sam", names) for n in names]
+        clients = [await connect(pods[1], u) for u in users]
+        for u in users:
+            await wait_for(lambda u=u: receiver.events(u) == ["user_online"], 10)
+        pods[1].signal(signal.SIGTERM)
+        for u in users:  # long before three presence intervals
+            await wait_for(lambda u=u: len(receiver.events(u)) == 2, 2.5, message=f"{u} offline")
+            assert receiver.events(u) == ["user_online", "user_offline"]
+        assert all(c.closed for c in clients)
+
+
+async def test_a_new_pod_takes_its_names_over_without_repeating_them(
+    vhost: Vhost, receiver: Receiver, tmp_path: Any
+) -> None:
+    made = hook_pods("hook-new", 3, vhost, receiver.url, tmp_path)
+    names = [p.pod_name for p in made]
+    # A channel that pod 0 owns among two pods, and the newcomer (pod 2) among three.
+    channel = next(
+        c for c in (owned_by(names[2], "channel", "moved", names) for _ in range(100))
+        if owner(("channel", c), names[:2]) == names[0]
+    )  # fmt: skip
+    with started(made[:2], kill=True) as pods:
+        await all_know_each_other(pods)
+        c0, c1 = await connect(pods[0], "una", channel), await connect(pods[1], "ben", channel)
+        await wait_for(lambda: receiver.events(channel) == ["channel_occupied"], 10)
+        with started(made[2:], kill=True):
+            await all_know_each_other(made)
+            await c0.close()
+            await c1.close()
+            await wait_for(lambda: len(receiver.events(channel)) >= 2, 10)
+            await settled(receiver, made)
+            assert receiver.events(channel) == ["channel_occupied", "channel_vacated"]
+            assert receiver.about(channel)[1][webhooks.POD_HEADER] == names[2]  # the new owner

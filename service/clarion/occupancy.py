@@ -10,12 +10,16 @@ goes from empty to non-empty (or back) is a cluster-wide transition: the owner
 alone fires it (webhooks.py, or a ``joinleave`` command for the join/leave frames).
 
 When a pod's view of the members changes (a pod joins, says bye, or falls silent
-for three presence intervals), it sends a ``sync`` to every owner: all its non-zero
-names, each to its owner, which then replaces what it held of that pod (names the
+for three presence intervals), it sends a ``sync`` to every owner, and asks every
+pod to do the same at its next tick: all its non-zero names (those it announced),
+each to its owner, which then replaces what it held of that pod (names the
 pod no longer has go, and may fire; names new to the owner are taken silently:
 their previous owner already announced them). An owner forgets a dead pod's
 names (firing the vacated/offline that its death caused) and silently drops the
-names it no longer owns.
+names it no longer owns. From its start and after each view change an owner holds
+its transitions until every pod of its view has synced (at most one presence
+interval), then sends those that still stand: a takeover neither repeats an
+event nor invents one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -142,6 +148,15 @@ class Occupancy:
         #: (alone, it would think it owns every key and announce what is already known).
         self._settled = False
         self._resync = False
+        #: The takeover window (from the start, and after every view change): the owner's
+        #: transitions wait until every pod of the view has synced (at most an interval),
+        #: then those whose first and last direction agree go out (None: closed).
+        self._awaiting: set[str] | None = set()
+        self._window_ends = math.inf
+        self._deferred: dict[Key, tuple[bool, bool]] = {}
+        #: Within the window: which pods synced each key, and which announced it (an up).
+        self._synced: dict[Key, set[str]] = {}
+        self._upped: dict[Key, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Future[None]] = set()
 
@@ -153,7 +168,9 @@ class Occupancy:
 
     def _settle(self) -> None:
         self._settled = True
+        self._window_ends = time.monotonic() + max(1.0, self.presence.interval)
         self.flush()
+        self._maybe_close()
 
     async def stop(self) -> None:
         """Send the last transitions (the closed sockets') before the pod says bye."""
@@ -173,6 +190,8 @@ class Occupancy:
             self.refresh()
             if self._resync:
                 self._send_sync()
+            if self._awaiting is not None and time.monotonic() > self._window_ends:
+                self._close_window()  # a pod that never synced: go with what is known
 
     # -- local transitions ---------------------------------------------------
 
@@ -233,22 +252,30 @@ class Occupancy:
         if view == self.view:
             return
         gone = set(self.view) - set(view)
+        log.debug("pod=%s view %s -> %s", self.pod_name, self.view, view)
         self.view = view
+        self._awaiting = set(view) - {self.pod_name}
+        self._window_ends = time.monotonic() + max(1.0, self.presence.interval)
         for pod in gone:
             for key in self.tally.forget(pod):
-                self._fired(key, False)
+                self._transition(key, False)
         self.tally.drop(lambda k: owner(k, view) == self.pod_name)
-        self._send_sync()
+        # And every other pod resyncs too: this pod may now own keys whose holders' views
+        # did not change (it dropped them while it knew only some of the pods).
+        self._send_sync(ask=True)
 
-    def _send_sync(self) -> None:
+    def _send_sync(self, ask: bool = False) -> None:
         self._resync = False
         parts: dict[str, list[Key]] = {pod: [] for pod in self.view}
         for key in self._announced:
             parts[owner(key, self.view)].append(key)
-        for key in self.tally.sync(self.pod_name, parts.pop(self.pod_name)):
-            self._fired(key, False)
+        mine = parts.pop(self.pod_name)
+        self._note_synced(self.pod_name, mine)
+        for key in self.tally.sync(self.pod_name, mine):
+            self._transition(key, False)
+        self._maybe_close()
         if parts:
-            self._send(CHANGES, {"pod": self.pod_name, "sync": parts})
+            self._send(CHANGES, {"pod": self.pod_name, "sync": parts, "ask": ask})
 
     def _send(self, command: str, args: dict[str, Any]) -> None:
         task = asyncio.ensure_future(self._quietly(command, args))
@@ -271,9 +298,40 @@ class Occupancy:
         else:
             self._fire(key, up)
 
+    def _note_synced(self, pod: str, keys: list[Key]) -> None:
+        if self._awaiting is not None:
+            for key in keys:
+                self._synced.setdefault(key, set()).add(pod)
+
     def _apply(self, pod: str, key: Key, up: bool) -> None:
+        if up and self._awaiting is not None:
+            self._upped.setdefault(key, set()).add(pod)
         if self.tally.change(pod, key, up):
+            self._transition(key, up)
+
+    def _transition(self, key: Key, up: bool) -> None:
+        if self._awaiting is None:
             self._fired(key, up)
+        else:
+            first = self._deferred.get(key, (up, up))[0]
+            self._deferred[key] = (first, up)
+
+    def _maybe_close(self) -> None:
+        if self._awaiting is not None and not self._awaiting and self._settled:
+            self._close_window()
+
+    def _close_window(self) -> None:
+        """Send what the takeover held: net transitions, not a key's repeats."""
+        deferred, synced, upped = self._deferred, self._synced, self._upped
+        self._awaiting, self._deferred, self._synced, self._upped = None, {}, {}, {}
+        for key, (first, last) in deferred.items():
+            held = key in self.tally.holders
+            # A pod that holds it without having announced it in the window: not new.
+            known = synced.get(key, set()) - upped.get(key, set())
+            if first and last and held and not known:
+                self._fired(key, True)
+            elif not first and not last and not held:
+                self._fired(key, False)
 
     def on_command(self, env: Envelope) -> None:
         args = orjson.loads(env.body)
@@ -287,8 +345,15 @@ class Occupancy:
             self._apply(pod, tuple(change[1:]), bool(change[0]))
         keys = args.get("sync", {}).get(self.pod_name)
         if keys is not None:
-            for key in self.tally.sync(pod, [tuple(k) for k in keys]):
-                self._fired(key, False)
+            synced = [tuple(k) for k in keys]
+            self._note_synced(pod, synced)
+            for key in self.tally.sync(pod, synced):
+                self._transition(key, False)
+            if self._awaiting is not None:
+                self._awaiting.discard(pod)
+                self._maybe_close()
+        if args.get("ask"):
+            self._resync = True  # answered at the next tick: many asks, one sync
 
     def _join_leave(self, channel: str, user: str, up: bool) -> None:
         """Tell this pod's subscribers of ``channel`` (the user's own sockets aside)."""
