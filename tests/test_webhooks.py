@@ -18,7 +18,10 @@ import pytest
 
 from clarion import webhooks
 from clarion.config import Settings
-from clarion.occupancy import Tally, owner
+from clarion.hub import Hub
+from clarion.metrics import Metrics
+from clarion.occupancy import Occupancy, Tally, owner
+from clarion.protocol import Envelope, Target
 from testkit.net import free_port
 
 from .support import GatewayProcess, Vhost, started, wait_for
@@ -74,6 +77,53 @@ def test_tally_sync_replaces_a_pods_part_and_takes_new_keys_silently() -> None:
     assert t.forget("b") == [c2]  # a dead pod's lone keys are vacated
     t.drop(lambda k: k != c3)
     assert t.holders == {}
+
+
+class FakePresence:
+    """Presence's members, as Occupancy reads them (no broker)."""
+
+    def __init__(self, pod_name: str, members: list[str]) -> None:
+        self.pod_name, self.interval, self.members = pod_name, 1.0, members
+
+    def alive(self) -> list[str]:
+        return sorted(self.members)
+
+
+async def test_a_takeover_sends_the_net_events_once() -> None:
+    fired: list[tuple[Any, bool]] = []
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(command: str, args: dict[str, Any]) -> None:
+        sent.append((command, args))
+
+    presence = FakePresence("b", ["a", "c"])
+    occ = Occupancy(
+        Hub(Metrics(), "b"),
+        presence,  # type: ignore[arg-type]
+        publish,
+        lambda key, up: fired.append((key, up)),
+        frozenset({"channel"}),
+    )
+    occ._settled = True
+    x = owned_by("b", "channel", "x", ["a", "b", "c"])
+    key = ["channel", x]
+
+    def command(pod: str, **args: Any) -> None:
+        body = {"pod": pod, **args}
+        occ.on_command(Envelope.create_command("occupancy", Target("broadcast"), body))
+
+    occ.refresh()  # b now knows a and c: it owns x, and waits for their syncs
+    await asyncio.sleep(0)  # the sync goes out from a task
+    assert sent[-1][1]["ask"] is True
+    command("a", sync={"b": [key]})  # a and c held x already (its old owner announced it)
+    command("a", changes={"b": [[False, *key]]})  # a leaves: x looks empty, c has not synced
+    assert fired == []
+    command("c", sync={"b": [key]})  # the window closes: x is held, nothing to send
+    assert fired == []
+    command("c", changes={"b": [[False, *key]]})
+    assert fired == [(("channel", x), False)]  # one vacated, not two
+    command("c", changes={"b": [[True, *key]]})
+    assert fired[-1] == (("channel", x), True)
 
 
 def test_signature_verifies_and_refuses_tampering_and_staleness() -> None:
