@@ -275,7 +275,7 @@ async def test_the_readmes_backend_example_publishes(
     from .support import REPO
 
     readme = (REPO / "README.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "Publisher" in c]
     assert len(code.strip().splitlines()) <= 5
     code = code.replace("http://localhost:8080", jwt_pod.http_url).replace('"KEY"', repr(KEY))
     sub = Subscriber(

@@ -230,9 +230,13 @@ class RabbitBroker(Broker):
         o = self.options
         pub = await conn.channel(publisher_confirms=True)
         exchange = await topology.declare_exchange(pub, o)
-        # Publishing needs only the exchange: it resumes now, while the pod's own
-        # queue may still wait for the cluster to give up on a frozen node. What
-        # this pod's sockets miss meanwhile, the catch-up below brings.
+        # The history stream first: a 202 stands on it, and right after a broker
+        # restart it can still be down ("home node is down"), when a message routed
+        # to it would be confirmed for the pod queues and silently not kept.
+        await topology.declare_history(conn, o)
+        # Publishing needs nothing more: it resumes now, while the pod's own queue
+        # may still wait for the cluster to give up on a frozen node. What this
+        # pod's sockets miss meanwhile, the catch-up below brings.
         self._pub_exchange = exchange
         self._pub_default = pub.default_exchange
         self._up.set()
@@ -240,7 +244,6 @@ class RabbitBroker(Broker):
         await sub.set_qos(prefetch_count=o.prefetch)
         queue = await topology.declare_pod_queue(conn, sub, self.queue_name, o)
         (await queue.channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
-        await topology.declare_history(conn, o)
         assert self._listener is not None
         await self._catch_up.run(self.read_history, self._listener)
         # "Up" before the queue is consumed: the listener may act (e.g. close

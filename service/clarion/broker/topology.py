@@ -106,6 +106,9 @@ async def declare_history(conn: AbstractConnection, o: BrokerOptions) -> None:
                 return
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 log.warning("%s exists with other arguments, using it as is: %s", stream, exc)
+                ch = await conn.channel(publisher_confirms=False)
+                history = await ch.declare_queue(stream, passive=True)
+                await history.bind(o.exchange, routing_key="")
                 return
             except aiormq.exceptions.AMQPError as exc:
                 # Right after a broker restart a durable queue can briefly
@@ -118,6 +121,8 @@ async def declare_history(conn: AbstractConnection, o: BrokerOptions) -> None:
                 await asyncio.sleep(0.2 * (attempt + 1))
                 if ch.is_closed:
                     ch = await conn.channel(publisher_confirms=False)
+        # Still down: no publish may be accepted without it; the connect loop retries.
+        raise RuntimeError(f"the history stream {stream} is not available yet")
     finally:
         if not ch.is_closed:
             await ch.close()
