@@ -18,7 +18,7 @@ import orjson
 from . import envvars
 from .broker import Broker
 from .protocol import Envelope, ProtocolError, Target, parse_since, parse_target
-from .replays import UNAVAILABLE, ReplayCollector
+from .replays import UNAVAILABLE, ReplayCollector, first_reading
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -85,12 +85,8 @@ async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, An
                 matched.append(env)
 
     def each(env: Envelope) -> None:
-        if env.id in seen or (env.key is not None and env.key in seen):
-            return  # read twice, or a second copy of an idempotent publish
-        seen.add(env.id)
-        if env.key is not None:
-            seen.add(env.key)
-        picked(env)
+        if first_reading(seen, env):
+            picked(env)
 
     if not await broker.read_history(start, each, timeout):
         return None

@@ -33,6 +33,17 @@ UNKNOWN = "unknown"  # inside the window, but no message has that id
 UNAVAILABLE = "unavailable"  # the history could not be read
 
 
+def first_reading(seen: set[str], env: Envelope) -> bool:
+    """False for a message read before in this read, or a second copy of an idempotent
+    publish (its key was read before); the history reader hands some over twice."""
+    if env.id in seen or (env.key is not None and env.key in seen):
+        return False
+    seen.add(env.id)
+    if env.key is not None:
+        seen.add(env.key)
+    return True
+
+
 @dataclass
 class Replay:
     """What a reconnecting client missed, oldest first.
@@ -138,11 +149,8 @@ class Replays:
         seen: set[str] = set()  # once per read, not per client: the ids are many
 
         def each(env: Envelope) -> None:
-            if env.id in seen or (env.key is not None and env.key in seen):
-                return  # read twice, or a second copy of an idempotent publish
-            seen.add(env.id)
-            if env.key is not None:
-                seen.add(env.key)
+            if not first_reading(seen, env):
+                return
             for collector in collectors:
                 collector.add(env)
 
