@@ -2,7 +2,8 @@
 
     python -m bench                 # full: S1 sweep, S2, S3/S4, S5, baselines (5-8 min)
     python -m bench --quick         # one repetition, small sizes (~1 min)
-    python -m bench --only s1,s2    # a subset of: s1 s2 s3 s5 broker deflate variants
+    python -m bench --only s1,s2    # a subset of: s1 s1api s2 s3 s5 broker deflate variants
+    python -m bench --only s1api --ab HEAD   # S1 through POST /api/publish, raw beside it
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
     python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
     python -m bench --ab 56673a0    # and that revision beside the working tree, same run
@@ -31,7 +32,7 @@ from .scenarios import Bench
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALL = ("s1", "s2", "s3", "s5", "broker", "deflate", "variants")
+ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants")
 #: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
 VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
 
@@ -166,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             for label in s1_systems:
                 print(f"S1 broadcast: {label}", flush=True)
                 bench.s1_broadcast(label, sizes, deliveries)
+        if "s1api" in only:
+            # Broadcasts through POST /api/publish, as a backend sends them; raw
+            # (no HTTP API) over AMQP in the same run: the floor.
+            api_systems = args.systems.split(",") if args.systems else ["clarion", *ab, "raw"]
+            for label in api_systems:
+                print(f"S1-API broadcast through the HTTP API: {label}", flush=True)
+                # Three times S1's bursts: psutil's 10 ms CPU tick is under 2% of each.
+                bench.s1_api(label, sizes, 3 * deliveries)
         if "broker" in only:
             print("S1 baseline: aio-pika publish -> consume", flush=True)
             bench.broker_baseline(3_000 if quick else 5_000)

@@ -1,7 +1,9 @@
 """Publishers: an AMQP burst in each system's own format, and paced HTTP publishes.
 
 S1 publishes straight into each system's fanout exchange from the bench
-process, so the pods' CPU is spent on delivery only. S2 goes through each
+process, so the pods' CPU is spent on delivery only; S1-API posts the same
+broadcasts to Clarion's ``POST /api/publish`` back to back, a few requests in
+flight, as a backend does (``http_burst``). S2 goes through each
 system's HTTP publish endpoint at a fixed rate (open loop: a message's
 timestamp is when it was due, so client-side queueing counts as latency).
 Every payload starts with ``"t"``, the publish time, then ``"s"``, a sequence
@@ -134,6 +136,54 @@ class _HttpConn:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+async def http_burst(
+    targets: list[tuple[str, int]], count: int, pad: int, inflight: int = 4
+) -> dict[str, Any]:
+    """POST ``count`` broadcasts back to back, ``inflight`` requests at a time, as a backend does.
+
+    ``inflight`` keep-alive connections, spread round-robin over the pods (a
+    Kubernetes Service in front of them), each sending its next request as soon
+    as the previous one is answered (202 comes after the broker's confirm).
+    Every message's ``"t"`` is when its request was sent, so the API's time is
+    part of the delivery latency.
+    """
+    conns = [_HttpConn(*targets[k % len(targets)]) for k in range(inflight)]
+    seqs = iter(range(count))
+    statuses: dict[int, int] = {}
+    kinds: dict[str, int] = {}
+    answered: list[float] = []  # request sent -> HTTP answer, seconds
+
+    async def worker(conn: _HttpConn) -> None:
+        for i in seqs:
+            sent = time.time()
+            data = {"t": sent, "s": i, "p": "x" * pad}
+            body = orjson.dumps({"broadcast": True, "data": data})
+            try:
+                status = await asyncio.wait_for(conn.post("/api/publish", body), 10)
+                statuses[status] = statuses.get(status, 0) + 1
+                answered.append(time.time() - sent)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
+                conn.close()
+                conn.writer = None
+
+    first = time.time()
+    try:
+        await asyncio.gather(*(worker(c) for c in conns))
+    finally:
+        for c in conns:
+            c.close()
+    return {
+        "sent": count,
+        "accepted": statuses.get(202, 0),
+        "statuses": statuses,
+        "error_kinds": kinds,
+        "answered": answered,
+        "first": first,
+        "last": time.time(),
+    }
 
 
 async def http_paced(

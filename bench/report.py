@@ -49,6 +49,16 @@ COLUMNS = {
         ("lost", "lost", "{:.0f}"),
         ("rss_mib", "RSS MiB (pods)", "{:.0f}"),
     ],
+    "S1-API": [
+        ("deliveries_per_s", "deliv/s", "{:.0f}"),
+        ("cpu_us_per_delivery", "CPU us/deliv", "{:.1f}"),
+        ("lat_p50_ms", "p50 ms", "{:.1f}"),
+        ("lat_p99_ms", "p99 ms", "{:.1f}"),
+        ("api_p50_ms", "API p50 ms", "{:.1f}"),
+        ("api_p99_ms", "API p99 ms", "{:.1f}"),
+        ("http_errors", "HTTP non-202", "{:.0f}"),
+        ("lost", "lost", "{:.0f}"),
+    ],
     "S1-paced": [
         ("lat_p50_ms", "p50 ms", "{:.1f}"),
         ("lat_p99_ms", "p99 ms", "{:.1f}"),
@@ -138,6 +148,16 @@ def ratios(rows: list[Row]) -> str:
             f"CPU/delivery clarion/raw = "
             f"{_ratio(c.get('cpu_us_per_delivery'), r.get('cpu_us_per_delivery'))} (target <= 2)"
         )
+    for n in sorted({k[2] for k in med if k[0] == "S1-API"}):
+        r = med.get(("S1-API", "raw", n), {})
+        for name in sorted(k[1] for k in med if k[0] == "S1-API" and k[2] == n):
+            if name.startswith("clarion"):
+                c = med[("S1-API", name, n)]
+                out.append(
+                    f"S1-API {n} sockets: CPU/delivery {name} (HTTP API) / raw (AMQP) = "
+                    f"{_ratio(c.get('cpu_us_per_delivery'), r.get('cpu_us_per_delivery'))} "
+                    "(target <= 1.15)"
+                )
     c2 = next((v for k, v in med.items() if k[0] == "S2" and k[1] == "clarion"), None)
     s2 = next((v for k, v in med.items() if k[0] == "S2" and k[1] == "sio"), None)
     if c2 and s2:

@@ -89,13 +89,19 @@ class Bench:
         deflate: bool = False,
         reps: int | None = None,
         paced: bool = True,
+        via: str = "amqp",
+        scenario: str = "S1",
+        inflight: int = 4,
     ) -> list[dict[str, Any]]:
         """Bursts of broadcasts at growing socket counts on ``pods`` pods.
 
         Per size: ``reps`` bursts of ``deliveries / sockets`` messages as fast
         as the publisher goes (deliveries/s, CPU per delivery, latency under
         load), then 20 broadcasts paced at 10/s (the fan-out latency of one
-        message when nothing queues).
+        message when nothing queues). ``via="amqp"`` publishes straight into
+        the system's fanout exchange; ``via="http"`` POSTs each broadcast to
+        ``/api/publish`` back to back, ``inflight`` requests at a time, so the
+        pods' CPU includes the API and the publish with its confirm.
         """
         reps = reps or self.reps
         lg = self.lg
@@ -116,27 +122,36 @@ class Bench:
                 connected += res["ok"]
                 time.sleep(0.5)
                 messages = max(10, deliveries // sockets)
-                spy = self._profile(system, f"S1-{label}-{sockets}")
+                spy = self._profile(system, f"{scenario}-{label}-{sockets}")
                 for run in range(reps):
                     lg.call("reset")
                     cpu0 = cpu_seconds(system.pids)
                     b0 = cpu_seconds([self.broker]) if self.broker else 0.0
-                    first, pub_last = asyncio.run(
-                        publish.amqp_burst(system.amqp_url, kind, messages, self.pad)
-                    )
-                    expected = connected * messages
+                    api: dict[str, Any] = {}
+                    if via == "http":
+                        api = asyncio.run(
+                            publish.http_burst(system.addrs, messages, self.pad, inflight)
+                        )
+                        first, pub_last = api["first"], api["last"]
+                        expected = connected * api["accepted"]
+                    else:
+                        first, pub_last = asyncio.run(
+                            publish.amqp_burst(system.amqp_url, kind, messages, self.pad)
+                        )
+                        expected = connected * messages
                     lg.wait_received(expected)
                     cpu1 = cpu_seconds(system.pids)
                     b1 = cpu_seconds([self.broker]) if self.broker else 0.0
                     got, last, lat = lg.stats()
                     elapsed = max(1e-6, last - first)
                     row = _base(
-                        "S1",
+                        scenario,
                         label,
                         run,
                         pods=pods,
                         sockets=connected,
                         connect_failed=res["failed"],
+                        via=via,
                         messages=messages,
                         expected=expected,
                         delivered=got,
@@ -151,6 +166,11 @@ class Bench:
                         rss_mib=round(rss_bytes(system.pids) / 2**20, 1),
                     )
                     _lat(row, lat)
+                    if via == "http":
+                        row["http_errors"] = messages - api["accepted"]
+                        row["error_kinds"] = api["error_kinds"] or None
+                        row["inflight"] = inflight
+                        _lat(row, api["answered"], "api")  # request sent -> 202
                     rows.append(row)
                     self.emit(row)
                 if spy is not None:
@@ -182,6 +202,16 @@ class Bench:
             lg.call("close_all")
             system.stop()
         return rows
+
+    def s1_api(self, label: str, sizes: list[int], deliveries: int) -> list[dict[str, Any]]:
+        """S1 as a backend drives it: Clarion's broadcasts through ``POST /api/publish``.
+
+        Systems with an HTTP API get each broadcast as one request, back to back
+        with a few in flight; ``raw`` has none and is published to over AMQP, the
+        floor measured beside it (scenario ``S1-API``, field ``via``).
+        """
+        via = "amqp" if label.startswith("raw") else "http"
+        return self.s1_broadcast(label, sizes, deliveries, paced=False, via=via, scenario="S1-API")
 
     # -- S2 ------------------------------------------------------------------
 
