@@ -5,7 +5,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from clarion.config import option
+
 from .support import MGMT_AUTH, MGMT_URL, Vhost
+
+#: Both delivery designs (``--routing``): fault, recovery and soak tests run in each.
+ROUTINGS = option("routing").choices
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +39,9 @@ def module_vhost(rabbit_mgmt: str) -> Iterator[Vhost]:
     v = Vhost().create()
     yield v
     v.delete()
+
+
+@pytest.fixture(scope="module", params=ROUTINGS)
+def routing(request: pytest.FixtureRequest) -> str:
+    """``--routing`` of the pods a test starts: every test using it runs in both modes."""
+    return str(request.param)

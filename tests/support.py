@@ -147,13 +147,16 @@ class GatewayProcess(Pod):
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        routing: str | None = None,
     ) -> None:
         self.pod_name = pod_name
         self.host = host
         self.port = port or free_port(host)
         self.amqp_url = amqp_url
         self.args = args if args is not None else ["--auth", "none"]
-        self.env = env or {}
+        self.env = dict(env or {})
+        if routing is not None:
+            self.env["CLARION_ROUTING"] = routing
         self.log_path = (log_dir or Path("/tmp")) / f"gateway-{pod_name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -326,6 +329,7 @@ def running_pods(
     log_dir: Path,
     args: list[str] | None = None,
     timeout: float = 20.0,
+    routing: str | None = None,
 ) -> Iterator[list[GatewayProcess]]:
     """``count`` ready gateway pods on 127.0.0.<first_host>, .<first_host + 1>, ...;
     killed on exit."""
@@ -336,6 +340,7 @@ def running_pods(
             amqp_url=amqp_url,
             args=args if args is not None else ["--auth", "none"],
             log_dir=log_dir,
+            routing=routing,
         )
         for i in range(count)
     ]

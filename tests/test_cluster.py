@@ -68,7 +68,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory, routing: str
+) -> Iterator[Cluster]:
     # Pod b connects as its own RabbitMQ user, so the blip test can keep it out.
     with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
         mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
@@ -92,6 +94,7 @@ def cluster(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> It
                 amqp_url=url,
                 args=args,
                 log_dir=logs,
+                routing=routing,
             )
         )
     try:
@@ -206,7 +209,9 @@ async def test_batch_publish_is_delivered_and_returns_ids(cluster: Cluster) -> N
         await c.close()
 
 
-def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(cluster: Cluster) -> None:
+def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(
+    cluster: Cluster, routing: str
+) -> None:
     v = cluster.vhost
     expected = {f"clarion.pod.{p.pod_name}" for p in cluster.pods}
 
@@ -225,10 +230,18 @@ def test_management_api_shows_one_queue_per_pod_bound_to_the_fanout(cluster: Clu
         assert {"x-max-length", "x-message-ttl", "x-expires"} <= set(args)
     bindings = v.api("/api/exchanges/{vhost}/clarion.fanout/bindings/source")
     bound = {b["destination"] for b in bindings}
-    assert expected <= bound
     assert "clarion.fanout.history" in bound
     exchange = v.api("/api/exchanges/{vhost}/clarion.fanout")
     assert exchange["type"] == "fanout" and exchange["durable"] is True
+    if routing == "fanout":
+        assert expected <= bound
+        return
+    # Routed: the pod queues hang off the direct exchange, bound to it by key.
+    assert not expected & bound and "clarion.fanout.routed" in bound
+    routed = v.api("/api/exchanges/{vhost}/clarion.fanout.routed")
+    assert routed["type"] == "direct" and routed["durable"] is True
+    keys = v.api("/api/exchanges/{vhost}/clarion.fanout.routed/bindings/source")
+    assert {b["destination"] for b in keys if b["routing_key"] == ""} == expected
 
 
 async def test_broker_blip_pod_delivers_what_its_queue_buffered(cluster: Cluster) -> None:

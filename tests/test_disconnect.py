@@ -18,7 +18,9 @@ AUTH = {"Authorization": "Bearer k"}
 
 
 @pytest.fixture(scope="module")
-def pods(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def pods(
+    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory, routing: str
+) -> Iterator[Any]:
     logs = tmp_path_factory.mktemp("logs")
     made = [
         GatewayProcess(
@@ -26,6 +28,7 @@ def pods(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Itera
             amqp_url=module_vhost.amqp_url,
             args=["--auth", "none", "--api-key", "k"],
             log_dir=logs,
+            routing=routing,
         )
         for i in range(3)
     ]

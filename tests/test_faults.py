@@ -58,10 +58,14 @@ def private_broker() -> Iterator[PrivateBroker]:
 
 
 @pytest.fixture
-def outage_pods(private_broker: PrivateBroker, tmp_path: Any) -> Iterator[list[GatewayProcess]]:
+def outage_pods(
+    private_broker: PrivateBroker, tmp_path: Any, routing: str
+) -> Iterator[list[GatewayProcess]]:
     tag = _tag()
     pods = [
-        GatewayProcess(f"fault-{n}-{tag}", amqp_url=private_broker.amqp_url, log_dir=tmp_path)
+        GatewayProcess(
+            f"fault-{n}-{tag}", amqp_url=private_broker.amqp_url, log_dir=tmp_path, routing=routing
+        )
         for n in ("a", "b")
     ]
     with started(pods, 30):
@@ -393,9 +397,10 @@ class StalledSocket:
 
 
 @pytest.fixture
-def slow_pod(tmp_path: Any) -> Iterator[GatewayProcess]:
+def slow_pod(tmp_path: Any, routing: str) -> Iterator[GatewayProcess]:
     pod = GatewayProcess(
         f"slow-{_tag()}",
+        routing=routing,
         args=[
             "--auth",
             "none",
@@ -531,9 +536,10 @@ async def _conns_are(pod: GatewayProcess, n: int) -> bool:
 
 
 @pytest.fixture
-def drain_pod(tmp_path: Any) -> Iterator[GatewayProcess]:
+def drain_pod(tmp_path: Any, routing: str) -> Iterator[GatewayProcess]:
     pod = GatewayProcess(
         f"drain-{_tag()}",
+        routing=routing,
         args=["--auth", "none", "--drain-delay", "1", "--drain-window", "2"],
         log_dir=tmp_path,
     )

@@ -36,7 +36,7 @@ def locked_user(vhost: Vhost) -> Iterator[str]:
 
 
 async def test_pod_catches_up_from_history_after_an_outage_longer_than_queue_ttl(
-    vhost: Vhost, locked_user: str, tmp_path: Path
+    vhost: Vhost, locked_user: str, tmp_path: Path, routing: str
 ) -> None:
     ttl = ["--queue-message-ttl-ms", str(TTL_MS)]
     cut_off = GatewayProcess(
@@ -45,6 +45,7 @@ async def test_pod_catches_up_from_history_after_an_outage_longer_than_queue_ttl
         amqp_url=vhost.amqp_url.replace("guest:guest@", f"{locked_user}:pw@"),
         args=["--auth", "none", *ttl],
         log_dir=tmp_path,
+        routing=routing,
     ).start()
     other = GatewayProcess(
         f"ttl-b-{uuid.uuid4().hex[:6]}",
@@ -52,6 +53,7 @@ async def test_pod_catches_up_from_history_after_an_outage_longer_than_queue_ttl
         amqp_url=vhost.amqp_url,
         args=["--auth", "none", *ttl],
         log_dir=tmp_path,
+        routing=routing,
     ).start()
     mgmt = httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10)
     try:

@@ -20,13 +20,14 @@ AUTH = {"Authorization": "Bearer k"}
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Any) -> Iterator[list[GatewayProcess]]:
+def pods(vhost: Vhost, tmp_path: Any, routing: str) -> Iterator[list[GatewayProcess]]:
     made = [
         GatewayProcess(
             f"pres-{i}-{uuid.uuid4().hex[:6]}",
             amqp_url=vhost.amqp_url,
             args=["--auth", "none", "--api-key", "k", "--presence-interval", "1"],
             log_dir=tmp_path,
+            routing=routing,
         )
         for i in range(3)
     ]

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    with running_pods("rec", 3, 10, vhost.amqp_url, tmp_path) as procs:
+def pods(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[list[GatewayProcess]]:
+    with running_pods("rec", 3, 10, vhost.amqp_url, tmp_path, routing=routing) as procs:
         yield procs
 
 
@@ -131,7 +131,7 @@ async def test_channel_recovery_via_subscribe_since(pods: list[GatewayProcess]) 
 
 
 async def test_clarion_listen_reconnects_with_since(
-    pods: list[GatewayProcess], vhost: Vhost, tmp_path: Path
+    pods: list[GatewayProcess], vhost: Vhost, tmp_path: Path, routing: str
 ) -> None:
     import json
     import sys
@@ -175,6 +175,7 @@ async def test_clarion_listen_reconnects_with_since(
                 amqp_url=vhost.amqp_url,
                 args=["--auth", "none"],
                 log_dir=tmp_path,
+                routing=routing,
             ).start()
             reborn.wait_ready()
             second = json.loads(await asyncio.wait_for(listen.stdout.readline(), 30))

@@ -28,9 +28,15 @@ PER_ROUND = 9  # three of each target kind, interleaved
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+def pods(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[list[GatewayProcess]]:
     with running_pods(
-        "recipe", 2, 60, vhost.amqp_url, tmp_path, args=["--auth", "none", "--api-key", "k"]
+        "recipe",
+        2,
+        60,
+        vhost.amqp_url,
+        tmp_path,
+        args=["--auth", "none", "--api-key", "k"],
+        routing=routing,
     ) as pods:
         yield pods
 

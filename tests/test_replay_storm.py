@@ -26,9 +26,10 @@ CLIENTS = 60
 
 
 @pytest.fixture
-def pod(vhost: Vhost, tmp_path: Path) -> Iterator[GatewayProcess]:
+def pod(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[GatewayProcess]:
     p = GatewayProcess(
         f"storm-{uuid.uuid4().hex[:6]}",
+        routing=routing,
         amqp_url=vhost.amqp_url,
         args=["--auth", "none", "--api-key", "k"],
         log_dir=tmp_path,

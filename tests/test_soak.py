@@ -47,10 +47,12 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 
 
 async def test_soak_broker_restart_and_pod_kill_lose_nothing(
-    broker: PrivateBroker, tmp_path: Path
+    broker: PrivateBroker, tmp_path: Path, routing: str
 ) -> None:
     args = ["--auth", "none", "--max-frames-per-second", "1000"]
-    with running_pods("soak", 3, 30, broker.amqp_url, tmp_path, args, timeout=30) as pods:
+    with running_pods(
+        "soak", 3, 30, broker.amqp_url, tmp_path, args, timeout=30, routing=routing
+    ) as pods:
         a, b, victim = pods
         users = [User(f"s{i}") for i in range(SOCKETS)]
         for i, u in enumerate(users):

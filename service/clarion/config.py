@@ -198,6 +198,13 @@ class Settings:
         "[broker HA](#broker-ha))",
         _choice("exclusive", "classic", "quorum"),
     )
+    routing: str = setting(
+        "direct",
+        "`fanout` (every pod receives every message) or `direct` (RabbitMQ routes user and "
+        "channel messages only to the pods holding them; each pod binds its queue to the keys "
+        "of its users and channels; see [scaling out](#scaling-out))",
+        _choice("fanout", "direct"),
+    )
     history_max_age: str = setting(
         "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"
     )

@@ -62,6 +62,14 @@ POD_FULL = Disconnect(
     "reconnect with backoff, at least 2 s",
     "the pod holds `--max-connections` sockets",
 )
+#: --routing direct: the broker did not confirm the binding of the socket's user in time.
+UNROUTED = Disconnect(
+    1013,
+    "broker busy: try again later",
+    "unrouted",
+    "reconnect with backoff, at least 2 s, and `since`",
+    "`--routing direct`: the broker did not confirm the binding for the socket's user in time",
+)
 #: This socket's send buffer overflowed.
 SLOW_CLIENT = Disconnect(
     1013,
@@ -121,6 +129,7 @@ ALL: tuple[Disconnect, ...] = (
     SHED,
     OUTAGE,
     POD_FULL,
+    UNROUTED,
     SLOW_CLIENT,
     TOKEN_EXPIRED,
     UNAUTHORIZED,

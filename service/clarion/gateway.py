@@ -55,6 +55,9 @@ class Gateway:
             options=BrokerOptions.from_settings(settings),
             memory_exchange=memory_exchange,
         )
+        # The first socket of a user or channel binds its key, the last one unbinds it.
+        self.hub.on_route = self.broker.route
+        self.metrics.bindings.set_function(lambda: self.broker.bindings)
         self.replays = Replays(
             self.broker.read_history,
             self.broker.history_start,
@@ -223,6 +226,12 @@ class Gateway:
         self.metrics.broker_connected.set(1 if up else 0)
         log.info("pod=%s broker %s", self.pod_name, "up" if up else "DOWN")
 
+    def on_bound(self, seconds: float) -> None:
+        self.metrics.bind_seconds.observe(seconds)
+
+    def on_bind_error(self, keys: int) -> None:
+        self.metrics.bind_errors.inc(keys)
+
     def on_connected(self, address: str, reconnect_seconds: float | None) -> None:
         self.metrics.broker_address.clear()
         self.metrics.broker_address.labels(address=address).set(1)
@@ -263,7 +272,8 @@ class Gateway:
             ids.append(env.id)
         if not envelopes:
             return ids
-        keyed = [e.id for e in envelopes if e.key is not None]
+        # The keyed messages this pod will consume itself (all of them, unless routed).
+        keyed = [e.id for e in envelopes if e.key is not None and self._consumes(e.target)]
         arrived = self.idempotency.expect(keyed)
         began = time.monotonic()
         try:
@@ -272,6 +282,10 @@ class Gateway:
             await self.idempotency.settled(keyed, arrived, 0)
             raise
         self.metrics.publish_confirm.observe(time.monotonic() - began)
+        for env in envelopes:
+            if env.key is not None and env.id not in keyed:
+                # Routed past this pod: it learns the key from its own publish.
+                self.idempotency.published(env.key, env.id)
         for env in envelopes:
             self.metrics.published.labels(source=source, target=env.target.kind).inc()
         if keyed:
@@ -282,6 +296,13 @@ class Gateway:
                 for item, mid in zip(items, ids, strict=True)
             ]
         return ids
+
+    def _consumes(self, target: Target) -> bool:
+        """Whether this pod receives messages to ``target`` (routed delivery: if it holds it)."""
+        if self.settings.routing == "fanout" or target.kind == "broadcast":
+            return True
+        index = self.hub.by_user if target.kind == "user" else self.hub.by_channel
+        return target.name in index
 
     async def _publish_command(
         self, command: str, args: dict[str, Any], to_pod: str | None = None

@@ -19,7 +19,7 @@ from . import disconnects
 from .disconnects import Disconnect
 from .frames import Kind, Outgoing, text_frame
 from .metrics import Metrics
-from .protocol import Envelope
+from .protocol import Envelope, Target
 from .writer import SocketWriter
 
 log = logging.getLogger("clarion.hub")
@@ -130,6 +130,9 @@ class Hub:
         #: Told of every socket added/removed (channel None) and (un)subscribed, after the
         #: indexes changed (occupancy.py derives the transitions from them).
         self.watch: Callable[[Connection, str | None, bool], None] | None = None
+        #: Told when the first socket of a user or channel arrives (True) and the last
+        #: leaves (False): the broker routes that target's messages here (routing.py).
+        self.on_route: Callable[[Target, bool], None] | None = None
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
@@ -139,7 +142,12 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
-        self.by_user.setdefault(conn.user, set()).add(conn)
+        users = self.by_user.get(conn.user)
+        if users is None:
+            users = self.by_user[conn.user] = set()
+            if self.on_route is not None:
+                self.on_route(Target("user", conn.user), True)
+        users.add(conn)
         conn._on_close = self._closed_by_server
         conn.writer.on_dirty = self._mark_dirty
         self.metrics.connections.set(len(self.connections))
@@ -174,6 +182,8 @@ class Hub:
             users.discard(conn)
             if not users:
                 del self.by_user[conn.user]
+                if self.on_route is not None:
+                    self.on_route(Target("user", conn.user), False)
         for ch in list(conn.channels):
             self.unsubscribe(conn, ch)
         if self.watch is not None:
@@ -185,7 +195,12 @@ class Hub:
         if channel in conn.channels:
             return False
         conn.channels.add(channel)
-        self.by_channel.setdefault(channel, set()).add(conn)
+        subs = self.by_channel.get(channel)
+        if subs is None:
+            subs = self.by_channel[channel] = set()
+            if self.on_route is not None:
+                self.on_route(Target("channel", channel), True)
+        subs.add(conn)
         self.metrics.subscriptions.inc()
         if self.watch is not None:
             self.watch(conn, channel, True)
@@ -200,6 +215,8 @@ class Hub:
             subs.discard(conn)
             if not subs:
                 del self.by_channel[channel]
+                if self.on_route is not None:
+                    self.on_route(Target("channel", channel), False)
         self.metrics.subscriptions.dec()
         if self.watch is not None:
             self.watch(conn, channel, False)

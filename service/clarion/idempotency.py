@@ -1,6 +1,6 @@
 """Idempotent publish: a retried publish with the same key is delivered once, cluster-wide.
 
-Every pod consumes every message (the fanout exchange), so every pod learns
+With ``--routing fanout`` every pod consumes every message, so every pod learns
 each key's first message id from what it consumes, with no store of its own:
 - a publish whose key a pod has already seen is answered with the first id and
   not published again (a retry after a lost answer, on any pod);
@@ -11,6 +11,12 @@ each key's first message id from what it consumes, with no store of its own:
 - the publishing pod waits until it has consumed its own keyed messages, so
   that a copy that lost the race is answered with the winner's id.
 Keys are kept for ``--idempotency-window`` seconds (at most ``MAX_KEYS``).
+
+With ``--routing direct`` a user or channel message reaches only the pods that
+hold its target, so only they (and the publishing pod, from its own publish)
+learn its key: a second copy is still delivered once (every pod that delivers
+it has both copies, and replays skip the key), but a retry that lands on a
+third pod is published again and answered with its own id.
 """
 
 from __future__ import annotations
@@ -58,6 +64,16 @@ class Idempotency:
         while len(self._first) > self.max_keys:
             self._first.popitem(last=False)
         return True
+
+    def published(self, key: str, mid: str) -> None:
+        """This pod published ``mid`` with ``key`` and will not consume it (routed elsewhere).
+
+        A key already known keeps its first id.
+        """
+        if self.lookup(key) is None:
+            self._first[key] = (mid, time.monotonic())
+            while len(self._first) > self.max_keys:
+                self._first.popitem(last=False)
 
     def expect(self, ids: list[str]) -> list[asyncio.Future[None]]:
         """Futures resolved when this pod consumes each of its own keyed messages."""

@@ -162,6 +162,23 @@ class Metrics:
         self.webhook_queue = Gauge(
             names.M_WEBHOOK_QUEUE, "Webhook events queued on this pod, not yet sent", registry=r
         )
+        self.bindings = Gauge(
+            names.M_BINDINGS,
+            "Routing keys (users and channels) bound to this pod's queue (--routing direct)",
+            registry=r,
+        )
+        self.bind_seconds = Histogram(
+            names.M_BIND_SECONDS,
+            "Time from the first socket of a user or channel to the broker's confirm of its "
+            "binding (--routing direct)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bind_errors = Counter(
+            names.M_BIND_ERRORS,
+            "Routing keys whose bind or unbind failed (tried again)",
+            registry=r,
+        )
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))

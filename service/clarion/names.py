@@ -10,6 +10,9 @@ from __future__ import annotations
 EXCHANGE = "clarion.fanout"
 #: Prefix of the per-pod queue; the pod name follows it.
 QUEUE_PREFIX = "clarion.pod."
+#: With ``--routing direct``: the direct exchange that routes user and channel messages to
+#: the pods holding them, bound to the fanout exchange and named after it.
+ROUTED_SUFFIX = ".routed"
 #: The stream that keeps recent history for missed-message recovery is named
 #: after the gateway's exchange: one per gateway, even when gateways share a vhost.
 HISTORY_SUFFIX = ".history"
@@ -60,6 +63,11 @@ M_LIMIT_HITS = "clarion_limit_hits"
 #: Webhook events by event and result (sent, failed, dropped), and the queue's length.
 M_WEBHOOK_EVENTS = "clarion_webhook_events"
 M_WEBHOOK_QUEUE = "clarion_webhook_queue_length"
+#: Routing keys bound to the pod's queue (``--routing direct``), how long a bind takes to be
+#: confirmed, and the bind/unbind operations that failed.
+M_BINDINGS = "clarion_bindings"
+M_BIND_SECONDS = "clarion_bind_seconds"
+M_BIND_ERRORS = "clarion_bind_errors"
 #: Frames written to sockets, by transport path (fast or asgi).
 M_SOCKET_WRITES = "clarion_socket_writes"
 
@@ -73,6 +81,11 @@ M_OP_ORPHANS_DELETED = "clarion_operator_orphan_queues_deleted"
 def history_queue(exchange: str = EXCHANGE) -> str:
     """The history stream of the gateway publishing to ``exchange``."""
     return f"{exchange}{HISTORY_SUFFIX}"
+
+
+def routed_exchange(exchange: str = EXCHANGE) -> str:
+    """The direct exchange of the gateway publishing to ``exchange`` (``--routing direct``)."""
+    return f"{exchange}{ROUTED_SUFFIX}"
 
 
 def queue_name(pod_name: str, prefix: str = QUEUE_PREFIX) -> str:

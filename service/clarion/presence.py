@@ -28,12 +28,14 @@ from .protocol import Envelope, Target
 
 log = logging.getLogger("clarion.presence")
 
+
 class Publish(Protocol):
     """Publishes a command to every pod, or to one pod's queue alone (``to_pod``)."""
 
     def __call__(
         self, command: str, args: dict[str, Any], to_pod: str | None = None
     ) -> Awaitable[None]: ...
+
 
 #: The commands this module handles (protocol.COMMANDS lists them).
 HELLO, BYE, QUERY, REPLY = "hello", "bye", "presence", "presence_reply"

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import disconnects
 from .auth import AuthError, Identity
-from .broker import BrokerUnavailable
+from .broker import BindTimeout, BrokerUnavailable
 from .disconnects import Disconnect
 from .frames import Kind, Outgoing, control
 from .gateway import Gateway
@@ -132,6 +132,9 @@ class Session:
         # Held before the welcome: live messages wait behind it (and, with
         # since, behind the replay), so nothing falls in between.
         conn.hold()
+        # With routed delivery, the user's messages reach this pod only once the
+        # broker confirmed its binding: the welcome (and the replay) come after.
+        await gw.broker.routed(Target("user", ident.user))
         if since is not None:
             user = ident.user
             replay = await self.replay(
@@ -184,6 +187,9 @@ class Session:
                     self.reply(error_frame("binary_unsupported", "binary frames are not supported"))
                     continue
                 await self.handle_text(text)
+        except BindTimeout as exc:
+            log.warning("pod=%s conn=%s user=%s closed: %s", gw.pod_name, conn.id, conn.user, exc)
+            conn.close(disconnects.UNROUTED)
         except Exception:
             how = disconnects.ERROR
             log.exception("pod=%s conn=%s user=%s session error", gw.pod_name, conn.id, conn.user)
@@ -243,6 +249,14 @@ class Session:
             )
             return
         gw.hub.subscribe(conn, channel)
+        try:
+            await gw.broker.routed(Target("channel", channel))
+        except BindTimeout:
+            gw.hub.unsubscribe(conn, channel)
+            self.reply(
+                error_frame("unavailable", "broker did not confirm the subscription", channel)
+            )
+            return
         if since is None:
             self.reply(encode({"type": "subscribed", "channel": channel}))
             return

@@ -102,7 +102,11 @@ async def declare_stream_on(node: Node, vhost: HaVhost) -> None:
 
 @contextlib.asynccontextmanager
 async def stage(
-    cluster: HaCluster, tmp_path: Path, service: bool = False, queue_type: str = "exclusive"
+    cluster: HaCluster,
+    tmp_path: Path,
+    service: bool = False,
+    queue_type: str = "exclusive",
+    routing: str | None = None,
 ) -> AsyncIterator[Stage]:
     """The layout of the module docstring; with ``service``, pod A reaches the nodes through
     one address (a stand-in for a Kubernetes Service) instead of the list of all three;
@@ -123,12 +127,14 @@ async def stage(
                 amqp_url=a_url if service else urls([n1, n2, n3], vhost),
                 args=["--auth", "none", "--pod-queue-type", queue_type],
                 log_dir=tmp_path,
+                routing=routing,
             ),
             GatewayProcess(
                 f"ha-b-{tag}",
                 amqp_url=urls([n2, n3, n1], vhost),
                 args=["--auth", "none", "--pod-queue-type", queue_type],
                 log_dir=tmp_path,
+                routing=routing,
             ),
         ]
         for p in pods:
@@ -254,13 +260,17 @@ FAULTS = {
 @pytest.mark.timeout(100)
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_one_node_lost_loses_nothing_accepted(
-    ha_nodes_back: HaCluster, tmp_path: Path, fault: str
+    ha_nodes_back: HaCluster, tmp_path: Path, fault: str, routing: str
 ) -> None:
     cluster = ha_nodes_back
     n1, n2, n3 = cluster.nodes
     queue_type = "classic" if fault == "kill-queue-node" else "exclusive"
     async with stage(
-        cluster, tmp_path, service=fault.endswith("-service"), queue_type=queue_type
+        cluster,
+        tmp_path,
+        service=fault.endswith("-service"),
+        queue_type=queue_type,
+        routing=routing,
     ) as st:
         pod_a, _pod_b = st.pods
         async with publishing(st) as pubs:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
+from .base import BindTimeout, Broker, BrokerListener, BrokerOptions, BrokerUnavailable
 from .memory import MemoryBroker, MemoryExchange
 
 __all__ = [
+    "BindTimeout",
     "Broker",
     "BrokerListener",
     "BrokerOptions",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Settings
-from ..protocol import Envelope
+from ..protocol import Envelope, Target
 
 
 class BrokerListener(Protocol):
@@ -33,6 +33,12 @@ class BrokerListener(Protocol):
     def on_gap(self) -> None:
         """The pod may have missed messages it could not recover (history unreadable)."""
 
+    def on_bound(self, seconds: float) -> None:
+        """A routing key asked for ``seconds`` ago is bound (``--routing direct``)."""
+
+    def on_bind_error(self, keys: int) -> None:
+        """Binding or unbinding ``keys`` routing keys failed (they are tried again)."""
+
     def on_connected(self, address: str, reconnect_seconds: float | None) -> None:
         """Consuming again through ``address`` (host:port), ``reconnect_seconds`` after
         losing the broker (None on the first connection)."""
@@ -50,6 +56,12 @@ class BrokerOptions:
     history_max_age: str
     history_max_bytes: int
     pod_queue_type: str = "classic"
+    #: A routing key no longer needed is unbound after this long (a page reload keeps it).
+    bind_linger: float = 2.0
+    #: A socket waits this long for its binding before it is closed (1012).
+    bind_timeout: float = 10.0
+    #: ``fanout`` (every pod queue bound to the fanout exchange) or ``direct`` (routing.py).
+    routing: str = "fanout"
     prefetch: int = 1024
     publish_timeout: float = 5.0
     reconnect_max_delay: float = 5.0
@@ -82,11 +94,16 @@ class BrokerOptions:
             history_max_age=s.history_max_age,
             history_max_bytes=s.history_max_bytes,
             pod_queue_type=s.pod_queue_type,
+            routing=s.routing,
         )
 
 
 class BrokerUnavailable(RuntimeError):
     """The broker cannot take or confirm a message right now (HTTP 503)."""
+
+
+class BindTimeout(BrokerUnavailable):
+    """The broker did not confirm a routing binding in time (routing.py)."""
 
 
 class Broker(abc.ABC):
@@ -127,6 +144,23 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def history_start(self) -> int | None:
         """The publish time (ms) of the oldest message the history holds; None if empty."""
+
+    def route(self, target: Target, wanted: bool) -> None:  # noqa: B027 (optional)
+        """The first socket of a user or channel arrived here (``wanted``), or the last left.
+
+        A broker that delivers every message to every pod ignores it.
+        """
+
+    async def routed(self, target: Target) -> None:  # noqa: B027 (optional)
+        """Returns once messages to ``target`` reach this pod (the broker confirmed it).
+
+        Raises routing.BindTimeout if the broker does not confirm in time.
+        """
+
+    @property
+    def bindings(self) -> int:
+        """Routing keys bound to this pod's queue (0 where the broker does not route)."""
+        return 0
 
     @property
     @abc.abstractmethod

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingM
 
 from ..protocol import Envelope, new_message_id
 from .codec import Marker, marker_message, message_to_envelope
+from .routing import MARKER_KEY
 
 log = logging.getLogger("clarion.broker")
 
@@ -57,7 +58,9 @@ async def read_history(
         await ch.set_qos(prefetch_count=500)
         queue = await ch.get_queue(stream, ensure=False)
         tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
-        await exchange.publish(marker_message(marker_id), routing_key="", timeout=publish_timeout)
+        await exchange.publish(
+            marker_message(marker_id), routing_key=MARKER_KEY, timeout=publish_timeout
+        )
         read = 0
         async with asyncio.timeout(timeout):
             while True:

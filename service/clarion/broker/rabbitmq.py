@@ -26,13 +26,14 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
-from ..names import history_queue, queue_name
-from ..protocol import Envelope
+from ..names import history_queue, queue_name, routed_exchange
+from ..protocol import Envelope, Target
 from . import history, topology
 from .acks import AckBatcher
 from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
 from .catchup import CatchUp
 from .codec import Marker, envelope_to_message, message_to_envelope
+from .routing import Bindings, routing_key
 
 log = logging.getLogger("clarion.broker")
 
@@ -98,9 +99,47 @@ class RabbitBroker(Broker):
         self._acks = AckBatcher()
         self._catch_up = CatchUp(options.catch_up_timeout, options.catch_up_give_up)
 
+        #: ``--routing direct``: the routing keys of this pod's queue (routing.py).
+        self._bindings = (
+            Bindings(
+                self.queue_name,
+                routed_exchange(options.exchange),
+                linger=options.bind_linger,
+                timeout=options.bind_timeout,
+                on_confirmed=self._on_bound,
+                on_error=self._on_bind_error,
+            )
+            if options.routing == "direct"
+            else None
+        )
+
     @property
     def ready(self) -> bool:
         return self._consuming and self._conn is not None and not self._conn.is_closed
+
+    def route(self, target: Target, wanted: bool) -> None:
+        if self._bindings is not None:
+            key = routing_key(target)
+            if wanted:
+                self._bindings.add(key)
+            else:
+                self._bindings.discard(key)
+
+    async def routed(self, target: Target) -> None:
+        if self._bindings is not None:
+            await self._bindings.wait([routing_key(target)])
+
+    @property
+    def bindings(self) -> int:
+        return 0 if self._bindings is None else len(self._bindings)
+
+    def _on_bound(self, seconds: float) -> None:
+        if self._listener is not None:
+            self._listener.on_bound(seconds)
+
+    def _on_bind_error(self, keys: int) -> None:
+        if self._listener is not None:
+            self._listener.on_bind_error(keys)
 
     async def start(self, listener: BrokerListener) -> None:
         self._listener = listener
@@ -190,6 +229,8 @@ class RabbitBroker(Broker):
                 self._pub_exchange = None
                 self.address = ""
                 self._acks.forget()
+                if self._bindings is not None:
+                    self._bindings.lost()
                 if was:
                     self._lost_at = time.monotonic()
                     self._catch_up.lost()
@@ -244,6 +285,9 @@ class RabbitBroker(Broker):
         await sub.set_qos(prefetch_count=o.prefetch)
         queue = await topology.declare_pod_queue(conn, sub, self.queue_name, o)
         (await queue.channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
+        if self._bindings is not None:
+            # Every key the sockets need, before anything is consumed.
+            await self._bindings.restore(conn)
         assert self._listener is not None
         await self._catch_up.run(self.read_history, self._listener)
         # "Up" before the queue is consumed: the listener may act (e.g. close
@@ -311,11 +355,12 @@ class RabbitBroker(Broker):
         while True:
             exchange = await self._exchange(deadline)
             conn = self._conn
-            routing_key = ""
+            # The same keys in both modes: the fanout exchange ignores them (routing.py).
+            keys = [routing_key(e.target) for e in pending]
             if to_pod is not None:
                 assert self._pub_default is not None
                 exchange = self._pub_default
-                routing_key = queue_name(to_pod, self.options.queue_prefix)
+                keys = [queue_name(to_pod, self.options.queue_prefix)] * len(pending)
             # A confirm slow to come may mean this node is frozen: ask it.
             probe = loop.call_later(self.options.probe_after, self._probe_soon, conn)
             try:
@@ -323,12 +368,12 @@ class RabbitBroker(Broker):
                     *(
                         exchange.publish(
                             envelope_to_message(e),
-                            routing_key=routing_key,
+                            routing_key=key,
                             # Routed nowhere (not even to the history): refused, not dropped.
                             mandatory=True,
                             timeout=max(0.05, deadline - loop.time()),
                         )
-                        for e in pending
+                        for e, key in zip(pending, keys, strict=True)
                     ),
                     return_exceptions=True,
                 )

@@ -1,5 +1,8 @@
 """Declaring what a pod needs on RabbitMQ: the fanout exchange, its queue, the history stream.
 
+With ``--routing direct`` a direct exchange sits between the fanout exchange and
+the pod queues, and each pod binds its queue to it by key (routing.py).
+
 On a cluster of several nodes, what each piece does when a node dies:
 
 - The history stream is replicated (``x-initial-cluster-size`` 3, or as many
@@ -30,8 +33,9 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
-from ..names import history_queue
+from ..names import history_queue, routed_exchange
 from .base import BrokerOptions
+from .routing import EVERYONE
 
 log = logging.getLogger("clarion.broker")
 
@@ -62,7 +66,22 @@ def history_arguments(o: BrokerOptions) -> dict[str, Any]:
 
 
 async def declare_exchange(channel: AbstractChannel, o: BrokerOptions) -> AbstractExchange:
-    return await channel.declare_exchange(o.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    """The fanout exchange every message is published to; with ``--routing direct`` also
+    the direct exchange bound to it, which pod queues bind to (routing.py)."""
+    exchange = await channel.declare_exchange(
+        o.exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    if o.routing == "direct":
+        routed = await channel.declare_exchange(
+            routed_exchange(o.exchange), aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        await routed.bind(exchange, routing_key="")
+    return exchange
+
+
+def pod_queue_source(o: BrokerOptions) -> str:
+    """The exchange a pod queue is bound to: the fanout one, or the direct one."""
+    return routed_exchange(o.exchange) if o.routing == "direct" else o.exchange
 
 
 async def declare_pod_queue(
@@ -88,7 +107,8 @@ async def declare_pod_queue(
         channel = await conn.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=o.prefetch)
         queue = await channel.declare_queue(name, passive=True)
-    await queue.bind(o.exchange, routing_key="")
+    # Broadcasts and commands to every pod (the empty key; fanout ignores keys).
+    await queue.bind(pod_queue_source(o), routing_key=EVERYONE)
     return queue
 
 

@@ -1,0 +1,298 @@
+"""Routed delivery (``--routing direct``): each pod's queue is bound to the keys it needs.
+
+Every message is published to the gateway's fanout exchange with a routing key
+(``routing_key``): ``u.<user>``, ``c.<channel>``, or empty for broadcasts and
+commands to every pod. The fanout exchange ignores the key and gives every
+message to the history stream and to whatever is bound to it:
+
+- ``--routing fanout``: the pod queues themselves (every pod receives everything);
+- ``--routing direct``: the gateway's direct exchange (``names.routed_exchange``),
+  to which each pod binds its queue with the empty key (broadcasts, commands)
+  and with the key of every user and channel its sockets hold.
+
+Publishers do the same in both modes, so pods of both kinds can share a gateway
+during a rolling change of the setting.
+
+``Bindings`` keeps a pod's keys: the hub says when the first socket of a user or
+channel arrives (``add``) and when the last one leaves (``discard``); a socket
+is told it is connected or subscribed only once ``wait`` says the broker
+confirmed the binding. Binds are pipelined: a batch is sent with ``nowait``
+and closed by one synchronous bind, whose answer confirms the whole batch (a
+channel applies its methods in order, and a failed bind closes the channel).
+A key no longer needed is unbound after ``linger`` seconds, so a page reload
+does not unbind and bind again. After a reconnect ``restore`` binds every key
+before the pod consumes its queue again (and the catch-up from history covers
+the outage, catchup.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from ..protocol import Target
+from .base import BindTimeout
+
+log = logging.getLogger("clarion.broker")
+
+#: The routing key of broadcasts and commands to every pod (every pod queue binds it).
+EVERYONE = ""
+#: Markers (history.py) are bound by no pod queue in direct mode.
+MARKER_KEY = "marker"
+#: AMQP routing keys are short strings; longer names are routed by a digest.
+MAX_KEY_BYTES = 255
+_PREFIX = {"user": "u", "channel": "c"}
+
+
+def routing_key(target: Target) -> str:
+    """The routing key of a message to ``target``: what a pod that holds it binds."""
+    prefix = _PREFIX.get(target.kind)
+    if prefix is None or target.name is None:
+        return EVERYONE
+    key = f"{prefix}.{target.name}"
+    if len(key.encode()) <= MAX_KEY_BYTES:
+        return key
+    # A digest cannot be mistaken for a name ("#" is not after the prefix of one);
+    # a collision would only cost an unwanted delivery, filtered by the hub.
+    return f"{prefix}#{hashlib.sha256(target.name.encode()).hexdigest()}"
+
+
+class Bindings:
+    """The routing keys of one pod's queue, kept in step with the keys its sockets need."""
+
+    def __init__(
+        self,
+        queue: str,
+        exchange: str,
+        *,
+        linger: float = 2.0,
+        batch: int = 1000,
+        timeout: float = 10.0,
+        on_confirmed: Callable[[float], None] | None = None,
+        on_error: Callable[[int], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.exchange = exchange
+        self.linger = linger
+        self.batch = batch
+        self.timeout = timeout
+        self.on_confirmed = on_confirmed
+        self.on_error = on_error
+        #: Keys the pod's sockets need, and when each was asked for (monotonic).
+        self.wanted: dict[str, float] = {}
+        #: Keys bound on the current connection (or, after losing it, possibly still bound).
+        self.bound: set[str] = set()
+        #: Keys no longer wanted, and since when (monotonic): unbound after ``linger``.
+        self._unwanted_at: dict[str, float] = {}
+        self._unbinding: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._pika_channel: AbstractChannel | None = None
+        self._live = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.bound)
+
+    # -- what the hub tells -------------------------------------------------
+
+    def add(self, key: str) -> None:
+        """The first socket of a user or channel arrived: route its messages here."""
+        if key not in self.wanted:
+            self.wanted[key] = time.monotonic()
+            self._unwanted_at.pop(key, None)
+            if key not in self.bound:
+                self._wake.set()
+
+    def discard(self, key: str) -> None:
+        """The last socket of a user or channel left: unbind after ``linger``."""
+        if self.wanted.pop(key, None) is not None and key in self.bound:
+            self._unwanted_at[key] = time.monotonic()
+            self._wake.set()
+        for fut in self._waiters.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, keys: Iterable[str]) -> None:
+        """Until the broker confirmed every key (or the pod is not connected).
+
+        Not connected, nothing is consumed: every wanted key is bound again before
+        the pod consumes (``restore``) and the catch-up covers what was missed.
+        Raises BindTimeout if the broker does not confirm within ``timeout``.
+        """
+        if not self._live:
+            return
+        loop = asyncio.get_running_loop()
+        futures = []
+        for key in keys:
+            if key in self.bound or key not in self.wanted:
+                continue
+            fut = loop.create_future()
+            self._waiters.setdefault(key, []).append(fut)
+            futures.append(fut)
+        if not futures:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.gather(*futures)
+        except TimeoutError:
+            raise BindTimeout(
+                f"the broker did not confirm a binding within {self.timeout}s"
+            ) from None
+
+    # -- what the broker connection does ---------------------------------------
+
+    async def restore(self, conn: AbstractConnection) -> None:
+        """On a new connection, before consuming: bind every wanted key; then keep them in step."""
+        self.stop()
+        channel = await self._open(conn)
+        # What was bound before may still be (a queue that outlived the connection):
+        # unbound soon, or it would keep routing here.
+        before, self.bound = self.bound, set()
+        began = time.monotonic()
+        # Until nothing is missing: a key added while this ran must be bound too
+        # before the pod consumes (the sockets asking for it were not made to wait).
+        while keys := self._pending_binds()[: self.batch]:
+            await self._bind(channel, keys, observe=False)
+            self._bound(keys)
+        for key in before - self.bound:
+            self.bound.add(key)
+            self._unwanted_at[key] = began - self.linger
+        if self.bound:
+            log.info(
+                "bound %d routing keys to %s in %.2fs",
+                len(self.bound),
+                self.queue,
+                time.monotonic() - began,
+            )
+        self._live = True
+        self._task = asyncio.create_task(self._run(conn), name=f"bindings-{self.queue}")
+
+    def lost(self) -> None:
+        """The connection is gone: nothing is bound on the next one until ``restore``."""
+        self.stop()
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def stop(self) -> None:
+        self._live = False
+        self._channel = None
+        self._unbinding.clear()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _open(self, conn: AbstractConnection) -> aiormq.abc.AbstractChannel:
+        self._pika_channel = await conn.channel(publisher_confirms=False)
+        self._channel = await self._pika_channel.get_underlay_channel()
+        return self._channel
+
+    async def _run(self, conn: AbstractConnection) -> None:
+        """Bind what is wanted and unbind what lingered out, in batches, until stopped."""
+        while True:
+            wait = self._next_unbind_in()
+            if not self._pending_binds() and wait != 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                continue
+            channel = self._channel
+            try:
+                if channel is None or channel.is_closed:
+                    channel = await self._open(conn)
+                binds = self._pending_binds()[: self.batch]
+                if binds:
+                    await self._bind(channel, binds)
+                    self._bound(binds)
+                    await self._unbind_some(channel, self.batch // 10 or 1)
+                else:
+                    await self._unbind_some(channel, self.batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("binding routing keys to %s failed: %s", self.queue, exc)
+                if conn.is_closed:
+                    return
+                await asyncio.sleep(0.5)
+
+    def _pending_binds(self) -> list[str]:
+        return [k for k in self.wanted if k not in self.bound and k not in self._unbinding]
+
+    def _next_unbind_in(self) -> float | None:
+        if not self._unwanted_at:
+            return None
+        oldest = min(self._unwanted_at.values())
+        return max(0.0, oldest + self.linger - time.monotonic())
+
+    async def _bind(
+        self, channel: aiormq.abc.AbstractChannel, keys: list[str], observe: bool = True
+    ) -> None:
+        """Bind a batch: all but the last without waiting, the last confirms them all."""
+        if not keys:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                for key in keys[:-1]:
+                    await channel.queue_bind(
+                        self.queue, self.exchange, routing_key=key, nowait=True
+                    )
+                await channel.queue_bind(self.queue, self.exchange, routing_key=keys[-1])
+        except BaseException:
+            if self.on_error is not None:
+                self.on_error(len(keys))
+            raise
+        if observe and self.on_confirmed is not None:
+            now = time.monotonic()
+            for key in keys:
+                asked = self.wanted.get(key)
+                if asked is not None:
+                    self.on_confirmed(now - asked)
+
+    async def _unbind_some(self, channel: aiormq.abc.AbstractChannel, limit: int) -> None:
+        now = time.monotonic()
+        due = [k for k, t in self._unwanted_at.items() if now - t >= self.linger][:limit]
+        for key in due:
+            del self._unwanted_at[key]
+            if key in self.wanted:
+                continue
+            self._unbinding.add(key)
+            try:
+                await channel.queue_unbind(self.queue, self.exchange, routing_key=key)
+            except BaseException:
+                if self.on_error is not None:
+                    self.on_error(1)
+                # Still bound: try again after another linger.
+                self._unwanted_at[key] = time.monotonic()
+                raise
+            finally:
+                self._unbinding.discard(key)
+            self.bound.discard(key)
+            if key in self.wanted:
+                self._wake.set()  # wanted again meanwhile: bind it again
+
+    def _bound(self, keys: list[str]) -> None:
+        """A batch is confirmed: release its waiters; a key dropped meanwhile lingers out."""
+        now = time.monotonic()
+        for key in keys:
+            self.bound.add(key)
+            if key not in self.wanted:
+                self._unwanted_at.setdefault(key, now)
+        self._release(keys)
+
+    def _release(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            for fut in self._waiters.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
