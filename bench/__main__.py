@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             api_systems = args.systems.split(",") if args.systems else ["clarion", *ab, "raw"]
             for label in api_systems:
                 print(f"S1-API broadcast through the HTTP API: {label}", flush=True)
-                # Three times S1's bursts: psutil's 10 ms CPU tick is under 2% of each.
-                bench.s1_api(label, sizes, 3 * deliveries)
+                # Three of S1's bursts per CPU window: psutil's 10 ms tick is under 2% of it.
+                bench.s1_api(label, sizes, deliveries, rounds=3)
         if "broker" in only:
             print("S1 baseline: aio-pika publish -> consume", flush=True)
             bench.broker_baseline(3_000 if quick else 5_000)
