@@ -234,6 +234,32 @@ async def test_fast_path_joins_one_iterations_frames_into_one_write_per_socket()
     assert sample(metrics, "clarion_messages_delivered_total") == 6
 
 
+async def test_latency_is_observed_once_per_message_and_pod_after_the_writes() -> None:
+    metrics = Metrics()
+    hub = Hub(metrics, "p")
+    ts = [FakeTransport(frames=True) for _ in range(3)]
+    for i, t in enumerate(ts):
+        hub.add(connection(str(i), "u", t, metrics))
+    written_first: list[bool] = []
+    histogram = metrics.latency
+    observe = histogram.observe
+
+    def spy(value: float) -> None:
+        written_first.append(all(t.writes for t in ts))
+        observe(value)
+
+    histogram.observe = spy  # type: ignore[method-assign]
+    for i in range(2):
+        assert hub.deliver(Envelope.create(Target("broadcast"), i)) == 3
+    # Nothing is written (nor observed) before the end of this loop iteration.
+    assert sample(metrics, "clarion_delivery_latency_seconds_count") == 0
+    await wait_until(lambda: sample(metrics, "clarion_delivery_latency_seconds_count") == 2)
+    assert written_first == [True, True]  # observed once per message, after every socket's write
+    assert sample(metrics, "clarion_messages_delivered_total") == 6  # per socket, as before
+    await asyncio.sleep(0.01)
+    assert sample(metrics, "clarion_delivery_latency_seconds_count") == 2
+
+
 async def test_a_frame_sent_the_ordinary_way_waits_for_gathered_frames() -> None:
     metrics = Metrics()
     hub = Hub(metrics, "p")

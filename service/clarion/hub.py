@@ -246,6 +246,9 @@ class Hub:
         for conn in targets:
             if conn.deliver(out):
                 n += 1
+        if n:
+            # Once per message and pod, not per socket (metrics.Deliveries).
+            self.metrics.deliveries.live(out.ts)
         return n
 
     def first_time(self, mid: str) -> bool:

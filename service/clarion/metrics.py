@@ -6,6 +6,8 @@ several pods in one process and each ``/metrics`` shows only its own numbers.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -62,16 +64,19 @@ class Metrics:
         self.consumed = Counter(
             names.M_CONSUMED, "Messages consumed from this pod's queue", registry=r
         )
-        self.delivered = Counter(names.M_DELIVERED, "Message frames written to sockets", registry=r)
         self.dropped = Counter(
             names.M_DROPPED, "Messages not delivered to a socket, by reason", ["reason"], registry=r
         )
         self.latency = Histogram(
             names.M_DELIVERY_LATENCY,
-            "Time from publish to socket write",
+            "Time from publish until this pod has written the message to its sockets "
+            "(once per live message and pod)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        #: Frames written to sockets and the latency of live messages, off the per-socket path.
+        self.deliveries = Deliveries(self.latency)
+        r.register(_DeliveredCollector(self.deliveries))
         self.broker_connected = Gauge(
             names.M_BROKER_CONNECTED,
             "1 while connected to the broker and consuming this pod's queue",
@@ -196,6 +201,58 @@ class Metrics:
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):
                 self.published.labels(source=source, target=target)
+
+
+class Deliveries:
+    """What fan-out counts, once per message and pod or as a plain int, never a metric per socket.
+
+    ``count`` is the number of message frames (live and replayed) written to
+    sockets: the writers add to it (once per socket per event-loop iteration on
+    the fast path) and ``/metrics`` reads it as ``clarion_messages_delivered_total``.
+    ``live(ts)`` is called once per live message the pod fanned out: its latency
+    is observed once, after the socket writes of that event-loop iteration (the
+    hub writes the iteration's frames in a callback scheduled before this one).
+    """
+
+    __slots__ = ("_histogram", "_pending", "count")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.count = 0
+        self._histogram = histogram
+        #: Publish times (unix ms) of the live messages fanned out in this iteration.
+        self._pending: list[int] = []
+
+    def live(self, ts_ms: int) -> None:
+        pending = self._pending
+        if not pending:
+            try:
+                asyncio.get_running_loop().call_soon(self._observe)
+            except RuntimeError:  # no event loop (a synchronous caller): at once
+                pending.append(ts_ms)
+                self._observe()
+                return
+        pending.append(ts_ms)
+
+    def _observe(self) -> None:
+        pending, self._pending = self._pending, []
+        now_ms = time.time() * 1000.0
+        observe = self._histogram.observe
+        for ts_ms in pending:
+            observe(max(0.0, (now_ms - ts_ms) / 1000.0))
+
+
+class _DeliveredCollector(Collector):
+    """``clarion_messages_delivered_total``: read at scrape time, free on the hot path."""
+
+    def __init__(self, deliveries: Deliveries) -> None:
+        self.deliveries = deliveries
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            names.M_DELIVERED, "Message frames written to sockets (live and replayed)"
+        )
+        family.add_metric([], self.deliveries.count)
+        yield family
 
 
 class _WritesCollector(Collector):
