@@ -180,7 +180,10 @@ async def apply(
 ) -> None:
     """Make the owned Deployment and Services match the spec; touch nothing that already does."""
     namespace = namespace or ""
-    gs = GatewaySpec.parse(spec)
+    try:
+        gs = GatewaySpec.parse(spec)
+    except ValueError as exc:  # the CRD refuses such specs; an older or absent schema may not
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
     outcomes = await apply_owned(memo["kube"], namespace, name, body, gs, memo)
     _report(body, outcomes, logger)
     generation = body.get("metadata", {}).get("generation")

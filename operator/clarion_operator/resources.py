@@ -68,6 +68,7 @@ def container_env(name: str, namespace: str, spec: GatewaySpec) -> list[dict[str
         _secret("amqp_url", spec.broker.url_secret_ref, optional=False),
         _value("exchange", exchange_of(namespace, name, spec)),
         _value("queue_prefix", spec.broker.queue_prefix),
+        _value("routing", spec.broker.routing),
         _value("auth", spec.auth.mode),
         _value("allow_client_publish", spec.auth.allow_client_publish),
         _value("drain_delay", DRAIN_DELAY),

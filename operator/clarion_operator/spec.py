@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion import names
+from clarion.config import default_of, option
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class BrokerSpec:
     queue_prefix: str = names.QUEUE_PREFIX
     url_secret_ref: SecretRef = SecretRef(BROKER_SECRET, "url")
     management_url_secret_ref: SecretRef = SecretRef(BROKER_SECRET, "managementUrl")
+    #: The gateway's ``--routing``: ``fanout`` (every pod gets every message) or ``direct``.
+    routing: str = default_of("routing")
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ class GatewaySpec:
                 management_url_secret_ref=SecretRef.parse(
                     br.get("managementUrlSecretRef"), d_br.management_url_secret_ref
                 ),
+                routing=_setting("broker.routing", "routing", br.get("routing", d_br.routing)),
             ),
             auth=AuthSpec(
                 mode=str(au.get("mode", d_au.mode)),
@@ -238,6 +242,14 @@ class GatewaySpec:
             read_only_root_filesystem=bool(spec.get("readOnlyRootFilesystem", True)),
             pod=_parse_pod(spec, pr, st, mo),
         )
+
+
+def _setting(field_path: str, setting: str, raw: Any) -> str:
+    """A field that is one of the gateway's settings, checked by that setting's own parser."""
+    try:
+        return str(option(setting).parse(str(raw)))
+    except ValueError as exc:
+        raise ValueError(f"spec.{field_path}: {exc}") from None
 
 
 def _strings(raw: Any) -> dict[str, str]:
@@ -317,6 +329,7 @@ def defaults_as_crd() -> dict[str, Any]:
             "queuePrefix": s.broker.queue_prefix,
             "urlSecretRef": ref(s.broker.url_secret_ref),
             "managementUrlSecretRef": ref(s.broker.management_url_secret_ref),
+            "routing": s.broker.routing,
         },
         "auth": {
             "mode": s.auth.mode,

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from clarion import names
+from clarion.config import default_of, option
 
 from .helpers import (
     CHART,
@@ -212,6 +213,7 @@ def test_gateway_secret_refs_resolve(name: str) -> None:
         ("--set", "rabbitmq.enabled=yes-please", "Invalid type"),
         ("--set", "gateway.service.port=70000", "Must be less than or equal to 65535"),
         ("--set", "auth.mode=basic", "auth.mode"),
+        ("--set", "gateway.broker.routing=topic", "gateway.broker.routing"),
         ("--set", "operator.securityContext.runAsNonRoot=false", "runAsNonRoot"),
     ],
 )
@@ -220,6 +222,21 @@ def test_values_schema_rejects(flag: str, setting: str, error: str) -> None:
     assert proc.returncode != 0, f"{setting} was accepted"
     assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
     assert error in proc.stderr, proc.stderr
+
+
+def test_routing_reaches_the_gateway_resource() -> None:
+    """``gateway.broker.routing`` is the CRD's ``broker.routing``: same values, same default."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["gateway"]["broker"]["routing"] == default_of("routing")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    routing = schema["properties"]["gateway"]["properties"]["broker"]["properties"]["routing"]
+    assert tuple(routing["enum"]) == option("routing").choices
+    for value in option("routing").choices or ():
+        gw = one(render([f"gateway.broker.routing={value}"]), "WebSocketGateway")
+        assert gw["spec"]["broker"]["routing"] == value
+    assert one(combo("default"), "WebSocketGateway")["spec"]["broker"]["routing"] == (
+        default_of("routing")
+    )
 
 
 def test_replica_bounds_are_checked() -> None:

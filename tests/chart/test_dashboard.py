@@ -140,6 +140,9 @@ def test_dashboard_shape() -> None:
         "Broker connected per pod",
         "Desired vs actual replicas",
         "Orphan queues deleted",
+        "Routing keys bound",
+        "Bind latency p99",
+        "Bind errors/s",
     }
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -153,6 +156,14 @@ def test_dashboard_shape() -> None:
     ]
     assert [float(m.group(1)) for m in quantiles if m] == [0.5, 0.95, 0.99]
     assert all(names.M_DELIVERY_LATENCY + "_bucket" in t["expr"] for t in latency["targets"])
+    routing = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels(dash)}
+    (bound,) = routing["Routing keys bound"]
+    assert bound.startswith(f"sum by (pod) ({names.M_BINDINGS}{{")
+    (bind,) = routing["Bind latency p99"]
+    assert bind.startswith("histogram_quantile(0.99, sum by (le) (rate(")
+    assert names.M_BIND_SECONDS + "_bucket{" in bind
+    (errors,) = routing["Bind errors/s"]
+    assert errors.startswith(f"sum(rate({names.M_BIND_ERRORS}_total{{")
 
 
 def test_dashboard_layout_has_no_overlaps() -> None:
@@ -241,8 +252,8 @@ class Traffic:
                         self.published += 1
                     else:
                         self.errors.append(f"publish {r.status_code}: {r.text}")
-                    if n % 10 == 0:  # a connect and a disconnect on pod B
-                        with connect(f"{self.b.ws_url}?user=churn", open_timeout=5) as ws:
+                    if n % 10 == 0:  # a connect and a disconnect on pod B, a new user: a bind
+                        with connect(f"{self.b.ws_url}?user=churn{n}", open_timeout=5) as ws:
                             ws.recv(timeout=5)
                 except Exception as exc:
                     self.errors.append(repr(exc))
@@ -341,7 +352,8 @@ def pods(
         GatewayProcess(
             f"{TEST_GATEWAY}-{suffix}",
             amqp_url=module_vhost.amqp_url,
-            args=["--auth", "none", "--allow-client-publish"],
+            # Routed: the churn's new users keep binding (the bind panels have data).
+            args=["--auth", "none", "--allow-client-publish", "--routing", "direct"],
             log_dir=logs,
         )
         for suffix in ("7d4f9-a1", "7d4f9-b2")

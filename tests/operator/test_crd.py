@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from clarion import names
+from clarion.config import default_of, option
 from clarion_operator.spec import GatewaySpec, defaults_as_crd
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "clarion" / "crds"
@@ -104,6 +105,8 @@ def test_minimal_and_full_specs_are_valid() -> None:
         {"image": "i", "scaling": {"rebalance": "yes"}},
         {"image": "i", "queueCleanup": {"graceSeconds": -1}},
         {"image": "i", "broker": {"urlSecretRef": {"name": ""}}},
+        {"image": "i", "broker": {"routing": "topic"}},
+        {"image": "i", "broker": {"routing": "Direct"}},
         {"image": "i", "imagePullSecrets": [{}]},
         {"image": "i", "imagePullSecrets": ["regcred"]},
         {"image": "i", "nodeSelector": {"disk": 1}},
@@ -121,6 +124,18 @@ def test_crd_defaults_are_the_operator_defaults() -> None:
     defaulted = apply_defaults(SCHEMA["properties"]["spec"], {"image": "img"})
     assert {k: v for k, v in defaulted.items() if k != "image"} == defaults_as_crd()
     assert GatewaySpec.parse(defaulted) == GatewaySpec.parse({"image": "img"})
+
+
+def test_routing_is_the_gateway_setting() -> None:
+    """``broker.routing`` takes exactly the gateway's ``--routing`` values and default."""
+    field = SCHEMA["properties"]["spec"]["properties"]["broker"]["properties"]["routing"]
+    assert tuple(field["enum"]) == option("routing").choices
+    assert field["default"] == default_of("routing")
+    assert field["description"]
+    for value in option("routing").choices or ():
+        spec = {"image": "i", "broker": {"routing": value}}
+        VALIDATOR.validate(gateway(spec))
+        assert GatewaySpec.parse(spec).broker.routing == value
 
 
 def test_peering_crds() -> None:

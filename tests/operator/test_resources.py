@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from clarion import names
-from clarion.config import Settings, options
+from clarion.config import Settings, default_of, option, options
 from clarion_operator import applying, resources
 from clarion_operator.spec import GatewaySpec
 
@@ -87,12 +87,15 @@ FROM_SECRETS = {
 
 @pytest.mark.parametrize("mode", ["jwt", "none"])
 @pytest.mark.parametrize("publish", [True, False])
-def test_the_pod_environment_is_what_clarion_serve_reads(mode: str, publish: bool) -> None:
+@pytest.mark.parametrize("routing", ["fanout", "direct"])
+def test_the_pod_environment_is_what_clarion_serve_reads(
+    mode: str, publish: bool, routing: str
+) -> None:
     """Every variable is a declared gateway setting, and its value parses into that setting."""
     raw = {
         "image": "i",
         "auth": {"mode": mode, "allowClientPublish": publish},
-        "broker": {"exchange": "x.fan", "queuePrefix": "x.pod."},
+        "broker": {"exchange": "x.fan", "queuePrefix": "x.pod.", "routing": routing},
     }
     env = env_of(build(raw))
     assert set(env) <= {opt.env for opt in options()}
@@ -105,6 +108,7 @@ def test_the_pod_environment_is_what_clarion_serve_reads(mode: str, publish: boo
     assert (settings.auth, settings.allow_client_publish) == (mode, publish)
     assert settings.api_keys == ["k1", "k2"] and settings.admin_token == "t"
     assert settings.exchange == "x.fan"
+    assert settings.routing == routing
     assert (settings.drain_delay, settings.drain_window) == (
         resources.DRAIN_DELAY,
         resources.DRAIN_WINDOW,
@@ -158,6 +162,24 @@ def test_each_gateway_gets_its_own_exchange() -> None:
     assert not (pod_ns["CLARION_EXCHANGE"] + ".history").startswith(names.QUEUE_PREFIX)
     named = env_of(build({"image": "i", "broker": {"exchange": "shared.fanout"}}))
     assert named["CLARION_EXCHANGE"] == "shared.fanout"
+
+
+def test_routing_reaches_the_pods() -> None:
+    """``broker.routing`` becomes the gateway's ``--routing``; absent, the gateway's default."""
+    assert option("routing").env == "CLARION_ROUTING"
+    assert env_of(build({"image": "i", "broker": {"routing": "direct"}}))["CLARION_ROUTING"] == (
+        "direct"
+    )
+    assert env_of(build({"image": "i", "broker": {"routing": "fanout"}}))["CLARION_ROUTING"] == (
+        "fanout"
+    )
+    assert env_of(build({"image": "i"}))["CLARION_ROUTING"] == default_of("routing")
+
+
+@pytest.mark.parametrize("bad", ["topic", "", 1])
+def test_a_bad_routing_is_refused_with_the_field_named(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"spec\.broker\.routing: must be one of fanout, direct"):
+        GatewaySpec.parse({"image": "i", "broker": {"routing": bad}})
 
 
 def test_public_api_is_explicit() -> None:
