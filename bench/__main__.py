@@ -32,7 +32,7 @@ from .scenarios import Bench
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants")
+ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants", "scale")
 #: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
 VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
 
@@ -78,6 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default=None, help="only print the table and plot of a file")
     p.add_argument("--plot", default=str(HERE / "s1-scaling.png"), help="PNG path")
     p.add_argument("--compare", default=None, help="with --report: also Clarion of this tag")
+    p.add_argument("--pods", default="", help="scale: pod counts (default 2,4,8,16)")
+    p.add_argument("--routing", default="fanout,direct", help="scale: routing modes")
+    p.add_argument("--rate", type=float, default=150.0, help="scale: targeted msgs/s")
+    p.add_argument("--seconds", type=float, default=5.0, help="scale: seconds per window")
     return p.parse_args(argv)
 
 
@@ -206,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         if "s5" in only:
             print("S5: one pod, 10,000 sockets, broadcasts", flush=True)
             bench.s5_capacity("clarion", 10_000)
+        if "scale" in only:
+            from . import scale
+
+            pods = [int(x) for x in args.pods.split(",")] if args.pods else None
+            sc = scale.Scale(
+                lg, log_dir, reps, args.pad, env, emit, rate=args.rate, seconds=args.seconds
+            )
+            sc.run(pods or ([2, 4] if quick else [2, 4, 8, 16]), args.routing.split(","))
+            print(scale.summarize(sc.rows, HERE / "scale.png"))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
