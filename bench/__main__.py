@@ -4,6 +4,7 @@
     python -m bench --quick         # one repetition, small sizes (~1 min)
     python -m bench --only s1,s2    # a subset of: s1 s1api s2 s3 s5 broker deflate variants
     python -m bench --only s1api --ab HEAD   # S1 through POST /api/publish, raw beside it
+    python -m bench --only consume  # a pod's CPU per consumed message, a plain consumer beside it
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
     python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
     python -m bench --ab 56673a0    # and that revision beside the working tree, same run
@@ -32,7 +33,7 @@ from .scenarios import Bench
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants", "scale")
+ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants", "scale", "consume")
 #: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
 VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
 
@@ -219,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             sc.run(pods or ([2, 4] if quick else [2, 4, 8, 16]), args.routing.split(","))
             print(scale.summarize(sc.rows, HERE / "scale.png"))
+        if "consume" in only:
+            from . import consume
+
+            print("consume: a pod's CPU per consumed message, aio-pika alone beside it", flush=True)
+            n = 5_000 if quick else 20_000
+            print(consume.run(log_dir, reps, n, args.pad, env, emit, ab=envs))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

@@ -24,11 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractExchange
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from ..names import history_queue, queue_name, routed_exchange
 from ..protocol import Envelope, Target
-from . import history, topology
+from . import fastconsume, history, topology
 from .acks import AckBatcher
 from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
 from .catchup import CatchUp
@@ -294,7 +296,7 @@ class RabbitBroker(Broker):
         # sockets after a long outage) before anything buffered is delivered.
         self._consuming = True
         self._set_state(True)
-        await queue.consume(self._on_message, no_ack=False)
+        await fastconsume.consume(await sub.get_underlay_channel(), queue.name, self._on_message)
 
     async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float
@@ -318,21 +320,24 @@ class RabbitBroker(Broker):
             return None
         return await history.first_timestamp(conn, self.history_queue)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    def _on_message(
+        self, channel: aiormq.Channel, delivery: Basic.Deliver, header: ContentHeader, body: bytes
+    ) -> None:
+        """One delivery from the pod's queue, called by aiormq's channel reader (fastconsume.py)."""
+        props = header.properties
         try:
-            env = message_to_envelope(message.body, message.message_id, dict(message.headers or {}))
+            env = message_to_envelope(body, props.message_id, props.headers or {})
         except Marker:
             pass
         except Exception as exc:
-            log.warning("dropping malformed broker message %s: %s", message.message_id, exc)
+            log.warning("dropping malformed broker message %s: %s", props.message_id, exc)
         else:
-            assert self._listener is not None
             self._catch_up.consumed(env.ts)
             try:
-                self._listener.on_message(env)
+                self._listener.on_message(env)  # type: ignore[union-attr]
             except Exception:
                 log.exception("consumer failed on message %s", env.id)
-        self._acks.ack(message)
+        self._acks.ack(channel, delivery.delivery_tag)
 
     async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
         """Publish with confirms; 503 (BrokerUnavailable) unless every message was confirmed.

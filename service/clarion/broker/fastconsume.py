@@ -1,0 +1,102 @@
+"""Consuming a queue at the cost of aiormq's frame reading alone: no object or task per message.
+
+aio-pika's ``queue.consume`` builds an ``IncomingMessage`` for every delivery
+and runs the callback in a task of its own, inside the task aiormq's channel
+reader creates per delivery: two tasks and a dozen attribute copies per
+message, more than the pod's own work on a message it holds no socket for
+(docs/performance.md, "Consume path"). Here the channel reader calls a plain
+function instead, with the delivery frame, the content header and the body.
+
+This reaches into aiormq's channel (the one place the pod does): its reader
+awaits ``self._on_deliver_frame(frame)`` for every Basic.Deliver, and reads
+the content frames that follow with ``self._get_frame()``; ``consume`` puts
+its own ``_on_deliver_frame`` on the channel instance. pyproject pins the
+aiormq versions this was written against; if a version lacks these names,
+``consume`` falls back to aiormq's own per-delivery task (still without
+aio-pika's objects) and logs a warning; tests/test_fast_consume.py fails then.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+log = logging.getLogger("clarion.broker")
+
+#: Called for every delivery, synchronously, in aiormq's channel reader; must not raise.
+OnDelivery = Callable[[aiormq.Channel, Basic.Deliver, ContentHeader, bytes], None]
+
+
+def _supported(channel: Any) -> bool:
+    reader = getattr(type(channel), "_reader", None)
+    return (
+        isinstance(channel, aiormq.Channel)
+        and callable(getattr(type(channel), "_on_deliver_frame", None))
+        and callable(getattr(channel, "_get_frame", None))
+        and reader is not None
+        and "_on_deliver_frame" in reader.__code__.co_names
+    )
+
+
+async def consume(channel: aiormq.Channel, queue: str, on_delivery: OnDelivery) -> str:
+    """Consume ``queue`` (acks by the caller); returns the consumer tag."""
+
+    def slow(message: DeliveredMessage) -> None:
+        assert isinstance(message.delivery, Basic.Deliver)
+        on_delivery(channel, message.delivery, message.header, message.body)
+
+    if _supported(channel):
+        _install(channel, on_delivery)
+    else:
+        log.warning(
+            "aiormq %s: consuming without the fast path", importlib.metadata.version("aiormq")
+        )
+    ok = await channel.basic_consume(queue, slow, no_ack=False)
+    assert ok.consumer_tag is not None
+    return ok.consumer_tag
+
+
+def _install(channel: Any, on_delivery: OnDelivery) -> None:
+    get_frame = channel._get_frame
+    original = channel._on_deliver_frame
+
+    async def on_deliver_frame(frame: Basic.Deliver) -> None:
+        if frame.consumer_tag not in channel.consumers:
+            # Not consumed through here (nor cancelled): aiormq's own way.
+            await original(frame)
+            return
+        header = await get_frame()
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"Unexpected frame {header!r} instead of ContentHeader", header)
+        size = header.body_size
+        body = b""
+        if size:
+            content = await get_frame()
+            if not isinstance(content, ContentBody):
+                raise ValueError(f"Unexpected frame {content!r}", content)
+            body = content.value
+            if len(body) < size:
+                # A body larger than the frame size comes in several frames.
+                parts = [body]
+                got = len(body)
+                while got < size:
+                    content = await get_frame()
+                    if not isinstance(content, ContentBody):
+                        raise ValueError(f"Unexpected frame {content!r}", content)
+                    parts.append(content.value)
+                    got += len(content.value)
+                body = b"".join(parts)
+        try:
+            on_delivery(channel, frame, header, body)
+        except Exception:  # pragma: no cover - on_delivery catches its own; the reader must live
+            log.exception("consumer failed on delivery %s", frame.delivery_tag)
+
+    channel._on_deliver_frame = on_deliver_frame

@@ -1,0 +1,114 @@
+"""The pod consumes its queue through fastconsume.py's fast path, on a real broker.
+
+fastconsume.py reaches into aiormq's channel; an aiormq upgrade that renamed
+what it replaces would silently fall back to a task per delivery (and cost
+every message again what docs/performance.md, "Consume path", took off).
+These tests fail if it does, and check that what the fast path hands over
+(ids, targets, keys, commands, markers, malformed messages, acks) is what
+the broker carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import aiormq
+import pytest
+
+from clarion.broker import fastconsume
+from clarion.broker.base import BrokerOptions
+from clarion.broker.codec import envelope_to_message, marker_message
+from clarion.broker.rabbitmq import RabbitBroker
+from clarion.config import Settings
+from clarion.protocol import Envelope, Target
+
+from .support import Vhost, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+        #: The task each message was handed over in.
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.up = False
+
+    def on_message(self, env: Envelope) -> object:
+        self.envelopes.append(env)
+        self.tasks.append(asyncio.current_task())
+        return 0
+
+    def on_state(self, up: bool) -> None:
+        self.up = up
+
+    def on_gap(self) -> None: ...
+
+    def on_bound(self, seconds: float) -> None: ...
+
+    def on_bind_error(self, keys: int) -> None: ...
+
+    def on_connected(self, address: str, reconnect_seconds: float | None) -> None: ...
+
+
+@pytest.fixture
+async def consuming(vhost: Vhost) -> AsyncIterator[tuple[RabbitBroker, Listener]]:
+    """A pod's broker (``--routing fanout``: everything reaches it), consuming."""
+    name = f"fast-{uuid.uuid4().hex[:6]}"
+    options = BrokerOptions.from_settings(Settings(auth="none", pod_name=name, routing="fanout"))
+    broker = RabbitBroker(vhost.amqp_url, name, options)
+    listener = Listener()
+    await broker.start(listener)
+    try:
+        await wait_for(lambda: broker.ready, 10, message="consuming")
+        yield broker, listener
+    finally:
+        await broker.stop()
+
+
+async def test_deliveries_reach_the_pod_without_a_task_each(
+    consuming: tuple[RabbitBroker, Listener],
+) -> None:
+    broker, listener = consuming
+    envs = [Envelope.create(Target("user", "u1"), {"n": i}) for i in range(50)]
+    envs.append(Envelope.create(Target("channel", "c"), {"big": "x" * 300_000}, key="k1"))
+    envs.append(Envelope.create_command("disconnect", Target("user", "u1"), {}))
+    await broker.publish(envs)
+    await wait_for(lambda: len(listener.envelopes) == len(envs), 10, message="all consumed")
+    assert listener.envelopes == envs  # bodies over several frames too
+    # All in aiormq's channel reader: one task for every delivery, not one each.
+    assert len({id(t) for t in listener.tasks}) == 1
+    assert "_reader" in repr(listener.tasks[0])
+
+
+async def test_markers_and_malformed_messages_are_dropped_and_acked(
+    consuming: tuple[RabbitBroker, Listener], vhost: Vhost, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, listener = consuming
+    conn = await aio_pika.connect(vhost.amqp_url)
+    try:
+        ch = await conn.channel()
+        ex = await ch.get_exchange(broker.options.exchange)
+        await ex.publish(marker_message("m1"), "")
+        await ex.publish(aio_pika.Message(b"{}", message_id="x", headers={}), "")
+        good = Envelope.create(Target("broadcast"), {"ok": True})
+        await ex.publish(envelope_to_message(good), "")
+    finally:
+        await conn.close()
+    await wait_for(lambda: listener.envelopes == [good], 10, message="the good one")
+    assert "dropping malformed broker message x" in caplog.text
+
+    def unacked() -> int:
+        q = vhost.api(f"/api/queues/{{vhost}}/{broker.queue_name}")
+        return int(q.get("messages_unacknowledged", -1)) + int(q.get("messages_ready", -1))
+
+    await wait_for(lambda: unacked() == 0, 15, interval=0.5, message="all three acked")
+
+
+async def test_the_fast_path_is_engaged_on_this_aiormq() -> None:
+    # The names fastconsume.py replaces exist (a pinned version that changed them fails here).
+    assert fastconsume._supported(aiormq.Channel.__new__(aiormq.Channel))
