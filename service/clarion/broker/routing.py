@@ -65,7 +65,12 @@ def routing_key(target: Target) -> str:
 
 
 class Bindings:
-    """The routing keys of one pod's queue, kept in step with the keys its sockets need."""
+    """The routing keys of one pod's queue, kept in step with the keys its sockets need.
+
+    Every operation is O(1) per key: the keys to bind and the keys lingering
+    out are insertion-ordered dicts (the oldest first), so a pod holding tens of
+    thousands of keys does not scan them on every connect.
+    """
 
     def __init__(
         self,
@@ -89,7 +94,10 @@ class Bindings:
         self.wanted: dict[str, float] = {}
         #: Keys bound on the current connection (or, after losing it, possibly still bound).
         self.bound: set[str] = set()
-        #: Keys no longer wanted, and since when (monotonic): unbound after ``linger``.
+        #: Wanted, not bound, not being bound: the next batch (oldest first).
+        self._to_bind: dict[str, None] = {}
+        #: Bound, no longer wanted, and since when (monotonic, oldest first): unbound
+        #: after ``linger``.
         self._unwanted_at: dict[str, float] = {}
         self._unbinding: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -106,15 +114,19 @@ class Bindings:
 
     def add(self, key: str) -> None:
         """The first socket of a user or channel arrived: route its messages here."""
-        if key not in self.wanted:
-            self.wanted[key] = time.monotonic()
-            self._unwanted_at.pop(key, None)
-            if key not in self.bound:
-                self._wake.set()
+        if key in self.wanted:
+            return
+        self.wanted[key] = time.monotonic()
+        if self._unwanted_at.pop(key, None) is None and key not in self.bound:
+            self._to_bind[key] = None
+            self._wake.set()
 
     def discard(self, key: str) -> None:
         """The last socket of a user or channel left: unbind after ``linger``."""
-        if self.wanted.pop(key, None) is not None and key in self.bound:
+        if self.wanted.pop(key, None) is None:
+            return
+        self._to_bind.pop(key, None)
+        if key in self.bound:
             self._unwanted_at[key] = time.monotonic()
             self._wake.set()
         for fut in self._waiters.pop(key, ()):
@@ -133,7 +145,7 @@ class Bindings:
         loop = asyncio.get_running_loop()
         futures = []
         for key in keys:
-            if key in self.bound or key not in self.wanted:
+            if key not in self.wanted or (key in self.bound and key not in self._unbinding):
                 continue
             fut = loop.create_future()
             self._waiters.setdefault(key, []).append(fut)
@@ -155,17 +167,17 @@ class Bindings:
         self.stop()
         channel = await self._open(conn)
         # What was bound before may still be (a queue that outlived the connection):
-        # unbound soon, or it would keep routing here.
-        before, self.bound = self.bound, set()
+        # unbound at once after this, or it would keep routing here.
+        stale = self.bound - self.wanted.keys()
+        self.bound = set()
+        self._to_bind = dict.fromkeys(self.wanted)
         began = time.monotonic()
         # Until nothing is missing: a key added while this ran must be bound too
         # before the pod consumes (the sockets asking for it were not made to wait).
-        while keys := self._pending_binds()[: self.batch]:
-            await self._bind(channel, keys, observe=False)
-            self._bound(keys)
-        for key in before - self.bound:
-            self.bound.add(key)
-            self._unwanted_at[key] = began - self.linger
+        while self._to_bind:
+            await self._bind(channel, self._take(), observe=False)
+        self.bound |= stale
+        self._unwanted_at = dict.fromkeys(stale, began - self.linger)
         if self.bound:
             log.info(
                 "bound %d routing keys to %s in %.2fs",
@@ -202,7 +214,7 @@ class Bindings:
         """Bind what is wanted and unbind what lingered out, in batches, until stopped."""
         while True:
             wait = self._next_unbind_in()
-            if not self._pending_binds() and wait != 0:
+            if not self._to_bind and wait != 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
@@ -212,13 +224,12 @@ class Bindings:
             try:
                 if channel is None or channel.is_closed:
                     channel = await self._open(conn)
-                binds = self._pending_binds()[: self.batch]
-                if binds:
-                    await self._bind(channel, binds)
-                    self._bound(binds)
-                    await self._unbind_some(channel, self.batch // 10 or 1)
+                if self._to_bind:
+                    await self._bind(channel, self._take())
+                    # Binds come first; unbinds, which nobody waits for, a few at a time.
+                    await self._unbind_due(channel, max(1, self.batch // 10))
                 else:
-                    await self._unbind_some(channel, self.batch)
+                    await self._unbind_due(channel, self.batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -227,21 +238,29 @@ class Bindings:
                     return
                 await asyncio.sleep(0.5)
 
-    def _pending_binds(self) -> list[str]:
-        return [k for k in self.wanted if k not in self.bound and k not in self._unbinding]
+    def _take(self) -> list[str]:
+        """The next batch of keys to bind (oldest first), taken off ``_to_bind``."""
+        keys: list[str] = []
+        for key in self._to_bind:
+            keys.append(key)
+            if len(keys) >= self.batch:
+                break
+        for key in keys:
+            del self._to_bind[key]
+        return keys
 
     def _next_unbind_in(self) -> float | None:
-        if not self._unwanted_at:
-            return None
-        oldest = min(self._unwanted_at.values())
-        return max(0.0, oldest + self.linger - time.monotonic())
+        for since in self._unwanted_at.values():  # the oldest
+            return max(0.0, since + self.linger - time.monotonic())
+        return None
 
     async def _bind(
         self, channel: aiormq.abc.AbstractChannel, keys: list[str], observe: bool = True
     ) -> None:
-        """Bind a batch: all but the last without waiting, the last confirms them all."""
-        if not keys:
-            return
+        """Bind a batch: all but the last without waiting, the last confirms them all.
+
+        On failure the keys still wanted go back to be bound again.
+        """
         try:
             async with asyncio.timeout(self.timeout):
                 for key in keys[:-1]:
@@ -252,44 +271,41 @@ class Bindings:
         except BaseException:
             if self.on_error is not None:
                 self.on_error(len(keys))
+            self._to_bind = {**{k: None for k in keys if k in self.wanted}, **self._to_bind}
             raise
-        if observe and self.on_confirmed is not None:
-            now = time.monotonic()
-            for key in keys:
-                asked = self.wanted.get(key)
-                if asked is not None:
-                    self.on_confirmed(now - asked)
-
-    async def _unbind_some(self, channel: aiormq.abc.AbstractChannel, limit: int) -> None:
         now = time.monotonic()
-        due = [k for k, t in self._unwanted_at.items() if now - t >= self.linger][:limit]
-        for key in due:
+        for key in keys:
+            self.bound.add(key)
+            asked = self.wanted.get(key)
+            if asked is None:
+                # Dropped while it was being bound: it lingers out like any other.
+                self._unwanted_at[key] = now
+            elif observe and self.on_confirmed is not None:
+                self.on_confirmed(now - asked)
+        self._release(keys)
+
+    async def _unbind_due(self, channel: aiormq.abc.AbstractChannel, limit: int) -> None:
+        """Unbind up to ``limit`` keys whose linger is over (oldest first)."""
+        for _ in range(limit):
+            key = next(iter(self._unwanted_at), None)
+            if key is None or time.monotonic() - self._unwanted_at[key] < self.linger:
+                return
             del self._unwanted_at[key]
-            if key in self.wanted:
-                continue
             self._unbinding.add(key)
             try:
                 await channel.queue_unbind(self.queue, self.exchange, routing_key=key)
             except BaseException:
                 if self.on_error is not None:
                     self.on_error(1)
-                # Still bound: try again after another linger.
-                self._unwanted_at[key] = time.monotonic()
+                if key not in self.wanted:
+                    self._unwanted_at[key] = time.monotonic()  # still bound: try again later
                 raise
             finally:
                 self._unbinding.discard(key)
             self.bound.discard(key)
             if key in self.wanted:
-                self._wake.set()  # wanted again meanwhile: bind it again
-
-    def _bound(self, keys: list[str]) -> None:
-        """A batch is confirmed: release its waiters; a key dropped meanwhile lingers out."""
-        now = time.monotonic()
-        for key in keys:
-            self.bound.add(key)
-            if key not in self.wanted:
-                self._unwanted_at.setdefault(key, now)
-        self._release(keys)
+                # Wanted again while it was being unbound: bind it again.
+                self._to_bind[key] = None
 
     def _release(self, keys: Iterable[str]) -> None:
         for key in keys:
