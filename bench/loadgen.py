@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import os
 import resource
 import time
 from multiprocessing.connection import Connection
@@ -55,9 +56,17 @@ class Worker:
     async def _dispatch(self, cmd: str, kw: dict[str, Any]) -> None:
         try:
             result = await getattr(self, "cmd_" + cmd)(**kw)
-            self.conn.send(("ok", result))
+            reply: tuple[str, Any] = ("ok", result)
         except Exception as exc:
-            self.conn.send(("error", repr(exc)))
+            reply = ("error", repr(exc))
+        # The event loop's reader made the pipe non-blocking: a reply bigger than its
+        # buffer (the latencies of a long burst) would break off half-way.
+        fd = self.conn.fileno()
+        os.set_blocking(fd, True)
+        try:
+            self.conn.send(reply)
+        finally:
+            os.set_blocking(fd, False)
 
     # -- commands ------------------------------------------------------------
 
