@@ -193,12 +193,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"S1 variant: {label}", flush=True)
                 bench.s1_broadcast(label, [400], deliveries, paced=False)
         if "s2" in only:
-            for label in ("clarion", *ab, "sio"):
+            for label in ("clarion", "clarion+fanout", *ab, "sio"):
                 print(f"S2 targeted, 500/s through HTTP: {label}", flush=True)
                 bench.s2_targeted(label, 200 if quick else 400, 500.0, 2.0 if quick else 4.0)
         if "s3" in only:
             n = 1000 if quick else 2000
-            for label in ("clarion", *ab, "sio", "raw"):
+            for label in ("clarion", "clarion+fanout", *ab, "sio", "raw"):
                 print(f"S3/S4 idle sockets and connect storm: {label}", flush=True)
                 bench.s3_s4_idle(label, n)
             if "deflate" in only:

@@ -124,22 +124,29 @@ class System:
             self.vhost.delete()
 
 
+#: ``clarion serve`` with each ``--routing`` (``clarion`` alone: its default).
+ROUTINGS = ("clarion+fanout", "clarion+direct")
+
+
 def _cmd(label: str, port: int, name: str, amqp_url: str) -> tuple[str, list[str]]:
     """The command line of one pod of the system named ``label``.
 
     ``clarion``: the shipped ``clarion serve``; ``clarion+deflate``: the same
-    with ``--compression``; ``clarion[ws=X]``: the bench launcher with uvicorn's
+    with ``--compression``; ``clarion+fanout``, ``clarion+direct``: with that
+    ``--routing``; ``clarion[ws=X]``: the bench launcher with uvicorn's
     WebSocket implementation X; ``clarion[gc]``: the launcher with a tuned GC;
     ``sio``: python-socketio; ``raw``: websockets ``broadcast()``;
     ``raw+coalesce``: one write per socket per loop iteration.
     """
     py = sys.executable
-    if label in ("clarion", "clarion+deflate") or label.startswith("clarion@"):
+    if label in ("clarion", "clarion+deflate", *ROUTINGS) or label.startswith("clarion@"):
         cmd = [py, "-m", "clarion", "serve", "--host", HOST, "--port", str(port)]
         cmd += ["--pod-name", name, "--amqp-url", amqp_url, "--auth", "none"]
         cmd += ["--log-level", "warning", "--drain-delay", "0", "--drain-window", "0"]
         if label == "clarion+deflate":
             cmd.append("--compression")
+        if label in ROUTINGS:
+            cmd += ["--routing", label.split("+")[1]]
         return "clarion", cmd
     if label.startswith("clarion["):
         # clarion[ws=X] or clarion[gc]: the bench launcher with other settings.
