@@ -51,6 +51,12 @@ from .wsclient import WSClient
 HERE = Path(__file__).resolve().parent
 _TICK = os.sysconf("SC_CLK_TCK")
 USERS_PER_POD = 5
+#: A window where other people's processes used more than this share of the machine
+#: (busy % minus the pods, RabbitMQ and the bench) is measured again, and not "clean".
+FOREIGN_LIMIT = 10.0
+#: RabbitMQ CPU (share of a core) above which an idle window is someone else's burst:
+#: 16 idle pods cost it about 2%.
+RABBIT_IDLE_MAX = 0.06
 
 
 # -- CPU from /proc ---------------------------------------------------------------
@@ -313,12 +319,8 @@ class Scale(Bench):
         self.rabbit = rabbit_pid()
         self.rows: list[dict[str, Any]] = []
         self.source = ""
-        #: A window where other people's processes used more than this share of the
-        #: machine (busy % minus the pods, RabbitMQ and the bench) is measured again.
-        self.foreign_limit = 10.0
-        #: RabbitMQ CPU (share of a core) above which an idle window is someone else's:
-        #: 16 idle pods cost it about 2%.
-        self.rabbit_idle_max = 0.06
+        self.foreign_limit = FOREIGN_LIMIT
+        self.rabbit_idle_max = RABBIT_IDLE_MAX
         self.attempts = 2
 
     def emit(self, row: dict[str, Any]) -> None:
@@ -331,13 +333,20 @@ class Scale(Bench):
         if "PYTHONPATH" in self.env:
             return  # --clarion-rev: already a snapshot
         into = self.log_dir / "scale-source"
-        shutil.copytree(HERE.parent / "service", into, ignore=shutil.ignore_patterns("__pycache__"))
+        # BENCH_SCALE_SOURCE: the copy of an earlier run, to add runs of the same code.
+        given = os.environ.get("BENCH_SCALE_SOURCE")
+        if given:
+            into = Path(given)
+        else:
+            shutil.copytree(
+                HERE.parent / "service", into, ignore=shutil.ignore_patterns("__pycache__")
+            )
         self.env["PYTHONPATH"] = str(into)
         digest = hashlib.sha1()
         for f in sorted(into.rglob("*.py")):
             digest.update(f.read_bytes())
         self.source = digest.hexdigest()[:10]
-        print(f"  scale: service/ copied to {into} (sha1 of its .py files {self.source})")
+        print(f"  scale: the pods run service/ from {into} (sha1 of its .py files {self.source})")
 
     def run(self, pod_counts: list[int], modes: list[str]) -> list[dict[str, Any]]:
         self._freeze_source()
@@ -586,17 +595,31 @@ KINDS = ("user", "absent", "broadcast", "connect")
 MODE_COLORS = {"fanout": "tab:red", "direct": "tab:blue"}
 
 
+def clean(row: Row) -> bool:
+    """No burst of other people's work in the window or its idle baseline."""
+    return (
+        (row.get("foreign_pct") or 0.0) <= FOREIGN_LIMIT
+        and (row.get("idle_foreign_pct") or 0.0) <= FOREIGN_LIMIT
+        and (row.get("idle_rabbit_us_per_s") or 0.0) <= RABBIT_IDLE_MAX * 1e6
+    )
+
+
 def medians(rows: list[Row]) -> dict[tuple[str, int, str], Row]:
-    """Median of every numeric field per (routing, pods, kind)."""
+    """Median of every numeric field per (routing, pods, kind), over the clean runs.
+
+    Runs with other people's bursts in them (``clean``) count only where a group
+    has no clean run; ``runs`` says "clean/all".
+    """
     groups: dict[tuple[str, int, str], list[Row]] = {}
     for r in rows:
         if r.get("scenario") in ("scale", "scale-connect"):
             groups.setdefault((r["routing"], int(r["pods"]), r["kind"]), []).append(r)
     out = {}
-    for key, rs in groups.items():
-        m: Row = {"runs": len(rs)}
+    for key, every in groups.items():
+        rs = [r for r in every if clean(r)] or every
+        m: Row = {"runs": f"{sum(map(clean, every))}/{len(every)}"}
         for k in rs[0]:
-            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and r.get(k) is not True]
+            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
             if vals and not isinstance(rs[0][k], bool):
                 m[k] = statistics.median(vals)
         out[key] = m
