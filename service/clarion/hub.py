@@ -223,15 +223,17 @@ class Hub:
         return True
 
     def targets(self, env: Envelope) -> Iterable[Connection]:
-        kind = env.target.kind
+        """The sockets a message is for: a copy (delivering may close some of them)."""
+        target = env.target
+        kind = target.kind
         if kind == "broadcast":
             return list(self.connections.values())
-        index = self.by_user if kind == "user" else self.by_channel
-        return list(index.get(env.target.name or "", ()))
+        conns = (self.by_user if kind == "user" else self.by_channel).get(target.name or "")
+        return list(conns) if conns else ()
 
     def deliver(self, env: Envelope) -> int:
         """Queue one consumed message for every matching local socket."""
-        self.metrics.consumed.inc()
+        self.metrics.consumed.value += 1
         # A broker redelivery, or a catch-up from history overlapping the queue.
         if env.id in self._recent:
             self.metrics.dropped.labels(reason="duplicate").inc()

@@ -61,8 +61,12 @@ class Metrics:
             ["source", "target"],
             registry=r,
         )
-        self.consumed = Counter(
-            names.M_CONSUMED, "Messages consumed from this pod's queue", registry=r
+        #: Messages consumed (queue and catch-up): a plain int, read at scrape time.
+        self.consumed = Count()
+        r.register(
+            _CountCollector(
+                self.consumed, names.M_CONSUMED, "Messages consumed from this pod's queue"
+            )
         )
         self.dropped = Counter(
             names.M_DROPPED, "Messages not delivered to a socket, by reason", ["reason"], registry=r
@@ -239,6 +243,29 @@ class Deliveries:
         observe = self._histogram.observe
         for ts_ms in pending:
             observe(max(0.0, (now_ms - ts_ms) / 1000.0))
+
+
+class Count:
+    """A counter the hot path adds to as a plain int (``value += 1``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _CountCollector(Collector):
+    """One ``Count`` as a counter, read at scrape time."""
+
+    def __init__(self, count: Count, name: str, documentation: str) -> None:
+        self.count = count
+        self.name = name
+        self.documentation = documentation
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation)
+        family.add_metric([], self.count.value)
+        yield family
 
 
 class _DeliveredCollector(Collector):

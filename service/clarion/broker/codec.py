@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import aio_pika
@@ -17,6 +16,7 @@ HDR_COMMAND = "clarion-command"
 HDR_KEY = "clarion-key"
 #: A marker a replaying pod publishes to learn where "now" is in the history stream.
 KIND_MARKER = "marker"
+_KINDS = ("user", "channel", "broadcast")
 
 
 class Marker(Exception):
@@ -50,33 +50,35 @@ def marker_message(marker_id: str) -> aio_pika.Message:
 def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, Any]) -> Envelope:
     """The envelope of a consumed message; Marker for markers, ValueError if malformed."""
     kind = headers.get(HDR_KIND)
-    name = headers.get(HDR_NAME)
-    if isinstance(kind, bytes):
+    if type(kind) is bytes:
         kind = kind.decode()
-    if isinstance(name, bytes):
-        name = name.decode()
-    if kind == KIND_MARKER:
-        raise Marker(message_id)
-    if kind not in ("user", "channel", "broadcast"):
+    if kind not in _KINDS:
+        if kind == KIND_MARKER:
+            raise Marker(message_id)
         raise ValueError(f"message without a valid {HDR_KIND} header")
+    name = headers.get(HDR_NAME)
+    if type(name) is bytes:
+        name = name.decode()
     command = headers.get(HDR_COMMAND)
-    if isinstance(command, bytes):
-        command = command.decode()
-    if command is not None and command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}")
+    if command is not None:
+        if type(command) is bytes:
+            command = command.decode()
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}")
     ts = 0
     if message_id:
-        with contextlib.suppress(ValueError):
+        try:
             ts = id_timestamp_ms(message_id)
+        except ValueError:
+            pass
     key = headers.get(HDR_KEY)
-    if isinstance(key, bytes):
+    if type(key) is bytes:
         key = key.decode()
-    target = Target(kind, name)  # type: ignore[arg-type]
     return Envelope(
         id=message_id or "",
-        target=target,
+        target=Target(kind, name),  # type: ignore[arg-type]
         ts=ts,
         body=body,
         command=command,
-        key=key if isinstance(key, str) else None,
+        key=key if type(key) is str else None,
     )
