@@ -76,7 +76,7 @@ def message_to_envelope(body: bytes, message_id: str | None, headers: dict[str, 
         key = key.decode()
     return Envelope(
         id=message_id or "",
-        target=Target(kind, name),  # type: ignore[arg-type]
+        target=Target(kind, name),
         ts=ts,
         body=body,
         command=command,

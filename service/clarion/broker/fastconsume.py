@@ -49,7 +49,7 @@ def _supported(channel: Any) -> bool:
 async def consume(channel: aiormq.Channel, queue: str, on_delivery: OnDelivery) -> str:
     """Consume ``queue`` (acks by the caller); returns the consumer tag."""
 
-    def slow(message: DeliveredMessage) -> None:
+    async def slow(message: DeliveredMessage) -> None:
         assert isinstance(message.delivery, Basic.Deliver)
         on_delivery(channel, message.delivery, message.header, message.body)
 

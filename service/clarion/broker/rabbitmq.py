@@ -100,7 +100,6 @@ class RabbitBroker(Broker):
         self._first_attempt = asyncio.Event()
         self._acks = AckBatcher()
         self._catch_up = CatchUp(options.catch_up_timeout, options.catch_up_give_up)
-
         #: ``--routing direct``: the routing keys of this pod's queue (routing.py).
         self._bindings = (
             Bindings(
@@ -296,7 +295,9 @@ class RabbitBroker(Broker):
         # sockets after a long outage) before anything buffered is delivered.
         self._consuming = True
         self._set_state(True)
-        await fastconsume.consume(await sub.get_underlay_channel(), queue.name, self._on_message)
+        channel = await sub.get_underlay_channel()
+        assert isinstance(channel, aiormq.Channel)
+        await fastconsume.consume(channel, queue.name, self._on_message)
 
     async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float
@@ -337,7 +338,9 @@ class RabbitBroker(Broker):
                 self._listener.on_message(env)  # type: ignore[union-attr]
             except Exception:
                 log.exception("consumer failed on message %s", env.id)
-        self._acks.ack(channel, delivery.delivery_tag)
+        tag = delivery.delivery_tag
+        assert tag is not None  # a delivery always has one
+        self._acks.ack(channel, tag)
 
     async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
         """Publish with confirms; 503 (BrokerUnavailable) unless every message was confirmed.
