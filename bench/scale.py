@@ -766,11 +766,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
     p.add_argument("results", help="a bench/results/*.jsonl file")
-    p.add_argument("--tag", default="", help="only the rows of this tag")
+    p.add_argument("--tag", default="", help="only the rows of these tags (comma-separated)")
     p.add_argument("--plot", default=str(HERE / "scale.png"), help="PNG path")
     args = p.parse_args(argv)
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line]
-    rows = [r for r in rows if not args.tag or r.get("tag") == args.tag]
+    tags = set(filter(None, args.tag.split(",")))
+    rows = [r for r in rows if not tags or r.get("tag") in tags]
     print(summarize(rows, Path(args.plot)))
     return 0
 
