@@ -38,7 +38,7 @@ class Listener:
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.up = False
 
-    def on_message(self, env: Envelope) -> object:
+    def on_message(self, env: Envelope, caught_up: bool = False) -> object:
         self.envelopes.append(env)
         self.tasks.append(asyncio.current_task())
         return 0

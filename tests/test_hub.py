@@ -130,7 +130,7 @@ class Collect:
     def __init__(self) -> None:
         self.got: list[Envelope] = []
 
-    def on_message(self, env: Envelope) -> object:
+    def on_message(self, env: Envelope, caught_up: bool = False) -> object:
         self.got.append(env)
         return None
 

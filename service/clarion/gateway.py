@@ -180,13 +180,13 @@ class Gateway:
 
     # -- the broker's listener -----------------------------------------------
 
-    def on_message(self, env: Envelope) -> object:
+    def on_message(self, env: Envelope, caught_up: bool = False) -> object:
         if env.command is not None:
             return self._command(env)
         if env.key is not None and not self.idempotency.consumed(env):
             self.metrics.dropped.labels(reason="duplicate").inc()
             return 0  # another message came first with this idempotency key
-        return self.hub.deliver(env)
+        return self.hub.deliver(env, caught_up)
 
     def _command(self, env: Envelope) -> int:
         """A command to every pod (its id is remembered: a redelivery is not run twice)."""

@@ -24,6 +24,11 @@ from .writer import SocketWriter
 
 log = logging.getLogger("clarion.hub")
 
+#: A catch-up gives a socket what was published at most this long before it arrived:
+#: message times come from the publishing pod's clock (NTP keeps pods within
+#: milliseconds; a stray from before the socket is what a larger margin would cost).
+SKEW_MS = 250
+
 
 class ConnectionState(enum.Enum):
     #: Live messages go straight to the writer.
@@ -37,12 +42,24 @@ class ConnectionState(enum.Enum):
 class Connection:
     """One WebSocket held by this pod: its identity, its subscriptions, its state."""
 
-    __slots__ = ("_held", "_on_close", "channels", "disconnect", "id", "state", "user", "writer")
+    __slots__ = (
+        "_held",
+        "_on_close",
+        "channels",
+        "disconnect",
+        "id",
+        "opened_ms",
+        "state",
+        "user",
+        "writer",
+    )
 
     def __init__(self, conn_id: str, user: str, writer: SocketWriter) -> None:
         self.id = conn_id
         self.user = user
-        self.channels: set[str] = set()
+        #: When the socket arrived, and each channel's subscription began (unix ms).
+        self.opened_ms = int(time.time() * 1000)
+        self.channels: dict[str, int] = {}
         self.writer = writer
         self.state = ConnectionState.LIVE
         #: Why the server closed it (None while open, or when the client closed it).
@@ -194,7 +211,7 @@ class Hub:
     def subscribe(self, conn: Connection, channel: str) -> bool:
         if channel in conn.channels:
             return False
-        conn.channels.add(channel)
+        conn.channels[channel] = int(time.time() * 1000)
         subs = self.by_channel.get(channel)
         if subs is None:
             subs = self.by_channel[channel] = set()
@@ -209,7 +226,7 @@ class Hub:
     def unsubscribe(self, conn: Connection, channel: str) -> bool:
         if channel not in conn.channels:
             return False
-        conn.channels.discard(channel)
+        del conn.channels[channel]
         subs = self.by_channel.get(channel)
         if subs is not None:
             subs.discard(conn)
@@ -231,8 +248,14 @@ class Hub:
         conns = (self.by_user if kind == "user" else self.by_channel).get(target.name or "")
         return list(conns) if conns else ()
 
-    def deliver(self, env: Envelope) -> int:
-        """Queue one consumed message for every matching local socket."""
+    def deliver(self, env: Envelope, caught_up: bool = False) -> int:
+        """Queue one consumed message for every matching local socket.
+
+        ``caught_up``: read from history after a reconnect (catchup.py), which
+        starts before the last message consumed, possibly long before a socket
+        arrived: such a socket gets only what was published after it arrived (or
+        subscribed), less ``SKEW_MS`` for the publishing pod's clock, as if live.
+        """
         self.metrics.consumed.value += 1
         # A broker redelivery, or a catch-up from history overlapping the queue.
         if env.id in self._recent:
@@ -240,6 +263,8 @@ class Hub:
             return 0
         self._remember(env.id)
         targets = self.targets(env)
+        if caught_up and targets:
+            targets = [c for c in targets if env.ts >= self._began(c, env) - SKEW_MS]
         if not targets:
             return 0
         body = env.body
@@ -252,6 +277,12 @@ class Hub:
             # Once per message and pod, not per socket (metrics.Deliveries).
             self.metrics.deliveries.live(out.ts)
         return n
+
+    @staticmethod
+    def _began(conn: Connection, env: Envelope) -> int:
+        if env.target.kind == "channel":
+            return conn.channels.get(env.target.name or "", conn.opened_ms)
+        return conn.opened_ms
 
     def first_time(self, mid: str) -> bool:
         """True the first time an id is seen (then it is remembered), False after."""

@@ -20,8 +20,9 @@ from ..protocol import Envelope, Target
 class BrokerListener(Protocol):
     """What a broker tells the pod it serves."""
 
-    def on_message(self, env: Envelope) -> object:
-        """A message consumed from the pod's queue (or caught up from history). Must not block."""
+    def on_message(self, env: Envelope, caught_up: bool = False) -> object:
+        """A message consumed from the pod's queue, or (``caught_up``) read from history
+        after a reconnect. Must not block."""
 
     def on_state(self, up: bool) -> None:
         """Connected and consuming (True) or not (False).

@@ -60,7 +60,7 @@ class CatchUp:
             nonlocal caught
             if env.ts >= since:
                 caught += 1
-                listener.on_message(env)
+                listener.on_message(env, True)
 
         ok = await read(since, deliver, self.timeout)
         log.info("caught up %d messages from history after reconnecting (complete: %s)", caught, ok)
