@@ -114,20 +114,18 @@ async def test_the_fast_path_is_engaged_on_this_aiormq() -> None:
     assert fastconsume._supported(aiormq.Channel.__new__(aiormq.Channel))
 
 
-async def test_without_the_fast_path_deliveries_still_arrive(
-    vhost: Vhost, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An aiormq whose internals changed: the fallback (aiormq's task per delivery) works."""
+@pytest.fixture
+def no_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An aiormq whose internals changed (requested before ``consuming``: set up first)."""
     monkeypatch.setattr(fastconsume, "_supported", lambda channel: False)
-    name = f"slow-{uuid.uuid4().hex[:6]}"
-    options = BrokerOptions.from_settings(Settings(auth="none", pod_name=name, routing="fanout"))
-    broker = RabbitBroker(vhost.amqp_url, name, options)
-    listener = Listener()
-    await broker.start(listener)
-    try:
-        await wait_for(lambda: broker.ready, 10, message="consuming")
-        envs = [Envelope.create(Target("user", "u1"), {"n": i}) for i in range(20)]
-        await broker.publish(envs)
-        await wait_for(lambda: listener.envelopes == envs, 10, message="all consumed")
-    finally:
-        await broker.stop()
+
+
+async def test_without_the_fast_path_deliveries_still_arrive(
+    no_fast_path: None, consuming: tuple[RabbitBroker, Listener]
+) -> None:
+    """The fallback (aiormq's task per delivery) delivers too."""
+    broker, listener = consuming
+    envs = [Envelope.create(Target("user", "u1"), {"n": i}) for i in range(20)]
+    await broker.publish(envs)
+    await wait_for(lambda: listener.envelopes == envs, 10, message="all consumed")
+    assert len({id(t) for t in listener.tasks}) > 1  # tasks of their own: the fallback

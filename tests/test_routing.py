@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -57,6 +57,25 @@ async def connect(pod: GatewayProcess, user: str, query: str = "") -> Client:
     c = await Client.connect(f"{pod.ws_url}?user={quote(user)}{query}", user)
     await c.wait_welcome()
     return c
+
+
+async def drop_connection(vhost: Vhost, pod: GatewayProcess) -> Callable[[], Awaitable[Any]]:
+    """Close the pod's AMQP connection from the broker; returns a wait for it to be back."""
+    failovers = pod.metric("clarion_broker_failovers_total")
+    conns = await wait_for(
+        lambda: [c for c in vhost.connections() if c.get("user_provided_name") == pod.pod_name],
+        15,
+        0.2,
+        message=f"{pod.pod_name}'s connection in the management API",
+    )
+    with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
+        for c in conns:
+            mgmt.delete(f"/api/connections/{quote(c['name'], safe='')}")
+    return lambda: wait_for(
+        lambda: pod.metric("clarion_broker_failovers_total") > failovers and pod.ready(),
+        20,
+        message=f"{pod.pod_name} back on a new connection",
+    )
 
 
 async def test_a_pod_holding_no_recipient_receives_no_targeted_message(pods: Any) -> None:
@@ -202,25 +221,10 @@ async def test_every_binding_is_restored_after_the_connection_is_lost(pods: Any)
         async with httpx.AsyncClient(timeout=10) as api:
             await publish(api, b, {"user": users[0], "data": "before"})
             await clients[0].wait_data("before")
-            failovers = a.metric("clarion_broker_failovers_total")
-            conns = await wait_for(
-                lambda: [
-                    c for c in vhost.connections() if c.get("user_provided_name") == a.pod_name
-                ],
-                15,
-                0.2,
-                message="pod a's connection in the management API",
-            )
-            with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
-                for c in conns:
-                    mgmt.delete(f"/api/connections/{quote(c['name'], safe='')}")
+            back = await drop_connection(vhost, a)
             # Published while pod a is (or was just) away: the catch-up brings it.
             during = await publish(api, b, {"user": users[1], "data": "during"})
-            await wait_for(
-                lambda: a.metric("clarion_broker_failovers_total") >= failovers + 1 and a.ready(),
-                20,
-                message="pod a back on a new connection",
-            )
+            await back()
             assert {f"u.{u}" for u in users} <= keys_of(vhost, a)
             for u in users:
                 await publish(api, b, {"user": u, "data": "after"})
@@ -286,22 +290,7 @@ async def test_a_catch_up_brings_no_message_from_before_a_socket_arrived(
             # The catch-up reads from 2 s before the last message consumed: arrive after.
             await asyncio.sleep(3)
             late = await connect(b, "late")
-            conns = await wait_for(
-                lambda: [
-                    c for c in vhost.connections() if c.get("user_provided_name") == b.pod_name
-                ],
-                15,
-                0.2,
-                message="pod b's connection in the management API",
-            )
-            with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
-                for c in conns:
-                    mgmt.delete(f"/api/connections/{quote(c['name'], safe='')}")
-            await wait_for(
-                lambda: b.metric("clarion_broker_failovers_total") >= 1 and b.ready(),
-                20,
-                message="pod b back on a new connection",
-            )
+            await (await drop_connection(vhost, b))()
             await publish(api, a, {"user": "late", "data": "after"})
         try:
             await late.wait_data("after")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -64,8 +64,10 @@ class Metrics:
         #: Messages consumed (queue and catch-up): a plain int, read at scrape time.
         self.consumed = Count()
         r.register(
-            _CountCollector(
-                self.consumed, names.M_CONSUMED, "Messages consumed from this pod's queue"
+            _ScrapedCounter(
+                names.M_CONSUMED,
+                "Messages consumed from this pod's queue",
+                lambda: self.consumed.value,
             )
         )
         self.dropped = Counter(
@@ -80,7 +82,13 @@ class Metrics:
         )
         #: Frames written to sockets and the latency of live messages, off the per-socket path.
         self.deliveries = Deliveries(self.latency)
-        r.register(_DeliveredCollector(self.deliveries))
+        r.register(
+            _ScrapedCounter(
+                names.M_DELIVERED,
+                "Message frames written to sockets (live and replayed)",
+                lambda: self.deliveries.count,
+            )
+        )
         self.broker_connected = Gauge(
             names.M_BROKER_CONNECTED,
             "1 while connected to the broker and consuming this pod's queue",
@@ -254,31 +262,17 @@ class Count:
         self.value = 0
 
 
-class _CountCollector(Collector):
-    """One ``Count`` as a counter, read at scrape time."""
+class _ScrapedCounter(Collector):
+    """A counter kept as a plain int on the hot path, read at scrape time."""
 
-    def __init__(self, count: Count, name: str, documentation: str) -> None:
-        self.count = count
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
         self.name = name
         self.documentation = documentation
+        self.read = read
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation)
-        family.add_metric([], self.count.value)
-        yield family
-
-
-class _DeliveredCollector(Collector):
-    """``clarion_messages_delivered_total``: read at scrape time, free on the hot path."""
-
-    def __init__(self, deliveries: Deliveries) -> None:
-        self.deliveries = deliveries
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            names.M_DELIVERED, "Message frames written to sockets (live and replayed)"
-        )
-        family.add_metric([], self.deliveries.count)
+        family.add_metric([], self.read())
         yield family
 
 
