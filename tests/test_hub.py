@@ -151,11 +151,11 @@ async def test_memory_broker_replay_since() -> None:
     envs = [Envelope.create(Target("user", "u" if i % 2 else "v"), i) for i in range(6)]
     await broker.publish(envs)
     assert len(listener.got) == 6
-    replays = Replays(broker.read_history, broker.history_start)
-    replay = await replays.replay(envs[1].id, lambda e: e.target.name == "u")
+    replays = Replays(broker.read_stream, broker.history_start)
+    replay = await replays.replay(envs[1].id, Target("user", "u"))
     assert replay.complete
     assert [e.id for e in replay.messages] == [envs[3].id, envs[5].id]
-    unknown = await replays.replay("01a00000-0000-7000-8000-000000000000", lambda e: True)
+    unknown = await replays.replay("01a00000-0000-7000-8000-00000000beef", Target("user", "u"))
     assert not unknown.complete and unknown.reason == EXPIRED
 
 

@@ -3,49 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 
-from clarion.protocol import Envelope, Target, new_message_id
-from clarion.replays import EXPIRED, UNAVAILABLE, UNKNOWN, Replays
+from clarion.broker.base import At, Position
+from clarion.protocol import Envelope, Target, new_message_id, position_id
+from clarion.replays import EXPIRED, UNAVAILABLE, UNKNOWN, Replays, wanted
 
 pytestmark = pytest.mark.timeout(10)
 
 
 class History:
-    """A stream of envelopes read by time, counting its reads (a fake of the broker's)."""
+    """A stream of envelopes read by offset or time, counting its reads (a fake of the broker's)."""
 
     def __init__(self, envs: list[Envelope], gate: asyncio.Event | None = None) -> None:
         self.envs = envs
         self.gate = gate
-        self.reads: list[int] = []
-        self.fail = False
+        self.reads: list[Position | At] = []
+        #: Reads that fail before one succeeds (-1: every one).
+        self.fail = 0
 
-    async def read(self, since_ms: int, each: Callable[[Envelope], object], timeout: float) -> bool:
-        self.reads.append(since_ms)
+    async def read(
+        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+    ) -> Position | None:
+        self.reads.append(start)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
-            return False
-        for env in self.envs:
-            if env.ts >= since_ms - 2000:
-                each(env)
-                each(env)  # a stream may hand a message over twice: served once
-        return True
+            self.fail -= 1
+            return None
+        for offset, env in enumerate(self.envs):
+            if env.ts >= start.ms - 2000 if isinstance(start, At) else offset >= start:
+                each(env, offset)
+                each(env, offset)  # a stream may hand a message over twice: served once
+        return len(self.envs)
 
     async def start(self) -> int | None:
         return self.envs[0].ts if self.envs else None
 
 
+U = [Target("user", f"u{i}") for i in range(4)]
+
+
 def user(name: str) -> Callable[[Envelope], bool]:
-    return lambda e: e.target.kind == "broadcast" or e.target.name == name
+    return lambda e: wanted(Target("user", name), e)
 
 
-def stream(n: int) -> list[Envelope]:
-    return [
+def stream(n: int, first_ts: int | None = None) -> list[Envelope]:
+    envs = [
         Envelope.create(Target("broadcast") if i % 2 else Target("user", f"u{i % 4}"), i)
         for i in range(n)
+    ]
+    if first_ts is None:
+        return envs
+    # Spread over time, one message per 10 ms, with ids that sort by it.
+    return [
+        Envelope(new_message_id(first_ts + 10 * i), e.target, first_ts + 10 * i, e.body)
+        for i, e in enumerate(envs)
     ]
 
 
@@ -54,15 +70,15 @@ async def test_a_storm_of_replays_is_served_by_two_reads() -> None:
     gate = asyncio.Event()
     h = History(envs, gate)
     replays = Replays(h.read, h.start)
-    first = asyncio.create_task(replays.replay(envs[10].id, user("u0")))
+    first = asyncio.create_task(replays.replay(envs[10].id, U[0]))
     await asyncio.sleep(0.01)  # the first read is under way
-    storm = [
-        asyncio.create_task(replays.replay(envs[20 + i].id, user(f"u{i % 4}"))) for i in range(100)
-    ]
+    storm = [asyncio.create_task(replays.replay(envs[20 + i].id, U[i % 4])) for i in range(100)]
     await asyncio.sleep(0.01)
     gate.set()
     results = await asyncio.gather(first, *storm)
     assert len(h.reads) == 2  # not 101
+    assert replays.full_reads == 1  # the second read continued the first one's window
+    assert h.reads[1] == len(envs)
     for i, r in enumerate(results[1:]):
         expected = [e for e in envs[21 + i :] if user(f"u{i % 4}")(e)]
         assert r.complete and r.messages == expected
@@ -75,15 +91,17 @@ async def test_why_a_replay_is_not_complete() -> None:
     h = History(envs)
     replays = Replays(h.read, h.start)
     inside = new_message_id(envs[5].ts)  # a well-formed id no message has, inside the window
-    r = await replays.replay(inside, user("u0"))
+    r = await replays.replay(inside, U[0])
     assert (r.complete, r.reason) == (False, UNKNOWN)
     older = new_message_id(envs[0].ts - 3_600_000)  # before the window's first message
-    r = await replays.replay(older, user("u0"))
+    r = await replays.replay(older, U[0])
     assert (r.complete, r.reason) == (False, EXPIRED)
     assert r.messages == [e for e in envs if user("u0")(e)]  # what the window still has
-    h.fail = True
-    r = await replays.replay(envs[3].id, user("u0"))
+    h.fail = -1
+    replays = Replays(h.read, h.start, timeout=0.3)
+    r = await replays.replay(envs[3].id, U[0])
     assert (r.complete, r.reason, r.messages) == (False, UNAVAILABLE, [])
+    assert len(h.reads) >= 3  # tried again until its timeout, not answered after one failure
 
 
 async def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
@@ -91,9 +109,79 @@ async def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
     gate = asyncio.Event()
     h = History(envs, gate)
     replays = Replays(h.read, h.start)
-    a = asyncio.create_task(replays.replay(envs[1].id, user("u1")))
-    b = asyncio.create_task(replays.replay(envs[1].id, user("u1")))
+    a = asyncio.create_task(replays.replay(envs[1].id, U[1]))
+    b = asyncio.create_task(replays.replay(envs[1].id, U[1]))
     await asyncio.sleep(0.01)
     a.cancel()  # that client went away mid-replay
     gate.set()
     assert (await b).complete
+
+
+async def test_a_failed_read_is_tried_again_and_nothing_is_answered_unavailable() -> None:
+    envs = stream(30)
+    h = History(envs)
+    h.fail = 2  # the broker is slow: two reads time out
+    replays = Replays(h.read, h.start, timeout=10)
+    r = await replays.replay(envs[4].id, U[0])
+    assert r.complete and r.messages == [e for e in envs[5:] if user("u0")(e)]
+    assert len(h.reads) == 3
+
+
+async def test_later_replays_read_only_what_was_published_since() -> None:
+    envs = stream(40)
+    h = History(envs[:20])
+    replays = Replays(h.read, h.start)
+    first = await replays.replay(envs[2].id, U[2])
+    assert first.complete
+    h.envs = envs  # twenty more were published
+    second = await replays.replay(envs[5].id, U[1])
+    assert h.reads[1] == 20  # from where the first read ended, not from envs[5]'s time
+    assert second.complete and second.messages == [e for e in envs[6:] if user("u1")(e)]
+    assert replays.full_reads == 1
+
+
+async def test_a_since_older_than_the_window_reads_the_stream_again() -> None:
+    now = int(time.time() * 1000)
+    envs = stream(40, first_ts=now - 5_000)
+    h = History(envs)
+    replays = Replays(h.read, h.start)
+    await replays.replay(envs[30].id, U[0])
+    r = await replays.replay(envs[3].id, U[3])  # far older than the window's start
+    assert r.complete and r.messages == [e for e in envs[4:] if user("u3")(e)]
+    assert replays.full_reads == 2
+
+
+async def test_an_unused_window_is_dropped() -> None:
+    envs = stream(20)
+    h = History(envs)
+    replays = Replays(h.read, h.start, keep=0.0)
+    await replays.replay(envs[2].id, U[0])
+    await asyncio.sleep(0.01)
+    await replays.replay(envs[2].id, U[0])
+    assert replays.full_reads == 2
+
+
+async def test_a_position_replays_everything_published_from_its_time() -> None:
+    now = int(time.time() * 1000)
+    envs = stream(30, first_ts=now - 1_000)
+    h = History(envs)
+    replays = Replays(h.read, h.start)
+    since = position_id(envs[10].ts)
+    r = await replays.replay(since, U[2])
+    assert r.complete and r.messages == [e for e in envs[10:] if user("u2")(e)]
+    channel = await replays.replay(since, Target("channel", "none"))
+    assert channel.complete and channel.messages == []
+    before = position_id(envs[0].ts - 60_000)  # older than what the history holds
+    r = await replays.replay(before, U[2])
+    assert (r.complete, r.reason) == (False, EXPIRED)
+
+
+async def test_a_batch_matches_each_request_its_own_target() -> None:
+    envs = stream(200)
+    h = History(envs)
+    replays = Replays(h.read, h.start)
+    targets = [*U, Target("channel", "c")]
+    results = await asyncio.gather(*(replays.replay(envs[7].id, t) for t in targets))
+    for t, r in zip(targets, results, strict=True):
+        assert r.complete
+        assert r.messages == [e for e in envs[8:] if wanted(t, e)]

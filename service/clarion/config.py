@@ -209,9 +209,9 @@ class Settings:
         "1h", "how far back `since=` recovery reaches (stream `x-max-age`)"
     )
     replay_timeout: float = setting(
-        10.0,
-        "seconds a `since=` replay may read history before it answers `recovered: false` "
-        "(`reason: unavailable`)",
+        30.0,
+        "seconds a `since=` replay may wait for the history (its reads are retried) before "
+        "the socket is closed 1013 to come back with the same `since`",
         float,
     )
     idempotency_window: float = setting(

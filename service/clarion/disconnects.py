@@ -70,6 +70,23 @@ UNROUTED = Disconnect(
     "reconnect with backoff, at least 2 s, and `since`",
     "`--routing direct`: the broker did not confirm the binding for the socket's user in time",
 )
+#: --max-connects-per-second: the pod admits no more new sockets this second.
+ADMISSION = Disconnect(
+    1013,
+    "pod busy: try again later",
+    "admission",
+    "reconnect with backoff, at least 2 s, and `since`",
+    "more new sockets than `--max-connects-per-second` (a reconnect storm): spread them out",
+)
+#: A since= replay could not read the history within --replay-timeout.
+UNRECOVERED = Disconnect(
+    1013,
+    "history busy: try again with since",
+    "unrecovered",
+    "reconnect with backoff, at least 2 s, and the same `since`",
+    "a `since` replay could not read the history within `--replay-timeout`: nothing was "
+    "skipped, the client asks again",
+)
 #: This socket's send buffer overflowed.
 SLOW_CLIENT = Disconnect(
     1013,
@@ -130,6 +147,8 @@ ALL: tuple[Disconnect, ...] = (
     OUTAGE,
     POD_FULL,
     UNROUTED,
+    ADMISSION,
+    UNRECOVERED,
     SLOW_CLIENT,
     TOKEN_EXPIRED,
     UNAUTHORIZED,

@@ -59,7 +59,7 @@ class Gateway:
         self.hub.on_route = self.broker.route
         self.metrics.bindings.set_function(lambda: self.broker.bindings)
         self.replays = Replays(
-            self.broker.read_history,
+            self.broker.read_stream,
             self.broker.history_start,
             settings.replay_timeout,
             on_read=self._replayed,

@@ -18,7 +18,7 @@ import orjson
 from . import envvars
 from .broker import Broker
 from .protocol import Envelope, ProtocolError, Target, parse_since, parse_target
-from .replays import UNAVAILABLE, ReplayCollector, first_reading
+from .replays import UNAVAILABLE, ReplayCollector, first_reading, wanted
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -33,12 +33,7 @@ class HistoryQuery:
     reverse: bool = False
 
     def match(self, env: Envelope) -> bool:
-        t = self.target
-        if t.kind == "user":
-            return env.target.kind == "broadcast" or (
-                env.target.kind == "user" and env.target.name == t.name
-            )
-        return env.target.kind == "channel" and env.target.name == t.name
+        return wanted(self.target, env)
 
 
 def parse_query(params: Mapping[str, str]) -> HistoryQuery:
@@ -73,7 +68,7 @@ async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, An
     """The answer (``messages`` are the stored frames), or None if history is unreadable."""
     seen: set[str] = set()
     if q.since is not None:
-        collector = ReplayCollector(q.since, q.match)
+        collector = ReplayCollector(q.since, q.target)
         start = collector.since_ts
         picked = collector.add
     else:
@@ -81,7 +76,7 @@ async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, An
         matched: list[Envelope] = []
 
         def picked(env: Envelope) -> None:
-            if env.command is None and q.match(env):
+            if q.match(env):
                 matched.append(env)
 
     def each(env: Envelope) -> None:

@@ -43,6 +43,7 @@ class Connection:
     """One WebSocket held by this pod: its identity, its subscriptions, its state."""
 
     __slots__ = (
+        "_closed",
         "_held",
         "_on_close",
         "channels",
@@ -68,6 +69,8 @@ class Connection:
         self._held: list[Outgoing] = []
         #: Called once when the server closes this socket (the hub forgets it at once).
         self._on_close: Callable[[Connection], None] | None = None
+        #: Resolved when the server closes the socket (only while someone waits for it).
+        self._closed: asyncio.Future[None] | None = None
         writer.on_overflow = self._overflowed
 
     @property
@@ -108,6 +111,14 @@ class Connection:
         """A control frame (welcome, error, pong): never held back."""
         return self.writer.send(out)
 
+    def on_closed(self) -> asyncio.Future[None]:
+        """A future resolved when the server closes this socket (done already if it has)."""
+        if self._closed is None or self._closed.done():
+            self._closed = asyncio.get_running_loop().create_future()
+            if self.state is ConnectionState.CLOSED:
+                self._closed.set_result(None)
+        return self._closed
+
     def _overflowed(self, dropped: int) -> None:
         log.warning("conn=%s user=%s closed: send buffer full (slow client)", self.id, self.user)
         self.close(disconnects.SLOW_CLIENT)
@@ -120,6 +131,8 @@ class Connection:
         self.disconnect = how
         self._held = []
         self.writer.close(how.code, how.reason)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         if self._on_close is not None:
             self._on_close(self)
 

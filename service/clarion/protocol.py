@@ -52,6 +52,26 @@ def id_timestamp_ms(message_id: str) -> int:
     return int(message_id.replace("-", "")[:12], 16)
 
 
+#: The tail of a position id: a UUIDv7 whose random bits are all zero.
+_POSITION_TAIL = "-7000-8000-000000000000"
+
+
+def position_id(ms: int) -> str:
+    """A point in time written as a message id (it names no message).
+
+    A welcome (and a ``subscribed``) carries one: a client that has received
+    no message yet reconnects with it as ``since`` and gets everything
+    published from then on. It sorts among message ids by time, as they do.
+    """
+    h = f"{ms & ((1 << 48) - 1):012x}"
+    return f"{h[:8]}-{h[8:12]}{_POSITION_TAIL}"
+
+
+def is_position(message_id: str) -> bool:
+    """Whether ``message_id`` is a position (``position_id``), not a message's id."""
+    return message_id.endswith(_POSITION_TAIL)
+
+
 def is_message_id(value: object) -> bool:
     if not isinstance(value, str) or len(value) != 36:
         return False

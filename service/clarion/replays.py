@@ -1,13 +1,25 @@
 """since= recovery: what a reconnecting client missed, read from history, shared.
 
-When a pod dies, its thousands of clients come back at once on the survivors,
-each with a ``since``. Reading the history stream once per client made the
-work and the memory grow as clients times messages: 20 concurrent replays of 6,000
-messages ran past their timeout (``recovered: false`` for all) and left a pod
-65 MiB larger. ``Replays`` coalesces them: the requests that arrive while one
-read runs are served together by the next, one read from the oldest ``since``
-of the batch, every message handed to each request's collector (the same
-envelope object for all of them).
+When a pod drains or dies, its thousands of clients come back at once on the
+survivors, each with a ``since``. Three things made that storm fail (issue 19):
+every client read the history stream on its own (fixed earlier by coalescing
+concurrent requests into one read), every message of a read was matched
+against every request of its batch (a read of 12,000 messages for 1,000
+requests: 12 million calls), and every batch read the stream again from the
+oldest ``since`` of the batch, minutes of history each time, until reads ran
+past their timeout and clients were answered ``recovered: false``.
+
+``Replays`` now keeps a *window*: the stream as read so far, in memory, from
+a point in time up to the end of the last read, and the stream offset after
+it. The first batch of a storm reads from its oldest ``since``; every later
+batch reads only what was published since the previous one (from the saved
+offset up to a fresh marker, so it still ends at "now") and is served from
+the window. Requests are indexed by user, channel and ``since`` id, so a
+message costs a few dict lookups whatever the batch size. A window unused
+for ``keep`` seconds is dropped. A read that fails is tried again; a request
+is answered ``unavailable`` only after ``timeout`` seconds of trying, and the
+session then asks the client to come back (1013) instead of welcoming it
+with a gap.
 """
 
 from __future__ import annotations
@@ -18,12 +30,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .protocol import Envelope, id_timestamp_ms
+from .broker.base import At, Position
+from .protocol import Envelope, Target, id_timestamp_ms, is_position
 
 log = logging.getLogger("clarion.replays")
 
-#: Reads history from ``since_ms`` up to now, handing each message over; False if it could not.
-ReadHistory = Callable[[int, Callable[[Envelope], object], float], Awaitable[bool]]
+#: Reads the stream from a position up to now, handing each message over with its
+#: offset; returns the offset after the last message read, or None if it could not.
+ReadStream = Callable[
+    [Position | At, Callable[[Envelope, int], object], float], Awaitable[Position | None]
+]
 #: The publish time (ms) of the oldest message history still holds, None if empty or unknown.
 HistoryStart = Callable[[], Awaitable[int | None]]
 
@@ -44,6 +60,18 @@ def first_reading(seen: set[str], env: Envelope) -> bool:
     return True
 
 
+def wanted(target: Target, env: Envelope) -> bool:
+    """Whether a client interested in ``target`` gets ``env``: a user gets its own
+    messages and the broadcasts, a channel its channel's messages."""
+    if env.command is not None:
+        return False  # an instruction to the pods, never a message for a client
+    if target.kind == "user":
+        return env.target.kind == "broadcast" or (
+            env.target.kind == "user" and env.target.name == target.name
+        )
+    return env.target.kind == "channel" and env.target.name == target.name
+
+
 @dataclass
 class Replay:
     """What a reconnecting client missed, oldest first.
@@ -60,44 +88,129 @@ class Replay:
 
 
 class ReplayCollector:
-    """Picks what a client missed out of history read in stream order.
+    """Picks what a client interested in ``target`` missed out of history read in order.
 
-    Everything after the message ``since`` that ``match`` accepts. If ``since``
-    never shows up, the result is what the window holds from ``since``'s
-    timestamp on, marked incomplete. The reader hands each message over once.
+    Everything after the message ``since``. If ``since`` is a position
+    (``protocol.position_id``), everything published from its time on. If
+    ``since`` never shows up, the result is what the window holds from
+    ``since``'s timestamp on, marked incomplete. Each message is handed over once.
     """
 
-    def __init__(self, since: str, match: Callable[[Envelope], bool]) -> None:
+    def __init__(self, since: str, target: Target) -> None:
         self.since = since
         self.since_ts = id_timestamp_ms(since)
-        self.match = match
-        self.found = False
+        self.target = target
+        self.position = is_position(since)
+        self.found = self.position
         self.after: list[Envelope] = []
         self.fallback: list[Envelope] = []
 
     def add(self, env: Envelope) -> None:
-        if env.command is not None:
-            return  # an instruction to the pods, never a message for a client
-        if self.found:
-            if self.match(env):
-                self.after.append(env)
-        elif env.id == self.since:
+        """Any message (``wanted`` decides); the index in ``Replays`` calls ``take``."""
+        if env.id == self.since:
             self.found = True
             self.fallback = []
-        elif env.ts >= self.since_ts and self.match(env):
+        elif wanted(self.target, env):
+            self.take(env)
+
+    def take(self, env: Envelope) -> None:
+        """A message this client wants, in stream order."""
+        if self.found:
+            if not self.position or env.ts >= self.since_ts:
+                self.after.append(env)
+        elif env.ts >= self.since_ts:
             self.fallback.append(env)
 
     def result(self, history_start_ms: int | None = None) -> Replay:
+        inside = history_start_ms is not None and history_start_ms <= self.since_ts
+        if self.position:
+            # Complete unless the history lost messages after the position.
+            if history_start_ms is None or inside:
+                return Replay(self.after, complete=True)
+            return Replay(self.after, complete=False, reason=EXPIRED)
         if self.found:
             return Replay(self.after, complete=True)
-        inside = history_start_ms is not None and history_start_ms <= self.since_ts
         return Replay(self.fallback, complete=False, reason=UNKNOWN if inside else EXPIRED)
+
+
+class _Index:
+    """The collectors of one batch, by what they want, so a message is matched in O(1)."""
+
+    def __init__(self, collectors: list[ReplayCollector]) -> None:
+        self.by_since: dict[str, list[ReplayCollector]] = {}
+        self.by_user: dict[str | None, list[ReplayCollector]] = {}
+        self.by_channel: dict[str | None, list[ReplayCollector]] = {}
+        self.users: list[ReplayCollector] = []
+        for c in collectors:
+            if not c.position:
+                self.by_since.setdefault(c.since, []).append(c)
+            if c.target.kind == "user":
+                self.users.append(c)
+                self.by_user.setdefault(c.target.name, []).append(c)
+            else:
+                self.by_channel.setdefault(c.target.name, []).append(c)
+
+    def add(self, env: Envelope) -> None:
+        found = self.by_since.get(env.id)
+        if found is not None:
+            for c in found:
+                c.found = True
+                c.fallback = []
+        if env.command is not None:
+            return
+        kind = env.target.kind
+        if kind == "broadcast":
+            takers = self.users
+        elif kind == "user":
+            takers = self.by_user.get(env.target.name, [])
+        else:
+            takers = self.by_channel.get(env.target.name, [])
+        for c in takers:
+            if c.since != env.id:  # the message since names itself is not missed
+                c.take(env)
 
 
 @dataclass
 class _Request:
     collector: ReplayCollector
     done: asyncio.Future[Replay]
+    #: Answered ``unavailable`` if the history cannot be read before this (monotonic).
+    deadline: float
+
+
+class _Window:
+    """The stream as read so far: every message published at or after ``from_ms``."""
+
+    def __init__(self, from_ms: int) -> None:
+        self.from_ms = from_ms
+        self.messages: list[Envelope] = []
+        self.seen: set[str] = set()
+        #: Where the next read continues (the offset after the last message read).
+        self.next: Position | None = None
+        self.used = time.monotonic()
+        #: The oldest publish time the history held when the window was read (ms).
+        self.history_start: int | None = None
+        self.history_start_known = False
+
+    def add(self, env: Envelope, _offset: int) -> None:
+        if first_reading(self.seen, env):
+            self.messages.append(env)
+
+    def trim(self, keep_ms: int, max_messages: int) -> None:
+        """Forget what is older than ``keep_ms`` ago, and the oldest beyond ``max_messages``."""
+        cut = int(time.time() * 1000) - keep_ms
+        drop = 0
+        msgs = self.messages
+        while drop < len(msgs) and (msgs[drop].ts < cut or len(msgs) - drop > max_messages):
+            drop += 1
+        if drop == 0:
+            return
+        # Everything still here was published at or after the newest time dropped.
+        self.from_ms = max(self.from_ms, cut, *(e.ts + 1 for e in msgs[:drop]))
+        self.messages = msgs[drop:]
+        self.seen = set()
+        for env in self.messages:
+            first_reading(self.seen, env)
 
 
 class Replays:
@@ -105,25 +218,39 @@ class Replays:
 
     def __init__(
         self,
-        read: ReadHistory,
+        read: ReadStream,
         history_start: HistoryStart | None = None,
-        timeout: float = 10.0,
+        timeout: float = 30.0,
         on_read: Callable[[int, float, bool], None] | None = None,
+        *,
+        read_timeout: float = 10.0,
+        keep: float = 60.0,
+        max_messages: int = 200_000,
     ) -> None:
         self._read = read
         self._history_start = history_start
+        #: How long a request may wait for the history before it is answered ``unavailable``.
         self.timeout = timeout
+        #: How long one read of the stream may take before it is tried again.
+        self.read_timeout = min(read_timeout, timeout)
+        #: Seconds an unused window is kept, and how far back it reaches.
+        self.keep = keep
+        self.max_messages = max_messages
         #: Told (requests served, seconds, complete) after each read: the metrics.
         self._on_read = on_read
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
-        #: History reads so far (the tests check the coalescing with it).
+        self._window: _Window | None = None
+        #: Stream reads so far, and how many started from a point in time (a full
+        #: read, not continuing the window): the tests check the sharing with them.
         self.reads = 0
+        self.full_reads = 0
 
-    async def replay(self, since: str, match: Callable[[Envelope], bool]) -> Replay:
-        """Messages after the message ``since`` that ``match`` accepts, oldest first."""
+    async def replay(self, since: str, target: Target) -> Replay:
+        """Messages after ``since`` that a client interested in ``target`` gets, oldest first."""
+        loop = asyncio.get_running_loop()
         request = _Request(
-            ReplayCollector(since, match), asyncio.get_running_loop().create_future()
+            ReplayCollector(since, target), loop.create_future(), time.monotonic() + self.timeout
         )
         self._pending.append(request)
         if self._task is None:
@@ -131,11 +258,26 @@ class Replays:
         return await asyncio.shield(request.done)
 
     async def _serve(self) -> None:
+        delay = 0.1
         try:
             while self._pending:
                 await asyncio.sleep(0)  # let the requests of this loop iteration join
                 batch, self._pending = self._pending, []
-                await self._serve_batch(batch)
+                if await self._serve_batch(batch):
+                    delay = 0.1
+                    continue
+                # The history could not be read: try again, until each request's deadline.
+                now = time.monotonic()
+                for r in batch:
+                    if r.done.done():
+                        continue
+                    if now >= r.deadline:
+                        r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+                    else:
+                        self._pending.append(r)
+                if self._pending:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
         finally:
             self._task = None
             for request in self._pending:  # cancelled while waiting: do not leave them hanging
@@ -143,35 +285,66 @@ class Replays:
                     request.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
             self._pending = []
 
-    async def _serve_batch(self, batch: list[_Request]) -> None:
-        start = min(r.collector.since_ts for r in batch)
-        collectors = [r.collector for r in batch]
-        seen: set[str] = set()  # once per read, not per client: the ids are many
-
-        def each(env: Envelope) -> None:
-            if not first_reading(seen, env):
-                return
-            for collector in collectors:
-                collector.add(env)
-
+    async def _serve_batch(self, batch: list[_Request]) -> bool:
+        """Read what the batch needs and answer it; False if the history could not be read."""
+        batch = [r for r in batch if not r.done.done()]  # a session that went away
+        if not batch:
+            return True
         began = time.monotonic()
+        start = min(r.collector.since_ts for r in batch)
+        window = self._window
+        if window is not None and (
+            window.next is None or window.from_ms > start or began - window.used > self.keep
+        ):
+            window = None
         try:
-            ok = await self._read(start, each, self.timeout)
-        except Exception:
-            log.exception("history read for %d replays failed", len(batch))
-            ok = False
-        history_start: int | None = None
-        if ok and self._history_start is not None and not all(c.found for c in collectors):
-            try:
-                history_start = await self._history_start()
-            except Exception as exc:
-                log.warning("could not read where the history window starts: %r", exc)
-        for r in batch:
-            if r.done.done():
-                continue
-            if ok:
-                r.done.set_result(r.collector.result(history_start))
-            else:
-                r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+            window = await self._extend(window, start)
+        except Exception as exc:
+            log.warning("history read for %d replays failed: %r", len(batch), exc)
+            window = None
+        ok = window is not None
         if self._on_read is not None:
             self._on_read(len(batch), time.monotonic() - began, ok)
+        if window is None:
+            self._window = None
+            return False
+        window.used = time.monotonic()
+        self._window = window
+        index = _Index([r.collector for r in batch])
+        for env in window.messages:
+            if env.ts >= start - 2000 or env.id in index.by_since:
+                index.add(env)
+        history_start = await self._start_of(window, batch)
+        for r in batch:
+            if not r.done.done():
+                r.done.set_result(r.collector.result(history_start))
+        window.trim(int(self.keep * 1000), self.max_messages)
+        return True
+
+    async def _extend(self, window: _Window | None, start: int) -> _Window | None:
+        """The window, read up to now: continued from its offset, or read anew from ``start``."""
+        self.reads += 1
+        if window is None:
+            self.full_reads += 1
+            window = _Window(start)
+            nxt = await self._read(At(start), window.add, self.read_timeout)
+        else:
+            assert window.next is not None
+            nxt = await self._read(window.next, window.add, self.read_timeout)
+        if nxt is None:
+            return None
+        window.next = nxt
+        return window
+
+    async def _start_of(self, window: _Window, batch: list[_Request]) -> int | None:
+        """Where the history begins, asked once per window, and only if a request needs it."""
+        if window.history_start_known or self._history_start is None:
+            return window.history_start
+        if all(r.collector.found and not r.collector.position for r in batch):
+            return None
+        try:
+            window.history_start = await self._history_start()
+            window.history_start_known = True
+        except Exception as exc:
+            log.warning("could not read where the history window starts: %r", exc)
+        return window.history_start

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
@@ -24,7 +24,7 @@ from .broker import BindTimeout, BrokerUnavailable
 from .disconnects import Disconnect
 from .frames import Kind, Outgoing, control
 from .gateway import Gateway
-from .hub import Connection
+from .hub import SKEW_MS, Connection
 from .protocol import (
     Envelope,
     ProtocolError,
@@ -35,6 +35,7 @@ from .protocol import (
     error_frame,
     parse_client_frame,
     parse_since,
+    position_id,
 )
 from .ratelimit import RateLimiter
 from .replays import UNAVAILABLE, Replay
@@ -42,6 +43,8 @@ from .transport import transport_for
 from .writer import SocketWriter
 
 log = logging.getLogger("clarion.session")
+
+T = TypeVar("T")
 
 
 def origin_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
@@ -113,7 +116,8 @@ class Session:
     def reply(self, text: str) -> None:
         self.conn.send(control(text))
 
-    async def welcome(self, since: str | None) -> None:
+    async def welcome(self, since: str | None) -> bool:
+        """Route the user here, replay what it missed, welcome it; False if it was closed."""
         gw, conn, ident = self.gw, self.conn, self.ident
         welcome: dict[str, Any] = {
             "type": "welcome",
@@ -134,23 +138,45 @@ class Session:
         conn.hold()
         # With routed delivery, the user's messages reach this pod only once the
         # broker confirmed its binding: the welcome (and the replay) come after.
-        await gw.broker.routed(Target("user", ident.user))
+        target = Target("user", ident.user)
+        if await self.until_closed(self.routed(target)) is None:
+            return False
+        welcome["position"] = position_id(int(time.time() * 1000) - SKEW_MS)
         if since is not None:
-            user = ident.user
-            replay = await self.replay(
-                "connect",
-                since,
-                lambda e: (
-                    e.target.kind == "broadcast"
-                    or (e.target.kind == "user" and e.target.name == user)
-                ),
-            )
+            replay = await self.until_closed(self.replay("connect", since, target))
+            if replay is None:
+                return False
+            if not replay.complete and replay.reason == UNAVAILABLE:
+                # Nothing is skipped: the client comes back later with the same since.
+                conn.close(disconnects.UNRECOVERED)
+                return False
             welcome.update(recovery_fields(replay))
             replayed = replay_frames(replay.messages)
         self.reply(encode(welcome))
         if refused is not None:
             self.reply(error_frame(refused.code, refused.message))
         conn.release(replayed)
+        return True
+
+    async def routed(self, target: Target) -> bool:
+        await self.gw.broker.routed(target)
+        return True
+
+    async def until_closed(self, step: Coroutine[Any, Any, T]) -> T | None:
+        """``step``'s result, or None as soon as the socket is closed (a drain must not
+        wait for a replay or a binding of a socket it already closed)."""
+        if self.conn.closing:
+            step.close()
+            return None
+        task = asyncio.ensure_future(step)
+        closed = self.conn.on_closed()
+        try:
+            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+        return task.result() if task.done() and not task.cancelled() else None
 
     async def run(self, receive: Receive, since: str | None) -> None:
         """The whole session. The socket is registered for exactly as long as this runs."""
@@ -248,33 +274,43 @@ class Session:
                 )
             )
             return
+        target = Target("channel", channel)
         gw.hub.subscribe(conn, channel)
         try:
-            await gw.broker.routed(Target("channel", channel))
+            await gw.broker.routed(target)
         except BindTimeout:
             gw.hub.unsubscribe(conn, channel)
             self.reply(
                 error_frame("unavailable", "broker did not confirm the subscription", channel)
             )
             return
+        subscribed: dict[str, Any] = {
+            "type": "subscribed",
+            "channel": channel,
+            "position": position_id(int(time.time() * 1000) - SKEW_MS),
+        }
         if since is None:
-            self.reply(encode({"type": "subscribed", "channel": channel}))
+            self.reply(encode(subscribed))
             return
         conn.hold()
         try:
-            replay = await self.replay(
-                "subscribe",
-                since,
-                lambda e: e.target.kind == "channel" and e.target.name == channel,
-            )
+            replay = await self.replay("subscribe", since, target)
         except Exception:
             conn.release([])
             raise
-        self.reply(encode({"type": "subscribed", "channel": channel, **recovery_fields(replay)}))
+        if not replay.complete and replay.reason == UNAVAILABLE:
+            # Nothing is skipped: the client subscribes again later with the same since.
+            conn.release([])
+            gw.hub.unsubscribe(conn, channel)
+            self.reply(
+                error_frame("unavailable", "history busy: subscribe again with since", channel)
+            )
+            return
+        self.reply(encode({**subscribed, **recovery_fields(replay)}))
         conn.release(replay_frames(replay.messages))
 
-    async def replay(self, scope: str, since: str, match: Callable[[Envelope], bool]) -> Replay:
-        replay = await self.gw.replays.replay(since, match)
+    async def replay(self, scope: str, since: str, target: Target) -> Replay:
+        replay = await self.gw.replays.replay(since, target)
         result = "recovered" if replay.complete else (replay.reason or "unavailable")
         self.gw.metrics.replays.labels(scope=scope, result=result).inc()
         return replay

@@ -99,6 +99,17 @@ class BrokerOptions:
         )
 
 
+#: A place in the history stream: the offset of a message (where a read continues).
+Position = int
+
+
+@dataclass(frozen=True)
+class At:
+    """A place in the history stream by time: shortly before this publish time (ms)."""
+
+    ms: int
+
+
 class BrokerUnavailable(RuntimeError):
     """The broker cannot take or confirm a message right now (HTTP 503)."""
 
@@ -132,14 +143,25 @@ class Broker(abc.ABC):
     async def publish(self, envelopes: Sequence[Envelope], to_pod: str | None = None) -> None:
         """To every pod and the history; with ``to_pod``, to that pod's queue alone (a reply)."""
 
-    @abc.abstractmethod
     async def read_history(
         self, since_ms: int, each: Callable[[Envelope], object], timeout: float
     ) -> bool:
         """Hand every message from shortly before ``since_ms`` up to now to ``each``, in order.
 
-        False if the history could not be read to its end (replays.py and the
-        catch-up skip by id what they already have).
+        False if the history could not be read to its end (the catch-up and the
+        history API skip by id what they already have).
+        """
+        nxt = await self.read_stream(At(since_ms), lambda env, _: each(env), timeout)
+        return nxt is not None
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+    ) -> Position | None:
+        """Hand every message from ``start`` up to now to ``each`` with its position, in order.
+
+        Returns where the next read continues (after the last message read), or
+        None if the history could not be read to its end (replays.py).
         """
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from ..protocol import Envelope, new_message_id
+from .base import At, Position
 from .codec import Marker, marker_message, message_to_envelope
 from .routing import MARKER_KEY
 
@@ -37,27 +38,29 @@ def offset_of(since_ms: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
-async def read_history(
+async def read_stream(
     conn: AbstractConnection,
     exchange: AbstractExchange,
     stream: str,
-    since_ms: int,
-    each: Callable[[Envelope], object],
+    start: Position | At,
+    each: Callable[[Envelope, int], object],
     timeout: float,
     publish_timeout: float,
-) -> bool:
-    """Hand every message of ``stream`` from just before ``since_ms`` up to a marker to ``each``.
+) -> Position | None:
+    """Hand every message of ``stream`` from ``start`` up to a marker to ``each``, with its
+    offset; ``start`` is an offset or a time (read from just before it).
 
-    Returns False if the history could not be read to the marker.
+    Returns the offset after the marker (where the next read continues), or
+    None if the history could not be read to the marker.
     """
-    start = offset_of(since_ms)
+    offset: int | datetime = start if isinstance(start, int) else offset_of(start.ms)
     marker_id = new_message_id()
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     ch = await conn.channel(publisher_confirms=False)
     try:
         await ch.set_qos(prefetch_count=500)
         queue = await ch.get_queue(stream, ensure=False)
-        tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": start})
+        tag = await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": offset})
         await exchange.publish(
             marker_message(marker_id), routing_key=MARKER_KEY, timeout=publish_timeout
         )
@@ -68,19 +71,24 @@ async def read_history(
                 read += 1
                 if inbox.empty() or read % 200 == 0:
                     await msg.ack(multiple=True)
+                at = (msg.headers or {}).get("x-stream-offset")
                 if msg.message_id == marker_id:
+                    nxt = at + 1 if isinstance(at, int) else None
                     break
                 try:
                     env = message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {}))
                 except (Marker, ValueError):
                     continue
-                each(env)
+                each(env, at if isinstance(at, int) else -1)
         with contextlib.suppress(Exception):
             await queue.cancel(tag)
-        return True
+        if nxt is None:
+            log.warning("history read: the stream gave no offset; the next read starts anew")
+        return nxt
     except (TimeoutError, aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException) as exc:
-        log.warning("history read from %s failed: %r", start.isoformat(), exc)
-        return False
+        where = offset if isinstance(offset, int) else offset.isoformat()
+        log.warning("history read from %s failed: %r", where, exc)
+        return None
     finally:
         if not ch.is_closed:
             with contextlib.suppress(Exception):

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ..protocol import Envelope
-from .base import Broker, BrokerListener
+from .base import At, Broker, BrokerListener, Position
 
 #: Like the stream's reader, start a little early; readers skip by id.
 EARLY_MS = 2000
@@ -25,6 +25,8 @@ class MemoryExchange:
         self._consumers: dict[str, Callable[[Envelope], object]] = {}
         self.history: deque[Envelope] = deque(maxlen=history_max_messages)
         self.history_max_age = history_max_age
+        #: Messages ever kept in the history: the offset after the newest one.
+        self.end = 0
 
     def bind(self, pod_name: str, consumer: Callable[[Envelope], object]) -> None:
         if pod_name in self._consumers:
@@ -42,16 +44,24 @@ class MemoryExchange:
 
     def publish(self, envelope: Envelope) -> None:
         self.history.append(envelope)
+        self.end += 1
         horizon = (time.time() - self.history_max_age) * 1000
         while self.history and self.history[0].ts < horizon:
             self.history.popleft()
         for consumer in list(self._consumers.values()):
             consumer(envelope)
 
-    def read(self, since_ms: int, each: Callable[[Envelope], object]) -> None:
-        for env in list(self.history):
-            if env.ts >= since_ms - EARLY_MS:
-                each(env)
+    def read(self, start: Position | At, each: Callable[[Envelope, Position], object]) -> Position:
+        """Hand over the history from ``start`` on, with offsets; the offset after it."""
+        first = self.end - len(self.history)
+        for i, env in enumerate(list(self.history)):
+            offset = first + i
+            if isinstance(start, At):
+                if env.ts >= start.ms - EARLY_MS:
+                    each(env, offset)
+            elif offset >= start:
+                each(env, offset)
+        return self.end
 
 
 class MemoryBroker(Broker):
@@ -76,11 +86,10 @@ class MemoryBroker(Broker):
             else:
                 self.exchange.send(to_pod, env)
 
-    async def read_history(
-        self, since_ms: int, each: Callable[[Envelope], object], timeout: float
-    ) -> bool:
-        self.exchange.read(since_ms, each)
-        return True
+    async def read_stream(
+        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+    ) -> Position | None:
+        return self.exchange.read(start, each)
 
     async def history_start(self) -> int | None:
         history = self.exchange.history

@@ -32,7 +32,7 @@ from ..names import history_queue, queue_name, routed_exchange
 from ..protocol import Envelope, Target
 from . import fastconsume, history, topology
 from .acks import AckBatcher
-from .base import Broker, BrokerListener, BrokerOptions, BrokerUnavailable
+from .base import At, Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Position
 from .catchup import CatchUp
 from .codec import Marker, envelope_to_message, message_to_envelope
 from .routing import Bindings, routing_key
@@ -299,17 +299,17 @@ class RabbitBroker(Broker):
         assert isinstance(channel, aiormq.Channel)
         await fastconsume.consume(channel, queue.name, self._on_message)
 
-    async def read_history(
-        self, since_ms: int, each: Callable[[Envelope], object], timeout: float
-    ) -> bool:
+    async def read_stream(
+        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+    ) -> Position | None:
         conn, exchange = self._conn, self._pub_exchange
         if conn is None or conn.is_closed or exchange is None:
-            return False
-        return await history.read_history(
+            return None
+        return await history.read_stream(
             conn,
             exchange,
             self.history_queue,
-            since_ms,
+            start,
             each,
             timeout,
             self.options.publish_timeout,
