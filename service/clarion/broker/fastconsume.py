@@ -14,6 +14,10 @@ its own ``_on_deliver_frame`` on the channel instance. pyproject pins the
 aiormq versions this was written against; if a version lacks these names,
 ``consume`` falls back to aiormq's own per-delivery task (still without
 aio-pika's objects) and logs a warning; tests/test_fast_consume.py fails then.
+
+The broker's liveness check reads one more private name here: when the
+connection last received any frame (``last_frame_age``), so that a busy but
+live broker is told from a frozen one (tests/test_broker_probe.py).
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ def _supported(channel: Any) -> bool:
         and reader is not None
         and "_on_deliver_frame" in reader.__code__.co_names
     )
+
+
+def last_frame_age(connection: object) -> float | None:
+    """Seconds since aiormq's connection last read a frame from the broker (heartbeats
+    included); None if this aiormq version does not say."""
+    last = getattr(connection, "_Connection__last_frame_time", None)
+    loop = getattr(connection, "loop", None)
+    if not isinstance(last, float) or loop is None:
+        return None
+    return float(loop.time() - last)
 
 
 async def consume(channel: aiormq.Channel, queue: str, on_delivery: OnDelivery) -> str:

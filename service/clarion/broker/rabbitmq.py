@@ -407,22 +407,36 @@ class RabbitBroker(Broker):
             self._probe_task = asyncio.ensure_future(self._probe(conn))
 
     async def _probe(self, conn: AbstractConnection) -> None:
-        """Drop the connection if its node does not even open a channel in time.
+        """Drop the connection if its node is frozen: it answers nothing at all.
 
         Opening a channel is answered by the node the pod is connected to alone,
-        so it is quick even while the cluster waits for another node: a timeout
-        means this node is frozen (or cut off). Heartbeats would find it too,
-        but only after about three of them.
+        so it is quick even while the cluster waits for another node. A node
+        that is only busy (a reconnect storm's bindings) may answer slowly, but
+        its heartbeats and confirms keep arriving: the connection is dropped
+        only if the channel does not open *and* no frame at all came for
+        ``probe_timeout`` seconds. Dropping a live connection costs far more
+        than waiting (its exclusive queue, every binding, a catch-up), and
+        under load it turned a slow broker into a cascade (issue 19).
+        Heartbeats alone would find a frozen node too, after about three of them.
         """
+        opening = asyncio.ensure_future(conn.channel(publisher_confirms=False))
         try:
-            async with asyncio.timeout(self.options.probe_timeout):
-                ch = await conn.channel(publisher_confirms=False)
-                await ch.close()
+            while True:
+                done, _ = await asyncio.wait({opening}, timeout=self.options.probe_timeout)
+                if done:
+                    await (await opening).close()
+                    return
+                underlay = getattr(conn, "transport", None)
+                age = fastconsume.last_frame_age(getattr(underlay, "connection", None))
+                if age is None or age >= max(self.options.probe_timeout, self.options.heartbeat):
+                    raise TimeoutError(f"nothing received for {age or 0:.1f}s")
+                log.info("broker slow to open a channel, but alive (a frame %.2fs ago)", age)
         except Exception as exc:
             if conn is self._conn and not conn.is_closed and not self._lost.is_set():
                 self._why.append(f"no answer in {self.options.probe_timeout}s ({reason(exc)})")
                 self._lost.set()
         finally:
+            opening.cancel()
             self._probing = False
 
     async def _exchange(self, deadline: float) -> AbstractExchange:
