@@ -173,6 +173,13 @@ class Settings:
         doc_default="any",
     )
     max_connections: int = setting(20_000, "sockets per pod; beyond it new sockets close 1013", int)
+    max_connects_per_second: float = setting(
+        1000.0,
+        "new sockets a pod admits per second (bursts of twice that); beyond it they close 1013 "
+        "(`admission`) and come back later: a reconnect storm is spread, not absorbed at once; "
+        "0: no limit",
+        float,
+    )
     max_subscriptions: int = setting(100, "channel subscriptions per socket", int)
     max_frame_bytes: int = setting(1024 * 1024, "largest client frame; larger closes 1009", int)
     max_body_bytes: int = setting(1024 * 1024, "largest publish body; larger is 413", int)
@@ -320,6 +327,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_connects_per_second < 0:
+            raise ValueError("--max-connects-per-second must be >= 0 (0: no limit)")
         if self.drain_delay < 0 or self.drain_window < 0:
             raise ValueError("--drain-delay and --drain-window must be >= 0")
         self._validate_webhooks()

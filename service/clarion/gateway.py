@@ -29,6 +29,7 @@ from .occupancy import Key, Occupancy, event_name
 from .presence import COMMANDS as PRESENCE_COMMANDS
 from .presence import Presence
 from .protocol import Envelope, Publication, Target
+from .ratelimit import RateLimiter
 from .replays import Replays
 from .webhooks import Webhooks
 
@@ -106,6 +107,12 @@ class Gateway:
                 require_exp=settings.jwt_require_exp,
                 any_channel=settings.jwt_any_channel,
             )
+        #: New sockets admitted per second (``--max-connects-per-second``; None: no limit).
+        self.admission = (
+            RateLimiter(settings.max_connects_per_second)
+            if settings.max_connects_per_second
+            else None
+        )
         self.draining = False
         self.started = False
 

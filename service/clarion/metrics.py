@@ -162,12 +162,19 @@ class Metrics:
         )
         self.limit_hits = Counter(
             names.M_LIMIT_HITS,
-            "Requests refused by a limit: connections (pod full), subscriptions, "
-            "frame_size, frame_rate, body_size",
+            "Requests refused by a limit: connections (pod full), connect_rate (admission), "
+            "subscriptions, frame_size, frame_rate, body_size",
             ["limit"],
             registry=r,
         )
-        for limit in ("connections", "subscriptions", "frame_size", "frame_rate", "body_size"):
+        for limit in (
+            "connections",
+            "connect_rate",
+            "subscriptions",
+            "frame_size",
+            "frame_rate",
+            "body_size",
+        ):
             self.limit_hits.labels(limit=limit)
         self.webhook_events = Counter(
             names.M_WEBHOOK_EVENTS,

@@ -1,4 +1,5 @@
-"""A token bucket: how many frames per second one socket may send."""
+"""A token bucket: how many frames per second one socket may send, how many new sockets
+a pod admits per second."""
 
 from __future__ import annotations
 

@@ -89,6 +89,9 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
     if len(gw.hub) >= s.max_connections:
         gw.metrics.limit_hits.labels(limit="connections").inc()
         return await refuse(disconnects.POD_FULL)
+    if gw.admission is not None and not gw.admission.allow():
+        gw.metrics.limit_hits.labels(limit="connect_rate").inc()
+        return await refuse(disconnects.ADMISSION)
     try:
         ident: Identity = gw.auth.authenticate(query, headers)
     except AuthError as exc:
