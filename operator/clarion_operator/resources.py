@@ -23,6 +23,12 @@ CONTAINER_PORT = 8080
 API_PORT = 8081
 API_PORT_NAME = pods.API_PORT_NAME
 API_SERVICE_SUFFIX = "-api"
+#: The longest gateway name (the CRD's ``metadata.name`` bound): its pods are
+#: ``<name>-<pod-template-hash, up to 10>-<5 random>`` and the API server cuts what
+#: precedes the random part to 58 characters, so up to 46 the pod names keep the
+#: whole gateway name (the dashboard's Gateway variable reads it back from them);
+#: ``<name>-api`` then fits a Service name's 63 too.
+MAX_GATEWAY_NAME = 58 - 1 - 10 - 1
 #: The gateway's own drain timing (its defaults for ``clarion serve``).
 DRAIN_DELAY = float(default_of("drain_delay"))
 DRAIN_WINDOW = float(default_of("drain_window"))

@@ -7,17 +7,41 @@ Names and labels, defined once.
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* "<release>-<chart>" (or just the release when it already contains the chart name), max 63 chars. */}}
+{{/*
+"<release>-<chart>" (or just the release when it already contains the chart name),
+max 63 chars. Dots (legal in release names) become dashes, and a release name that
+starts with a digit goes after the chart name: Service names start with a letter.
+*/}}
 {{- define "clarion.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
-{{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- $release := .Release.Name | replace "." "-" }}
+{{- $full := printf "%s-%s" $release $name }}
+{{- if regexMatch "^[0-9]" $release }}
+{{- $full = printf "%s-%s" $name $release }}
+{{- else if contains $name $release }}
+{{- $full = $release }}
 {{- end }}
+{{- include "clarion.fit" (dict "base" $full "suffix" "" "max" 63) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A name of at most .max characters made of .base and .suffix: the two joined when
+they fit, else the base cut short with a hash of the whole base before the suffix,
+so two long names stay apart and every suffix stays readable. Limits: 63 for a
+Service or a label value, 52 for a StatefulSet (its controller-revision-hash label),
+46 for a gateway (its pod names; crds/websocketgateways.yaml).
+*/}}
+{{- define "clarion.fit" -}}
+{{- $whole := printf "%s%s" .base .suffix }}
+{{- if le (len $whole) (int .max) }}
+{{- $whole }}
+{{- else }}
+{{- $keep := sub (sub (int .max) (len .suffix)) 9 }}
+{{- printf "%s-%s%s" (regexReplaceAll "-+$" (trunc (int $keep) .base) "") (sha256sum .base | trunc 8) .suffix }}
 {{- end }}
 {{- end }}
 
@@ -38,7 +62,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{/* The default gateway's name: the operator names its Deployment, Service and pod label after it. */}}
 {{- define "clarion.gatewayName" -}}
-{{- default (include "clarion.fullname" .) .Values.gateway.name | trunc 63 | trimSuffix "-" }}
+{{- .Values.gateway.name | default (include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "" "max" 46)) }}
 {{- end }}
 
 {{/* The labels the operator puts on the gateway's pods (service/clarion/names.py gateway_labels). */}}
@@ -49,7 +73,12 @@ clarion.dev/gateway: {{ include "clarion.gatewayName" . }}
 {{- end }}
 
 {{- define "clarion.operatorName" -}}
-{{- printf "%s-operator" (include "clarion.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-operator" "max" 63) }}
+{{- end }}
+
+{{/* The operator's metrics Service (with metrics.serviceMonitor). */}}
+{{- define "clarion.operatorMetricsName" -}}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-operator-metrics" "max" 63) }}
 {{- end }}
 
 {{- define "clarion.operatorSelectorLabels" -}}
@@ -118,7 +147,8 @@ namespaced one together. Found with lookup, so at `helm install`/`upgrade`
 {{- end }}
 
 {{- define "clarion.rabbitmqName" -}}
-{{- printf "%s-rabbitmq" (include "clarion.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- /* A StatefulSet: 52 at most (its pods' controller-revision-hash label). */}}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-rabbitmq" "max" 52) }}
 {{- end }}
 
 {{- define "clarion.rabbitmqSelectorLabels" -}}
@@ -129,7 +159,7 @@ app.kubernetes.io/component: broker
 
 {{/* The Secret the chart makes for generated or given auth credentials. */}}
 {{- define "clarion.authSecretName" -}}
-{{- printf "%s-auth" (include "clarion.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-auth" "max" 63) }}
 {{- end }}
 
 {{/* Name of the Secret holding one auth credential: its existingSecret, or the chart's. */}}
@@ -145,7 +175,7 @@ app.kubernetes.io/component: broker
 {{- else if .Values.externalBroker.existingSecret }}
 {{- .Values.externalBroker.existingSecret }}
 {{- else if .Values.externalBroker.url }}
-{{- printf "%s-broker" (include "clarion.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-broker" "max" 63) }}
 {{- else }}
 {{- fail "rabbitmq.enabled=false needs externalBroker.existingSecret (a Secret with the AMQP and management URLs) or externalBroker.url" }}
 {{- end }}
@@ -230,7 +260,7 @@ existingSecret counts by its name only (rotate it with a new name, or restart).
 
 {{/* The headless Service that gives each RabbitMQ pod of a cluster its DNS name. */}}
 {{- define "clarion.rabbitmqNodesName" -}}
-{{- printf "%s-nodes" (include "clarion.rabbitmqName" .) | trunc 63 | trimSuffix "-" }}
+{{- include "clarion.fit" (dict "base" (include "clarion.fullname" .) "suffix" "-rabbitmq-nodes" "max" 63) }}
 {{- end }}
 
 {{/*
