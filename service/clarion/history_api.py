@@ -9,6 +9,7 @@ again with ``since`` = the last id); ``reverse=true`` gives the newest first.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from . import envvars
 from .broker import Broker
 from .protocol import Envelope, ProtocolError, Target, parse_since, parse_target
 from .replays import UNAVAILABLE, ReplayCollector, first_reading, wanted
+
+log = logging.getLogger("clarion.history")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -66,6 +69,14 @@ def parse_query(params: Mapping[str, str]) -> HistoryQuery:
 
 async def query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, Any] | None:
     """The answer (``messages`` are the stored frames), or None if history is unreadable."""
+    try:
+        return await _query(broker, q, timeout)
+    except Exception as exc:  # the broker's history_start could not be read
+        log.warning("history query failed: %r", exc)
+        return None
+
+
+async def _query(broker: Broker, q: HistoryQuery, timeout: float) -> dict[str, Any] | None:
     seen: set[str] = set()
     if q.since is not None:
         collector = ReplayCollector(q.since, q.target)

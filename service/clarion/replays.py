@@ -40,13 +40,17 @@ log = logging.getLogger("clarion.replays")
 ReadStream = Callable[
     [Position | At, Callable[[Envelope, int], object], float], Awaitable[Position | None]
 ]
-#: The publish time (ms) of the oldest message history still holds, None if empty or unknown.
+#: The publish time (ms) of the oldest message history still holds, None if it dropped
+#: nothing yet; raises if it cannot tell.
 HistoryStart = Callable[[], Awaitable[int | None]]
 
 #: Why a replay is not complete (the ``reason`` of ``recovered: false``).
 EXPIRED = "expired"  # since is older than the history window: messages may be lost
 UNKNOWN = "unknown"  # inside the window, but no message has that id
 UNAVAILABLE = "unavailable"  # the history could not be read
+
+#: Where the history starts when that is unknown: as if it had dropped everything.
+DROPPED_ALL = 2**62
 
 
 def first_reading(seen: set[str], env: Envelope) -> bool:
@@ -121,11 +125,13 @@ class ReplayCollector:
         elif env.ts >= self.since_ts:
             self.fallback.append(env)
 
-    def result(self, history_start_ms: int | None = None) -> Replay:
-        inside = history_start_ms is not None and history_start_ms <= self.since_ts
+    def result(self, history_start_ms: int | None = DROPPED_ALL) -> Replay:
+        """``history_start_ms``: the oldest publish time the history holds if it dropped
+        older messages, None if it dropped nothing."""
+        inside = history_start_ms is None or history_start_ms <= self.since_ts
         if self.position:
-            # Complete unless the history lost messages after the position.
-            if history_start_ms is None or inside:
+            # Complete unless the history dropped messages after the position.
+            if inside:
                 return Replay(self.after, complete=True)
             return Replay(self.after, complete=False, reason=EXPIRED)
         if self.found:
@@ -188,8 +194,8 @@ class _Window:
         #: Where the next read continues (the offset after the last message read).
         self.next: Position | None = None
         self.used = time.monotonic()
-        #: The oldest publish time the history held when the window was read (ms).
-        self.history_start: int | None = None
+        #: Where the history started when the window was read (``HistoryStart``).
+        self.history_start: int | None = DROPPED_ALL
         self.history_start_known = False
 
     def add(self, env: Envelope, _offset: int) -> None:
@@ -341,7 +347,7 @@ class Replays:
         if window.history_start_known or self._history_start is None:
             return window.history_start
         if all(r.collector.found and not r.collector.position for r in batch):
-            return None
+            return window.history_start  # not needed
         try:
             window.history_start = await self._history_start()
             window.history_start_known = True

@@ -317,6 +317,10 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
     const recovery = this.hadConnection;
     this.hadConnection = true;
+    // Nothing received yet: the welcome's position is where a reconnect recovers from.
+    if (this.lastId === null && typeof frame.position === "string" && MESSAGE_ID.test(frame.position)) {
+      this.lastId = frame.position;
+    }
     // Before any listener runs: one that subscribes now sends its own frame, once.
     for (const sub of this.subs.values()) this.sendSubscribe(sub);
     this.setState("connected", 0, "welcome");
@@ -341,6 +345,9 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       "subscribed",
       (frame) => {
         if (this.subs.get(sub.channel) !== sub) return;
+        if (sub.lastId === null && typeof frame.position === "string" && MESSAGE_ID.test(frame.position)) {
+          sub.lastId = frame.position;
+        }
         sub._setState("subscribed", "subscribed");
         if (typeof frame.recovered === "boolean") {
           sub._recovery({ recovered: frame.recovered, missed: Number(frame.missed ?? 0), since });

@@ -129,6 +129,21 @@ describe("subscriptions and recovery", () => {
     client.close();
   });
 
+  it("with nothing received, recovers from the welcome's and the subscription's position", async () => {
+    const [p1, p2, m1] = ids(3);
+    const { client, server } = setup();
+    client.subscribe("a");
+    client.connect();
+    server.last.welcome({ position: p1 }).ackSubscribes(() => ({ position: p2 }));
+    server.last.serverClose(1001, "draining: reconnect");
+    await timeToNextSocket(server.sockets);
+    expect(server.last.params.get("since")).toBe(p1);
+    server.last.welcome({ recovered: true, missed: 0, position: m1 });
+    expect(server.last.frames("subscribe")).toEqual([{ type: "subscribe", channel: "a", since: p2 }]);
+    expect(client.lastId).toBe(p1); // a later position does not replace what it has
+    client.close();
+  });
+
   it("keeps the greatest id as since, not the last one received", async () => {
     // After a reconnect the connection's replay comes first and each channel's after
     // it, so the last message received can be older than one received before it.

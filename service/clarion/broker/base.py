@@ -166,7 +166,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def history_start(self) -> int | None:
-        """The publish time (ms) of the oldest message the history holds; None if empty."""
+        """The publish time (ms) of the oldest message the history still holds, or None if it
+        has dropped nothing (it holds everything ever published to it). Raises if unknown."""
 
     def route(self, target: Target, wanted: bool) -> None:  # noqa: B027 (optional)
         """The first socket of a user or channel arrived here (``wanted``), or the last left.

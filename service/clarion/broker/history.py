@@ -98,10 +98,11 @@ async def read_stream(
 async def first_timestamp(
     conn: AbstractConnection, queue_name: str, timeout: float = 5.0
 ) -> int | None:
-    """The publish time (ms) of the oldest message still in the stream; None if empty or unknown.
+    """The publish time (ms) of the oldest message still in the stream, or None if the
+    stream still holds everything ever published to it (its first offset is 0).
 
-    Read only when a replay did not find its ``since``: it tells "older than the
-    window" from "no such message" (replays.py).
+    Read only when a replay needs to know whether messages were dropped
+    (replays.py). Raises if the stream cannot be read.
     """
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     ch = await conn.channel(publisher_confirms=False)
@@ -110,14 +111,16 @@ async def first_timestamp(
         queue = await ch.get_queue(queue_name, ensure=False)
         await queue.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": "first"})
         async with asyncio.timeout(timeout):
+            first = True
             while True:
                 msg = await inbox.get()
+                if first and (msg.headers or {}).get("x-stream-offset") == 0:
+                    return None  # retention has dropped nothing yet
+                first = False
                 try:
                     return message_to_envelope(msg.body, msg.message_id, dict(msg.headers or {})).ts
                 except (Marker, ValueError):
                     await msg.ack()
-    except (TimeoutError, aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException):
-        return None
     finally:
         if not ch.is_closed:
             with contextlib.suppress(Exception):

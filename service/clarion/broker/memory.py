@@ -93,7 +93,9 @@ class MemoryBroker(Broker):
 
     async def history_start(self) -> int | None:
         history = self.exchange.history
-        return history[0].ts if history else None
+        if len(history) == self.exchange.end:
+            return None  # nothing dropped yet
+        return history[0].ts if history else int(time.time() * 1000)
 
     @property
     def ready(self) -> bool:

@@ -318,7 +318,7 @@ class RabbitBroker(Broker):
     async def history_start(self) -> int | None:
         conn = self._conn
         if conn is None or conn.is_closed:
-            return None
+            raise BrokerUnavailable("not connected to the broker")
         return await history.first_timestamp(conn, self.history_queue)
 
     def _on_message(

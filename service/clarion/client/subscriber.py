@@ -24,6 +24,7 @@ import collections
 import contextlib
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -51,6 +52,13 @@ from .types import (
 )
 
 log = logging.getLogger("clarion.client")
+
+#: A message id (or a position, which is written as one): a UUID.
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 class Subscriber:
@@ -321,6 +329,9 @@ class Subscriber:
         self.info = {k: frame.get(k) for k in ("pod", "conn", "user")}
         recovery = self._had_connection
         self._had_connection = True
+        if self.last_id is None and _is_id(frame.get("position")):
+            # Nothing received yet: where a reconnect recovers from.
+            self.last_id = frame["position"]
         if isinstance(frame.get("recovered"), bool):
             self._push(Recovery(frame["recovered"], int(frame.get("missed") or 0), self.last_id))
         elif recovery:
@@ -381,6 +392,8 @@ class Subscriber:
         if ch is None:
             return
         ch.pending = False
+        if ch.since is None and _is_id(frame.get("position")):
+            ch.since = frame["position"]
         recovery = ch.subscribed_once
         ch.subscribed_once = True
         if isinstance(frame.get("recovered"), bool):
