@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clarion import names
-from clarion.config import default_of, option
+from clarion.config import default_of, drain_seconds, option
 
 from . import pods
 from .spec import GatewaySpec, ProbeSpec, SecretRef
@@ -32,10 +32,14 @@ MAX_GATEWAY_NAME = 58 - 1 - 10 - 1
 #: The gateway's own drain timing (its defaults for ``clarion serve``).
 DRAIN_DELAY = float(default_of("drain_delay"))
 DRAIN_WINDOW = float(default_of("drain_window"))
+DRAIN_RATE = float(default_of("drain_rate"))
+#: The longest drain: a full pod (``--max-connections``) closed at ``DRAIN_RATE``.
+LONGEST_DRAIN = drain_seconds(int(default_of("max_connections")), DRAIN_WINDOW, DRAIN_RATE)
 #: preStop waits this long so endpoints drop the pod before it gets SIGTERM.
 PRESTOP_SLEEP = 5
-#: SIGKILL comes only after preStop + the gateway's drain delay and window + margin.
-TERMINATION_GRACE = int(PRESTOP_SLEEP + DRAIN_DELAY + DRAIN_WINDOW + 10)
+#: SIGKILL comes only after preStop + the gateway's drain delay and its longest drain
+#: + margin (the close frames, uvicorn's graceful shutdown).
+TERMINATION_GRACE = int(PRESTOP_SLEEP + DRAIN_DELAY + LONGEST_DRAIN + 10)
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +83,7 @@ def container_env(name: str, namespace: str, spec: GatewaySpec) -> list[dict[str
         _value("allow_client_publish", spec.auth.allow_client_publish),
         _value("drain_delay", DRAIN_DELAY),
         _value("drain_window", DRAIN_WINDOW),
+        _value("drain_rate", DRAIN_RATE),
     ]
     env.append(_value("api_port", API_PORT))
     if spec.auth.mode == "jwt":

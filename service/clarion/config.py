@@ -289,7 +289,16 @@ class Settings:
         float,
         dev_default=0.0,
     )
-    drain_window: float = setting(10.0, "seconds over which sockets are closed with 1001", float)
+    drain_window: float = setting(
+        10.0, "seconds over which sockets are closed with 1001, at least", float
+    )
+    drain_rate: float = setting(
+        500.0,
+        "sockets closed per second at most during a drain: the window stretches to "
+        "sockets / rate, so the other pods are never handed more reconnects than they admit "
+        "(keep it at or below `--max-connects-per-second`; 0: the window alone)",
+        float,
+    )
     compression: bool = setting(
         False, "per-message deflate (see [performance](docs/performance.md))", envvars.parse_bool
     )
@@ -329,8 +338,8 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.max_connects_per_second < 0:
             raise ValueError("--max-connects-per-second must be >= 0 (0: no limit)")
-        if self.drain_delay < 0 or self.drain_window < 0:
-            raise ValueError("--drain-delay and --drain-window must be >= 0")
+        if self.drain_delay < 0 or self.drain_window < 0 or self.drain_rate < 0:
+            raise ValueError("--drain-delay, --drain-window and --drain-rate must be >= 0")
         self._validate_webhooks()
 
     def _validate_webhooks(self) -> None:
@@ -393,6 +402,13 @@ def default_of(f: dataclasses.Field[Any] | str, *, dev: bool = False) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def drain_seconds(sockets: int, window: float, rate: float) -> float:
+    """How long a drain spreads its closes: ``window`` at least, and no more than ``rate``
+    closes a second (0: the window alone). The reconnects land on the other pods at
+    that rate, which must stay below what they admit (``--max-connects-per-second``)."""
+    return max(window, sockets / rate) if rate > 0 else window
 
 
 def markdown_table() -> str:

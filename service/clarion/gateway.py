@@ -19,7 +19,7 @@ import orjson
 from . import disconnects
 from .auth import Authenticator, JwtAuth, NoAuth
 from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
-from .config import Settings
+from .config import Settings, drain_seconds
 from .disconnects import Disconnect
 from .hub import Hub
 from .idempotency import Idempotency
@@ -155,9 +155,14 @@ class Gateway:
         return self.started and not self.draining and self.broker.ready
 
     async def drain(self, delay: float | None = None, window: float | None = None) -> None:
-        """Graceful shutdown: unready at once, wait, then close sockets spread over a window."""
+        """Graceful shutdown: unready at once, wait, then close sockets spread over a window
+        (``drain_seconds``: longer for more sockets, so the others can take them)."""
         delay = self.settings.drain_delay if delay is None else delay
-        window = self.settings.drain_window if window is None else window
+        window = drain_seconds(
+            len(self.hub),
+            self.settings.drain_window if window is None else window,
+            self.settings.drain_rate,
+        )
         self.draining = True
         log.info(
             "pod=%s draining: %d sockets, delay %.1fs, window %.1fs",
