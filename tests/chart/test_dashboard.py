@@ -143,6 +143,9 @@ def test_dashboard_shape() -> None:
         "Routing keys bound",
         "Bind latency p99",
         "Bind errors/s",
+        "Replays by result",
+        "New sockets refused (admission)",
+        "History read p99",
     }
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -207,7 +210,8 @@ def test_operator_metric_names_match_the_operator() -> None:
 
 
 class Traffic:
-    """Live sockets on pod A, publishes through pod B, a little connection churn."""
+    """Live sockets on pod A, publishes through pod B, a little connection churn (reconnects
+    with since)."""
 
     def __init__(self, a: GatewayProcess, b: GatewayProcess) -> None:
         self.a, self.b = a, b
@@ -253,7 +257,10 @@ class Traffic:
                     else:
                         self.errors.append(f"publish {r.status_code}: {r.text}")
                     if n % 10 == 0:  # a connect and a disconnect on pod B, a new user: a bind
-                        with connect(f"{self.b.ws_url}?user=churn{n}", open_timeout=5) as ws:
+                        # (with since, as a reconnecting client: a replay, a history read)
+                        since = r.json()["id"] if r.status_code == 202 else None
+                        query = f"&since={since}" if since else ""
+                        with connect(f"{self.b.ws_url}?user=churn{n}{query}", open_timeout=5) as ws:
                             ws.recv(timeout=5)
                 except Exception as exc:
                     self.errors.append(repr(exc))
