@@ -223,7 +223,7 @@ def test_one_replica_renders_the_single_node_as_before() -> None:
     assert find(docs, "Service", NODES) == []
     assert "erlangCookie" not in one(docs, "Secret", NAME)["data"]
     assert "cluster_formation.peer_discovery_backend" not in rabbit_conf(docs)
-    assert one(docs, "PodDisruptionBudget", NAME)["spec"]["maxUnavailable"] == 0
+    assert find(docs, "PodDisruptionBudget", NAME) == []  # it would block every drain
     url = secret_data(one(docs, "Secret", NAME))["url"]
     assert [address_of(u) for u in split_urls(url)] == [f"{NAME}.{NAMESPACE}.svc:5672"]
 

@@ -295,3 +295,27 @@ settings. A tag without a version counts as current.
 {{- define "clarion.rabbitmqErlangCookie" -}}
 {{- include "clarion.keptSecret" (dict "root" . "secret" (include "clarion.rabbitmqName" .) "key" "erlangCookie" "value" .Values.rabbitmq.erlangCookie "length" 48) }}
 {{- end }}
+
+{{/*
+The in-chart RabbitMQ's rabbitmq.conf additions: limits taken from the values, not
+from the node's RAM and disk. The ConfigMap holds it; its hash rolls the nodes.
+*/}}
+{{- define "clarion.rabbitmqConf" -}}
+# The container's memory limit is not what RabbitMQ sees (it reads the node's RAM):
+# an absolute watermark under the limit raises the memory alarm before the OOM kill.
+vm_memory_high_watermark.absolute = {{ .Values.rabbitmq.memoryHighWatermark }}
+disk_free_limit.absolute = {{ .Values.rabbitmq.diskFreeLimit }}
+{{- if include "clarion.rabbitmqHA" . }}
+# Cluster formation on first boot: each node joins the one with ordinal 0.
+cluster_formation.peer_discovery_backend = k8s
+{{- if include "clarion.rabbitmqLegacyDiscovery" . }}
+# Before 4.1 the plugin lists the headless Service's endpoints through the API.
+cluster_formation.k8s.host = kubernetes.default
+cluster_formation.k8s.address_type = hostname
+cluster_formation.k8s.service_name = {{ include "clarion.rabbitmqNodesName" . }}
+cluster_formation.k8s.hostname_suffix = .{{ include "clarion.rabbitmqNodesName" . }}.{{ .Release.Namespace }}
+{{- end }}
+# A frozen node blocks publishing until the others declare it down (default 60 s).
+net_ticktime = {{ int .Values.rabbitmq.netTicktime }}
+{{- end }}
+{{- end }}
