@@ -54,9 +54,9 @@ def tool(name: str) -> str:
 
 
 def run(
-    cmd: list[str], stdin: str | None = None, check: bool = True
+    cmd: list[str], stdin: str | None = None, check: bool = True, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n"

@@ -331,6 +331,41 @@ def test_tiltfile_resources_exist_in_the_manifests() -> None:
                 assert selector in objects, f"object {selector!r} is not rendered"
 
 
+def _tilt_chart_command(tree: ast.Module) -> list[str]:
+    """The helm command the Tiltfile renders the chart with (its CHART_CMD list)."""
+    consts = _constants(tree)
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "CHART_CMD"
+        ):
+            assert isinstance(node.value, ast.List)
+            return [
+                consts[e.id] if isinstance(e, ast.Name) else ast.literal_eval(e)
+                for e in node.value.elts
+            ]
+    raise AssertionError("the Tiltfile has no CHART_CMD")
+
+
+def test_tiltfile_renders_the_chart_without_its_hooks() -> None:
+    """Tilt applies everything it is given: the pre-delete hook would run as a plain Job
+    and delete the dev gateway. Render as the Tiltfile does, with the real helm."""
+    tree = _tilt_tree()
+    assert _calls(tree, "helm") == [], "Tilt's helm() renders hooks as ordinary objects"
+    cmd = _tilt_chart_command(tree)
+    assert cmd[:2] == ["helm", "template"] and "--no-hooks" in cmd
+    assert any(ast.unparse(c.args[0]) == "CHART_CMD" for c in _calls(tree, "local"))
+    docs = [d for d in yaml.safe_load_all(run([tool("helm"), *cmd[1:]], cwd=REPO).stdout) if d]
+    assert docs and not [
+        d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})
+    ]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "WebSocketGateway", "StatefulSet"} <= kinds
+    watched = {ast.literal_eval(c.args[0]) for c in _calls(tree, "watch_file")}
+    assert {"charts/clarion", "k8s/dev/values-dev.yaml"} <= watched
+
+
 # -- images --------------------------------------------------------------------------
 
 
