@@ -40,6 +40,8 @@ from .spec import GatewaySpec
 
 GATEWAY = (names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
 GATEWAY_PODS = {names.LABEL_GATEWAY: kopf.PRESENT}
+#: Kinds watched for gateway objects only, with a server-side label selector.
+WATCHED_BY_LABEL = (("v1", "pods"), ("v1", "services"), ("apps", "deployments"))
 
 PodIndex = kopf.Index[tuple[str, str], PodView]
 SpecIndex = kopf.Index[tuple[str, str], GatewaySpec]
@@ -68,6 +70,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = f"{names.CRD_GROUP}/operator"
     # Re-list now and then even if a watch stream silently stalls.
     settings.watching.server_timeout = 300
+    # Ask the API server for gateway objects only: the handlers' labels= filter on
+    # kopf's side, after every Pod, Service and Deployment event of the cluster
+    # has reached this process (limited to 256 Mi).
+    for resource in WATCHED_BY_LABEL:
+        settings.watching.label_selectors[resource] = names.LABEL_GATEWAY
     memo["kube"] = await Kube.connect()
     memo["pods"] = GatewayPods(timeout=config.pod_timeout)
     # Shared by every per-gateway memo (they are shallow copies of this one):
