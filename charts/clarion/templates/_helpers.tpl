@@ -125,7 +125,16 @@ namespaced one together. Found with lookup, so at `helm install`/`upgrade`
 {{- fail (printf "release %s watches all namespaces already (ClusterKopfPeering clarion): two cluster-wide releases would both act on every gateway. Use that release, or set operator.watchNamespace" $owner) }}
 {{- end }}
 {{- end }}
-{{- if not .Values.operator.watchNamespace }}
+{{- if .Values.operator.watchNamespace }}
+{{- /* A second operator for this namespace: both would act on every gateway in it. */}}
+{{- range (lookup "kopf.dev/v1" "KopfPeering" .Release.Namespace "").items | default list }}
+{{- $a := .metadata.annotations | default dict }}
+{{- $other := printf "%s/%s" (index $a "meta.helm.sh/release-namespace" | default "?") (index $a "meta.helm.sh/release-name" | default "?") }}
+{{- if and (eq (index (.metadata.labels | default dict) "app.kubernetes.io/part-of" | default "") "clarion") (ne $other $self) }}
+{{- fail (printf "release %s runs a Clarion operator for namespace %s already: two would both act on every gateway there. Set operator.enabled=false in this release (its gateways are then that operator's), or uninstall that release first" $other .metadata.namespace) }}
+{{- end }}
+{{- end }}
+{{- else }}
 {{- range (lookup "kopf.dev/v1" "KopfPeering" "" "").items | default list }}
 {{- $a := .metadata.annotations | default dict }}
 {{- $other := printf "%s/%s" (index $a "meta.helm.sh/release-namespace" | default "?") (index $a "meta.helm.sh/release-name" | default "?") }}
