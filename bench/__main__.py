@@ -5,6 +5,7 @@
     python -m bench --only s1,s2    # a subset of: s1 s1api s2 s3 s5 broker deflate variants
     python -m bench --only s1api --ab HEAD   # S1 through POST /api/publish, raw beside it
     python -m bench --only consume  # a pod's CPU per consumed message, a plain consumer beside it
+    python -m bench --only deploy --sockets 2000 --pods 4   # rolling restart + crash under load
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
     python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
     python -m bench --ab 56673a0    # and that revision beside the working tree, same run
@@ -33,7 +34,19 @@ from .scenarios import Bench
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ALL = ("s1", "s1api", "s2", "s3", "s5", "broker", "deflate", "variants", "scale", "consume")
+ALL = (
+    "s1",
+    "s1api",
+    "s2",
+    "s3",
+    "s5",
+    "broker",
+    "deflate",
+    "variants",
+    "scale",
+    "consume",
+    "deploy",
+)
 #: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
 VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
 
@@ -79,9 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default=None, help="only print the table and plot of a file")
     p.add_argument("--plot", default=str(HERE / "s1-scaling.png"), help="PNG path")
     p.add_argument("--compare", default=None, help="with --report: also Clarion of this tag")
-    p.add_argument("--pods", default="", help="scale: pod counts (default 2,4,8,16)")
+    p.add_argument("--pods", default="", help="scale: pod counts (default 2,4,8,16); deploy: pods")
     p.add_argument("--routing", default="fanout,direct", help="scale: routing modes")
-    p.add_argument("--rate", type=float, default=150.0, help="scale: targeted msgs/s")
+    p.add_argument("--rate", type=float, default=None, help="scale (150), deploy (200): msgs/s")
+    p.add_argument("--sockets", type=int, default=None, help="deploy: sockets (default 2000)")
     p.add_argument("--seconds", type=float, default=5.0, help="scale: seconds per window")
     return p.parse_args(argv)
 
@@ -216,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
             pods = [int(x) for x in args.pods.split(",")] if args.pods else None
             sc = scale.Scale(
-                lg, log_dir, reps, args.pad, env, emit, rate=args.rate, seconds=args.seconds
+                lg,
+                log_dir,
+                reps,
+                args.pad,
+                env,
+                emit,
+                rate=args.rate or 150.0,
+                seconds=args.seconds,
             )
             sc.run(pods or ([2, 4] if quick else [2, 4, 8, 16]), args.routing.split(","))
             print(scale.summarize(sc.rows, HERE / "scale.png"))
@@ -226,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             print("consume: a pod's CPU per consumed message, aio-pika alone beside it", flush=True)
             n = 5_000 if quick else 20_000
             print(consume.run(log_dir, reps, n, args.pad, env, emit, ab=envs))
+        if "deploy" in only:
+            from . import deploy
+
+            opts = deploy.Options(
+                sockets=args.sockets or (300 if quick else 2000),
+                pods=int(args.pods.split(",")[0]) if args.pods else (3 if quick else 4),
+                rate=args.rate or 200.0,
+                pad=args.pad,
+            )
+            deploy.run(opts, log_dir, env, emit, lambda s: print(s, flush=True))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import resource
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -210,13 +211,14 @@ def _main(conn: Connection) -> None:
 class LoadGen:
     """The parent's handle on a few load-generator processes."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, main: Callable[[Connection], None] | None = None) -> None:
+        """``main``: what each process runs (default: a ``Worker``'s loop)."""
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
         for _ in range(processes):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_main, args=(child,), daemon=True)
+            p = ctx.Process(target=main or _main, args=(child,), daemon=True)
             p.start()
             self.pipes.append(parent)
             self.procs.append(p)

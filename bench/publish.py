@@ -101,6 +101,10 @@ class _HttpConn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> int:
+        return (await self.exchange(path, body))[0]
+
+    async def exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body``; the answer's status and body."""
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -125,13 +129,14 @@ class _HttpConn:
                 close = True
             elif k == b"transfer-encoding" and b"chunked" in v.lower():
                 chunked = True
+        answer = b""
         if chunked:
-            await self.reader.readuntil(b"0\r\n\r\n")
+            answer = await self.reader.readuntil(b"0\r\n\r\n")
         elif length:
-            await self.reader.readexactly(length)
+            answer = await self.reader.readexactly(length)
         if close:
             self.writer.close()
-        return status
+        return status, answer
 
     def close(self) -> None:
         if self.writer is not None:
@@ -249,3 +254,85 @@ async def http_paced(
         "first": start,
         "last": time.time(),
     }
+
+
+class LivePublisher:
+    """Targeted messages at a fixed rate to random users, each through a random live pod.
+
+    A backend during a deploy: the pods behind the Service change under it
+    (``live`` is replaced as pods come and go), every 202 is recorded with its
+    id, target and time, and every other answer or failure is counted, never
+    taken as accepted. ``inflight`` senders keep one keep-alive connection per
+    pod each; a message's due time is fixed in advance (open loop), so a slow
+    API shows as a lower achieved rate, not as a gap in the schedule.
+    """
+
+    def __init__(
+        self,
+        users: int,
+        rate: float,
+        live: list[tuple[str, int]],
+        pad: int = 200,
+        inflight: int = 8,
+        seed: int = 7,
+    ) -> None:
+        self.users = users
+        self.rate = rate
+        self.live = list(live)
+        self.pad = pad
+        self.inflight = inflight
+        self.rng = random.Random(seed)
+        #: (message id, user index, request sent, 202 received), wall-clock seconds.
+        self.accepted: list[tuple[str, int, float, float]] = []
+        self.statuses: dict[int, int] = {}
+        self.failures: dict[str, int] = {}
+        self.sent = 0
+        self.first = 0.0
+        self.last = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        self.first = time.time() + 0.02
+        seqs = iter(range(1 << 62))
+        await asyncio.gather(*(self._sender(seqs) for _ in range(self.inflight)))
+        self.last = time.time()
+
+    async def _sender(self, seqs: Any) -> None:
+        conns: dict[tuple[str, int], _HttpConn] = {}
+        try:
+            for i in seqs:
+                due = self.first + i / self.rate
+                await asyncio.sleep(max(0.0, due - time.time()))
+                if self._stop.is_set():
+                    return
+                for gone in set(conns) - set(self.live):
+                    conns.pop(gone).close()
+                addr = self.rng.choice(self.live)
+                conn = conns.get(addr) or conns.setdefault(addr, _HttpConn(*addr))
+                user = self.rng.randrange(self.users)
+                sent = time.time()
+                data = {"t": sent, "s": i, "p": "x" * self.pad}
+                body = orjson.dumps({"user": f"u{user}", "data": data})
+                self.sent += 1
+                try:
+                    status, answer = await asyncio.wait_for(conn.exchange("/api/publish", body), 10)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                    name = type(exc).__name__
+                    self.failures[name] = self.failures.get(name, 0) + 1
+                    conns.pop(addr).close()
+                    continue
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status == 202:
+                    self.accepted.append((orjson.loads(answer)["id"], user, sent, time.time()))
+        finally:
+            for c in conns.values():
+                c.close()

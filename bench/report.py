@@ -79,6 +79,16 @@ COLUMNS = {
         ("cpu_ms_per_connect", "CPU ms/conn", "{:.2f}"),
         ("connect_failed", "failed", "{:.0f}"),
     ],
+    "deploy": [
+        ("lost", "lost", "{:.0f}"),
+        ("recovered_false", "recovered:false", "{:.0f}"),
+        ("closes_1011", "1011", "{:.0f}"),
+        ("attempt_p99_s", "to welcome p99 s", "{:.2f}"),
+        ("back_max_s", "back within s", "{:.1f}"),
+        ("lat_p99_ms", "deploy p99 ms", "{:.0f}"),
+        ("connects_per_s", "connects/s", "{:.1f}"),
+        ("drain_max_s", "drain max s", "{:.1f}"),
+    ],
     "S5": [
         ("delivered", "delivered", "{:.0f}"),
         ("lost", "lost", "{:.0f}"),

@@ -184,40 +184,69 @@ def _tcp_ok(port: int) -> bool:
         return False
 
 
-def start_system(label: str, pods: int, log_dir: Path, env: dict[str, str] | None = None) -> System:
-    """Start ``pods`` pods of ``label`` on a fresh vhost; return once all consume."""
-    vhost = Vhost().create()
-    system = System(label=label, kind="", vhost=vhost)
+def _ready(pod: Pod) -> bool:
+    """The pod answers as its kind says it is ready (Clarion: ``/readyz``)."""
+    if pod.kind == "clarion":
+        return _http_ok(pod.port, "/readyz")
+    if pod.kind == "sio":
+        return _http_ok(pod.port, "/healthz")
+    return _tcp_ok(pod.port)
+
+
+def launch_pod(
+    system: System,
+    label: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Pod:
+    """Start one more pod of ``label`` on ``system``'s vhost (``args`` appended to its
+    command line: a later flag wins); it is not waited for (``wait_ready``)."""
+    assert system.vhost is not None
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
     run_env.update(env or {})
     repo = str(Path(__file__).resolve().parent.parent)
     run_env["PYTHONPATH"] = os.pathsep.join(p for p in (run_env.get("PYTHONPATH", ""), repo) if p)
-    tag = uuid.uuid4().hex[:6]
+    port = free_port(HOST)
+    name = f"bench-{uuid.uuid4().hex[:6]}-{len(system.pods)}"
+    kind, cmd = _cmd(label, port, name, system.vhost.amqp_url)
+    system.kind = kind
+    log_path = log_dir / f"{label.replace('[', '_').replace(']', '')}-{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*cmd, *args], stdout=log, stderr=subprocess.STDOUT, env=run_env, cwd=repo
+        )
+    pod = Pod(kind, port, proc, log_path, name)
+    system.pods.append(pod)
+    return pod
+
+
+def wait_ready(pod: Pod, deadline: float, label: str = "") -> None:
+    """Poll until ``pod`` is ready; raise if it exits or ``deadline`` (monotonic) passes."""
+    while not _ready(pod):
+        if not pod.alive():
+            raise RuntimeError(f"{label} pod exited: {pod.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label} pod not ready: {pod.log_tail()}")
+        time.sleep(0.1)
+
+
+def start_system(
+    label: str,
+    pods: int,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> System:
+    """Start ``pods`` pods of ``label`` on a fresh vhost; return once all consume."""
+    vhost = Vhost().create()
+    system = System(label=label, kind="", vhost=vhost)
     try:
-        for k in range(pods):
-            port = free_port(HOST)
-            name = f"bench-{tag}-{k}"
-            kind, cmd = _cmd(label, port, name, vhost.amqp_url)
-            system.kind = kind
-            log_path = log_dir / f"{label.replace('[', '_').replace(']', '')}-{name}.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, cwd=repo
-                )
-            system.pods.append(Pod(kind, port, proc, log_path, name))
+        for _ in range(pods):
+            launch_pod(system, label, log_dir, env, args)
         deadline = time.monotonic() + 40
         for pod in system.pods:
-            probe = {
-                "clarion": lambda p: _http_ok(p.port, "/readyz"),
-                "sio": lambda p: _http_ok(p.port, "/healthz"),
-                "raw": lambda p: _tcp_ok(p.port),
-            }[pod.kind]
-            while not probe(pod):
-                if not pod.alive():
-                    raise RuntimeError(f"{label} pod exited: {pod.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{label} pod not ready: {pod.log_tail()}")
-                time.sleep(0.1)
+            wait_ready(pod, deadline, label)
         # Every pod's queue must be bound and consumed before anything is
         # published (the management API lags a couple of seconds).
         while vhost.consuming_queues() < pods:
