@@ -29,7 +29,17 @@ import yaml
 
 from clarion import names
 
-from .helpers import CHART, CRD_FILE, KUBE_VERSION, Doc, crd_schema, run, tool
+from .helpers import (
+    CHART,
+    CRD_FILE,
+    CUSTOM_KINDS,
+    KUBE_VERSION,
+    Doc,
+    crd_schema,
+    kubernetes_validate,
+    run,
+    tool,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -223,3 +233,49 @@ def test_the_schema_refuses_names_the_templates_cannot_use(setting: str) -> None
         cmd = [tool("helm"), "template", "r", str(CHART), "--set", f"{setting}={bad}"]
         proc = run(cmd, check=False)
         assert proc.returncode != 0 and "values don't meet the specifications" in proc.stderr, bad
+
+
+def legal_combinations() -> list[list[str]]:
+    """Every combination the schema allows of the switches that change what renders."""
+    combos = []
+    for replicas in (1, 3, 5):
+        for persistence in (True, False):
+            if replicas > 1 and not persistence:
+                continue  # refused (test_broker_upgrades)
+            for np in (True, False):
+                for op in (True, False):
+                    for sm in (True, False):
+                        combos.append(
+                            [
+                                f"rabbitmq.replicas={replicas}",
+                                f"rabbitmq.persistence.enabled={str(persistence).lower()}",
+                                f"networkPolicy.enabled={str(np).lower()}",
+                                f"operator.enabled={str(op).lower()}",
+                                f"metrics.serviceMonitor.enabled={str(sm).lower()}",
+                                "rabbitmq.password=p",
+                                "rabbitmq.erlangCookie=c",
+                            ]
+                        )
+    return combos
+
+
+def test_every_legal_combination_validates_with_the_shortest_and_longest_names() -> None:
+    """All 32 combinations x release names of 1 and 53: names checked, and every manifest
+    through `kubernetes-validate --strict` (one call for all of them: it is the slow part)."""
+    combos = legal_combinations()
+    assert len(combos) == 32
+    cases = [(release_name(n, "plain"), c) for c in combos for n in (1, RELEASE_MAX)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rendered = list(pool.map(lambda c: render(*c), cases))
+    problems = [p for docs in rendered for d in docs for p in name_problems(d)]
+    assert problems == [], "\n".join(problems[:20])
+    builtin = {
+        yaml.safe_dump(d, sort_keys=True)
+        for docs in rendered
+        for d in docs
+        if d["kind"] not in CUSTOM_KINDS and d["kind"] != "ConfigMap"
+    }
+    # ConfigMaps differ only in their data; one of each name is enough.
+    maps = {d["metadata"]["name"]: d for docs in rendered for d in docs if d["kind"] == "ConfigMap"}
+    docs = [yaml.safe_load(t) for t in sorted(builtin)] + list(maps.values())
+    kubernetes_validate(docs)
