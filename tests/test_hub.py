@@ -12,7 +12,7 @@ from typing import Any
 
 from clarion import disconnects
 from clarion.broker import MemoryBroker, MemoryExchange
-from clarion.frames import control, text_frame
+from clarion.frames import Outgoing, control, text_frame
 from clarion.hub import Connection, ConnectionState, Hub
 from clarion.metrics import Metrics
 from clarion.protocol import Envelope, Target
@@ -37,15 +37,15 @@ class FakeTransport:
     def write_frames(self, data: bytes, count: int) -> None:
         self.writes.append(data)
 
-    def send_now(self, text: str) -> Any:
+    def send_now(self, out: Outgoing) -> Any:
         if self.gate.is_set():
-            self.texts.append(text)
+            self.texts.append(out.text)
             return None
-        return self.send(text)
+        return self.send(out)
 
-    async def send(self, text: str) -> None:
+    async def send(self, out: Outgoing) -> None:
         await self.gate.wait()
-        self.texts.append(text)
+        self.texts.append(out.text)
 
     async def close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 from websockets.protocol import State
 
+from .frames import Outgoing
+
 log = logging.getLogger("clarion.transport")
 
 #: Sends one ASGI message on the socket.
@@ -53,13 +55,13 @@ class Transport(Protocol):
     def write_frames(self, data: bytes, count: int) -> None:
         """Write ``count`` pre-built frames joined in ``data``."""
 
-    def send_now(self, text: str) -> Awaitable[None] | None:
-        """Start sending ``text``: None when it went out at once, else what finishes it.
+    def send_now(self, out: Outgoing) -> Awaitable[None] | None:
+        """Start sending ``out``: None when it went out at once, else what finishes it.
 
         Raises when the socket is gone.
         """
 
-    async def send(self, text: str) -> None: ...
+    async def send(self, out: Outgoing) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -82,12 +84,12 @@ class AsgiTransport:
     def write_frames(self, data: bytes, count: int) -> None:  # pragma: no cover - never called
         raise RuntimeError("plain ASGI cannot write pre-built frames")
 
-    def send_now(self, text: str) -> Awaitable[None] | None:
-        return self.send(text)
+    def send_now(self, out: Outgoing) -> Awaitable[None] | None:
+        return self.send(out)
 
-    async def send(self, text: str) -> None:
+    async def send(self, out: Outgoing) -> None:
         self.counts.asgi += 1
-        await self._send({"type": "websocket.send", "text": text})
+        await self._send({"type": "websocket.send", "text": out.text})
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
@@ -123,47 +125,57 @@ class UvicornTransport(AsgiTransport):
         self.counts.frame += count
 
     def abort(self) -> None:
-        transport = self._proto.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0: a reset, not a FIN behind the unsent data (a browser whose
-            # reading stalled then notices at once).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
+        reset(self._proto.transport)
 
-    def send_now(self, text: str) -> Awaitable[None] | None:
-        # Step the ASGI send coroutine by hand: on uvicorn it completes without
-        # suspending whenever the transport is writable, so no task is needed.
-        coro: Coroutine[Any, Any, None] = self._send({"type": "websocket.send", "text": text})  # type: ignore[assignment]
+    def send_now(self, out: Outgoing) -> Awaitable[None] | None:
+        message = {"type": "websocket.send", "text": out.text}
+        return step(self._send(message), self.counts)  # type: ignore[arg-type]
+
+
+def reset(transport: Any) -> None:
+    """Drop a connection with a TCP reset where possible."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0: a reset, not a FIN behind the unsent data (a browser whose
+        # reading stalled then notices at once).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def step(coro: Coroutine[Any, Any, None], counts: WriteCounts) -> Awaitable[None] | None:
+    """Run an ASGI ``send`` coroutine by hand: None when it completed at once, else what
+    finishes it. On uvicorn a send (WebSocket or HTTP body) completes without suspending
+    whenever the transport is writable, so no task is needed."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        counts.direct += 1
+        return None
+    return _finish(coro, waiting, counts)
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any, counts: WriteCounts) -> None:
+    """Drive a send that had to wait (transport paused) as a Task would."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                # What a Task does with a yielded future: clear the flag the
+                # future set when the coroutine yielded it, then wait here.
+                waiting._asyncio_future_blocking = False
+                await waiting
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        except Exception:
+            pass  # the coroutine sees the same outcome when resumed
         try:
             waiting = coro.send(None)
         except StopIteration:
-            self.counts.direct += 1
-            return None
-        return self._finish(coro, waiting)
-
-    async def _finish(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        """Drive a send that had to wait (transport paused) as a Task would."""
-        while True:
-            try:
-                if waiting is None:
-                    await asyncio.sleep(0)
-                else:
-                    # What a Task does with a yielded future: clear the flag the
-                    # future set when the coroutine yielded it, then wait here.
-                    waiting._asyncio_future_blocking = False
-                    await waiting
-            except asyncio.CancelledError:
-                coro.close()
-                raise
-            except Exception:
-                pass  # the coroutine sees the same outcome when resumed
-            try:
-                waiting = coro.send(None)
-            except StopIteration:
-                self.counts.asgi += 1
-                return
+            counts.asgi += 1
+            return
 
 
 def _uvicorn_protocol_class() -> type | None:

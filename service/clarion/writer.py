@@ -144,7 +144,7 @@ class SocketWriter:
 
     def _send_now(self, out: Outgoing) -> bool:
         try:
-            pending = self.transport.send_now(out.text)
+            pending = self.transport.send_now(out)
         except Exception as exc:
             # The socket is gone; its receive loop sees the disconnect.
             log.debug("send failed: %s", exc)
@@ -166,7 +166,7 @@ class SocketWriter:
             while buf:
                 out = buf.popleft()
                 self._buf_bytes -= out.nbytes
-                await self.transport.send(out.text)
+                await self.transport.send(out)
                 self._sent(out)
         except asyncio.CancelledError:
             raise
