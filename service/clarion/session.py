@@ -10,9 +10,10 @@ hub (hub.py) and the socket's writer (writer.py).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from starlette.datastructures import Headers, QueryParams
@@ -66,6 +67,28 @@ def replay_frames(messages: list[Envelope]) -> list[Outgoing]:
     return [Outgoing(e.body.decode(), len(e.body), Kind.REPLAY, e.id, e.ts) for e in messages]
 
 
+def admit(gw: Gateway, headers: Headers, query: QueryParams) -> Identity | Disconnect:
+    """Who a new connection is, or why it is refused: the same checks on every transport
+    (origin, drain, ``--max-connections``, admission, identity)."""
+    if not origin_allowed(headers, gw.settings.allowed_origins):
+        return disconnects.ORIGIN
+    if gw.draining:
+        return disconnects.DRAIN
+    if len(gw.hub) >= gw.settings.max_connections:
+        gw.metrics.limit_hits.labels(limit="connections").inc()
+        return disconnects.POD_FULL
+    if gw.admission is not None and not gw.admission.allow():
+        gw.metrics.limit_hits.labels(limit="connect_rate").inc()
+        return disconnects.ADMISSION
+    try:
+        return gw.auth.authenticate(query, headers)
+    except AuthError as exc:
+        log.info("pod=%s auth refused: %s", gw.pod_name, exc)
+        if exc.expired:
+            return disconnects.TOKEN_EXPIRED
+        return disconnects.UNAUTHORIZED.with_reason(str(exc))
+
+
 async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     """Accept (or refuse) one socket, then run its protocol until it closes."""
     s = gw.settings
@@ -74,32 +97,14 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
     first = await receive()
     if first["type"] != "websocket.connect":
         return
-
-    async def refuse(how: Disconnect) -> None:
+    ident = admit(gw, headers, query)
+    if isinstance(ident, Disconnect):
         # Accept, then close with a code and reason the client can read: a
         # rejected handshake would only show the browser a bare 1006.
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": how.code, "reason": how.reason})
-        gw.metrics.closed.labels(reason=how.label).inc()
-
-    if not origin_allowed(headers, s.allowed_origins):
-        return await refuse(disconnects.ORIGIN)
-    if gw.draining:
-        return await refuse(disconnects.DRAIN)
-    if len(gw.hub) >= s.max_connections:
-        gw.metrics.limit_hits.labels(limit="connections").inc()
-        return await refuse(disconnects.POD_FULL)
-    if gw.admission is not None and not gw.admission.allow():
-        gw.metrics.limit_hits.labels(limit="connect_rate").inc()
-        return await refuse(disconnects.ADMISSION)
-    try:
-        ident: Identity = gw.auth.authenticate(query, headers)
-    except AuthError as exc:
-        log.info("pod=%s auth refused: %s", gw.pod_name, exc)
-        if exc.expired:
-            return await refuse(disconnects.TOKEN_EXPIRED)
-        return await refuse(disconnects.UNAUTHORIZED.with_reason(str(exc)))
-
+        await send({"type": "websocket.close", "code": ident.code, "reason": ident.reason})
+        gw.metrics.closed.labels(reason=ident.label).inc()
+        return
     await send({"type": "websocket.accept"})
     transport = transport_for(send, gw.metrics.writes, raw_frames=not s.compression)
     writer = SocketWriter(transport, gw.metrics, s.send_buffer_messages, s.send_buffer_bytes)
@@ -108,7 +113,12 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
 
 
 class Session:
-    """The protocol of one accepted socket."""
+    """The protocol of one accepted connection, whatever carries it.
+
+    ``run`` is the whole life of a WebSocket; a stream (streams.py) overrides
+    ``serve``, because its client frames come from POSTs (emulation.py), not
+    from its own connection.
+    """
 
     def __init__(self, gw: Gateway, conn: Connection, ident: Identity) -> None:
         self.gw = gw
@@ -119,16 +129,26 @@ class Session:
     def reply(self, text: str) -> None:
         self.conn.send(control(text))
 
-    async def welcome(self, since: str | None) -> bool:
-        """Route the user here, replay what it missed, welcome it; False if it was closed."""
+    def welcome_fields(self) -> dict[str, Any]:
+        """What a transport adds to the welcome (a stream: its session token)."""
+        return {}
+
+    async def welcome(self, since: str | None, channels: Sequence[str] = ()) -> bool:
+        """Route the user (and ``channels``) here, replay what it missed, welcome it;
+        False if it was closed.
+
+        A stream names its channels in its request and resumes from one id: every
+        replay is read before any is sent, and they go out merged in publish order,
+        so the last id the client receives is where it resumes.
+        """
         gw, conn, ident = self.gw, self.conn, self.ident
         welcome: dict[str, Any] = {
             "type": "welcome",
             "pod": gw.pod_name,
             "conn": conn.id,
             "user": ident.user,
+            **self.welcome_fields(),
         }
-        replayed: list[Outgoing] = []
         refused: ProtocolError | None = None
         if since is not None:
             try:
@@ -144,22 +164,56 @@ class Session:
         target = Target("user", ident.user)
         if await self.until_closed(self.routed(target)) is None:
             return False
-        welcome["position"] = position_id(int(time.time() * 1000) - SKEW_MS)
-        if since is not None:
-            replay = await self.until_closed(self.replay("connect", since, target))
-            if replay is None:
+        welcome["position"] = position = position_id(int(time.time() * 1000) - SKEW_MS)
+        answers: list[dict[str, Any] | str] = []
+        joined: list[dict[str, Any]] = []
+        for channel in channels:
+            error = await self.until_closed(self.join(channel))
+            if conn.closing:
                 return False
-            if not replay.complete and replay.reason == UNAVAILABLE:
+            if error is None:
+                joined.append(self.subscribed(channel))
+                answers.append(joined[-1])
+            else:
+                answers.append(error)
+        replayed: list[Outgoing] = []
+        cursor = position
+        if since is not None:
+            replays = await self.until_closed(self.replays(since, target, joined))
+            if replays is None:
+                return False
+            if any(not r.complete and r.reason == UNAVAILABLE for r in replays):
                 # Nothing is skipped: the client comes back later with the same since.
                 conn.close(disconnects.UNRECOVERED)
                 return False
-            welcome.update(recovery_fields(replay))
-            replayed = replay_frames(replay.messages)
-        self.reply(encode(welcome))
+            welcome.update(recovery_fields(replays[0]))
+            for subscribed, replay in zip(joined, replays[1:], strict=True):
+                subscribed.update(recovery_fields(replay))
+            if all(r.complete for r in replays):
+                cursor = since
+            if len(replays) == 1:
+                replayed = replay_frames(replays[0].messages)
+            else:
+                # Stable: each replay keeps its own order.
+                merged = heapq.merge(*(r.messages for r in replays), key=lambda e: e.ts)
+                replayed = replay_frames(list(merged))
+        text = encode(welcome)
+        # The welcome names where the client resumes from (an SSE stream's ``id:``).
+        conn.send(Outgoing(text, len(text), Kind.CONTROL, cursor))
+        for answer in answers:
+            self.reply(answer if isinstance(answer, str) else encode(answer))
         if refused is not None:
             self.reply(error_frame(refused.code, refused.message))
         conn.release(replayed)
         return True
+
+    async def replays(self, since: str, user: Target, joined: list[dict[str, Any]]) -> list[Replay]:
+        """The user's replay, then each joined channel's (read together)."""
+        if not joined:
+            return [await self.replay("connect", since, user)]
+        steps = [self.replay("connect", since, user)]
+        steps += [self.replay("subscribe", since, Target("channel", j["channel"])) for j in joined]
+        return list(await asyncio.gather(*steps))
 
     async def routed(self, target: Target) -> bool:
         await self.gw.broker.routed(target)
@@ -181,41 +235,21 @@ class Session:
                 task.cancel()
         return task.result() if task.done() and not task.cancelled() else None
 
-    async def run(self, receive: Receive, since: str | None) -> None:
+    async def run(self, receive: Receive, since: str | None, channels: Sequence[str] = ()) -> None:
         """The whole session. The socket is registered for exactly as long as this runs."""
         gw, conn, ident = self.gw, self.conn, self.ident
         expiry: asyncio.TimerHandle | None = None
         how = disconnects.CLIENT
         gw.hub.add(conn)
         try:
-            await self.welcome(since)
+            await self.welcome(since, channels)
             if ident.expires_at is not None:
                 delay = max(0.0, ident.expires_at - time.time())
                 expiry = asyncio.get_running_loop().call_later(
                     delay, conn.close, disconnects.TOKEN_EXPIRED
                 )
             log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    if message.get("code") == disconnects.TOO_BIG.code:
-                        # uvicorn refused an oversized frame and closed the socket.
-                        how = disconnects.TOO_BIG
-                        gw.metrics.limit_hits.labels(limit="frame_size").inc()
-                    break
-                if conn.closing:
-                    continue
-                if not self.limiter.allow():
-                    gw.metrics.limit_hits.labels(limit="frame_rate").inc()
-                    text = message.get("text")
-                    channel = channel_of(text) if text is not None else None
-                    self.reply(error_frame("rate_limited", "too many frames per second", channel))
-                    continue
-                text = message.get("text")
-                if text is None:
-                    self.reply(error_frame("binary_unsupported", "binary frames are not supported"))
-                    continue
-                await self.handle_text(text)
+            how = await self.serve(receive)
         except BindTimeout as exc:
             log.warning("pod=%s conn=%s user=%s closed: %s", gw.pod_name, conn.id, conn.user, exc)
             conn.close(disconnects.UNROUTED)
@@ -232,6 +266,32 @@ class Session:
             log.debug(
                 "pod=%s conn=%s closed (%s)", gw.pod_name, conn.id, (conn.disconnect or how).label
             )
+
+    async def serve(self, receive: Receive) -> Disconnect:
+        """Read the WebSocket's frames until it closes; how it closed."""
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                if message.get("code") == disconnects.TOO_BIG.code:
+                    # uvicorn refused an oversized frame and closed the socket.
+                    self.gw.metrics.limit_hits.labels(limit="frame_size").inc()
+                    return disconnects.TOO_BIG
+                return disconnects.CLIENT
+            await self.on_frame(message.get("text"))
+
+    async def on_frame(self, text: str | None) -> None:
+        """One client frame (None: a binary one), from the socket or posted to a stream."""
+        if self.conn.closing:
+            return
+        if not self.limiter.allow():
+            self.gw.metrics.limit_hits.labels(limit="frame_rate").inc()
+            channel = channel_of(text) if text is not None else None
+            self.reply(error_frame("rate_limited", "too many frames per second", channel))
+            return
+        if text is None:
+            self.reply(error_frame("binary_unsupported", "binary frames are not supported"))
+            return
+        await self.handle_text(text)
 
     async def handle_text(self, text: str) -> None:
         try:
@@ -260,38 +320,43 @@ class Session:
             assert frame.target is not None
             await self.publish(frame.target, frame.data)
 
-    async def subscribe(self, channel: str, since: str | None) -> None:
+    async def join(self, channel: str) -> str | None:
+        """Subscribe to ``channel`` once the broker routes it here; None, or the error frame
+        that refuses it (the token's ``channels``, ``--max-subscriptions``, the broker)."""
         gw, conn, s = self.gw, self.conn, self.gw.settings
         if not self.ident.may_subscribe(channel):
-            self.reply(
-                error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
-            )
-            return
+            return error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
         if channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
             gw.metrics.limit_hits.labels(limit="subscriptions").inc()
-            self.reply(
-                error_frame(
-                    "too_many_subscriptions",
-                    f"at most {s.max_subscriptions} subscriptions per socket",
-                    channel,
-                )
+            return error_frame(
+                "too_many_subscriptions",
+                f"at most {s.max_subscriptions} subscriptions per socket",
+                channel,
             )
-            return
-        target = Target("channel", channel)
         gw.hub.subscribe(conn, channel)
         try:
-            await gw.broker.routed(target)
+            await gw.broker.routed(Target("channel", channel))
         except BindTimeout:
             gw.hub.unsubscribe(conn, channel)
-            self.reply(
-                error_frame("unavailable", "broker did not confirm the subscription", channel)
-            )
-            return
-        subscribed: dict[str, Any] = {
+            return error_frame("unavailable", "broker did not confirm the subscription", channel)
+        return None
+
+    @staticmethod
+    def subscribed(channel: str) -> dict[str, Any]:
+        return {
             "type": "subscribed",
             "channel": channel,
             "position": position_id(int(time.time() * 1000) - SKEW_MS),
         }
+
+    async def subscribe(self, channel: str, since: str | None) -> None:
+        gw, conn = self.gw, self.conn
+        error = await self.join(channel)
+        if error is not None:
+            self.reply(error)
+            return
+        target = Target("channel", channel)
+        subscribed = self.subscribed(channel)
         if since is None:
             self.reply(encode(subscribed))
             return
