@@ -86,7 +86,7 @@ class Options:
     drain_window: float = float(default_of("drain_window"))
     grace: float = 0.0  # SIGTERM to SIGKILL; 0: drain delay + window + 10 (the operator's)
     warmup: float = 5.0  # seconds of publishing at rest before the deploy
-    settle: float = 120.0  # deadline for every client to be back after the crash
+    settle: float = 0.0  # deadline for everyone to be back after the crash; 0: by size
     tail: float = 3.0  # seconds of publishing after everyone is back
     pad: int = 200
     inflight: int = 8
@@ -296,7 +296,8 @@ class Deploy:
         t_kill = time.time()
         if o.kill:
             self._crash()
-        back = self.wait(lambda p: p["connected"] >= o.sockets, o.settle, "everyone back")
+        settle = o.settle or max(120.0, o.sockets / 200)
+        back = self.wait(lambda p: p["connected"] >= o.sockets, settle, "everyone back")
         t_back = time.time()
         time.sleep(o.tail)  # the last messages are published to settled clients
         published = self.pub.one(0, "publish_stop")
