@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from . import api
 from .gateway import Gateway
 from .session import websocket_session
+from .streams import Streams
 
 _NOT_ALLOWED = JSONResponse(
     {"error": "method_not_allowed", "message": "use POST"},
@@ -46,10 +47,15 @@ class GatewayApp:
         self.state = http.state
         self.ws = surface != "internal"
         self.api = surface != "public"
+        self.streams = Streams(gateway)
+        #: ``/sse``, ``/stream``, ``/emulation`` (what --sse and --http-stream leave on).
+        self.stream_paths = self.streams.paths if self.ws else frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws" and self.ws:
             await websocket_session(self.gateway, scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in self.stream_paths:
+            await self.streams(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/api/publish" and self.api:
             if scope["method"] == "POST":
                 await api.publish_asgi(self.gateway, scope, receive, send)

@@ -299,6 +299,23 @@ class Settings:
         "(keep it at or below `--max-connects-per-second`; 0: the window alone)",
         float,
     )
+    sse: bool = setting(
+        True,
+        "serve Server-Sent Events at `GET /sse` (see [HTTP streams](#http-streams))",
+        envvars.parse_bool,
+    )
+    http_stream: bool = setting(
+        True,
+        "serve newline-delimited JSON streams at `GET /stream`; with either stream on, "
+        "`POST /emulation` takes the streams' client frames",
+        envvars.parse_bool,
+    )
+    stream_keepalive: float = setting(
+        15.0,
+        "seconds an idle HTTP stream waits before a keep-alive (an SSE comment, an empty "
+        "NDJSON line) so proxies do not cut it; 0: none",
+        float,
+    )
     compression: bool = setting(
         False, "per-message deflate (see [performance](docs/performance.md))", envvars.parse_bool
     )
@@ -340,6 +357,8 @@ class Settings:
             raise ValueError("--max-connects-per-second must be >= 0 (0: no limit)")
         if self.drain_delay < 0 or self.drain_window < 0 or self.drain_rate < 0:
             raise ValueError("--drain-delay, --drain-window and --drain-rate must be >= 0")
+        if self.stream_keepalive < 0:
+            raise ValueError("--stream-keepalive must be >= 0 (0: none)")
         self._validate_webhooks()
 
     def _validate_webhooks(self) -> None:

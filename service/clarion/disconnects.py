@@ -155,6 +155,20 @@ ALL: tuple[Disconnect, ...] = (
     ORIGIN,
     DISCONNECTED,
 )
+
+
+def action_for(code: int, reason: str = "") -> str:
+    """What a client does after a close with ``code`` and ``reason`` (a stream's last frame
+    says it): the disconnect of that reason, else the first of that code."""
+    same = [d for d in ALL if d.code == code]
+    for d in same:
+        if d.reason == reason:
+            return d.action
+    if same:
+        return same[0].action
+    return "reconnect with backoff and `since`" if code < 4500 else "stop"
+
+
 #: Every label ``clarion_connections_closed_total`` can carry.
 LABELS: tuple[str, ...] = tuple(dict.fromkeys(d.label for d in ALL))
 

@@ -21,6 +21,8 @@ from .auth import Authenticator, JwtAuth, NoAuth
 from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
 from .config import Settings, drain_seconds
 from .disconnects import Disconnect
+from .emulation import COMMANDS as EMULATION_COMMANDS
+from .emulation import Emulation
 from .hub import Hub
 from .idempotency import Idempotency
 from .metrics import Metrics
@@ -73,6 +75,8 @@ class Gateway:
             settings.presence_interval,
             settings.presence_timeout,
         )
+        #: The HTTP streams' sessions, and their posted frames (streams.py, emulation.py).
+        self.emulation = Emulation(self.pod_name, self._publish_command, self.presence.alive)
         self.webhooks: Webhooks | None = None
         kinds = {"member"} if settings.join_leave else set()
         if settings.webhook_url is not None:
@@ -210,6 +214,9 @@ class Gateway:
         if env.command in OCCUPANCY_COMMANDS:
             if self.occupancy is not None:
                 self.occupancy.on_command(env)
+            return 0
+        if env.command in EMULATION_COMMANDS:
+            self.emulation.on_command(env)
             return 0
         args = orjson.loads(env.body)
         user = env.target.name or ""

@@ -203,6 +203,22 @@ class Metrics:
             "Routing keys whose bind or unbind failed (tried again)",
             registry=r,
         )
+        self.stream_connections = Gauge(
+            names.M_STREAM_CONNECTIONS,
+            "Open HTTP streams, by transport (sse, http_stream); each is also counted in "
+            "clarion_connections, and WebSockets are the rest",
+            ["transport"],
+            registry=r,
+        )
+        self.emulation_posts = Counter(
+            names.M_EMULATION_POSTS,
+            "POST /emulation answers by HTTP status (202 taken by the holding pod, 403 a token "
+            "not issued for the connection, 404 unknown connection, 429, 503, 504)",
+            ["status"],
+            registry=r,
+        )
+        for transport in ("sse", "http_stream"):
+            self.stream_connections.labels(transport=transport)
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))

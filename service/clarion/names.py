@@ -70,6 +70,8 @@ M_BIND_SECONDS = "clarion_bind_seconds"
 M_BIND_ERRORS = "clarion_bind_errors"
 #: Frames written to sockets, by transport path (fast or asgi).
 M_SOCKET_WRITES = "clarion_socket_writes"
+M_STREAM_CONNECTIONS = "clarion_stream_connections"
+M_EMULATION_POSTS = "clarion_emulation_posts"
 
 # Operator metrics.
 M_OP_DESIRED = "clarion_operator_desired_replicas"

@@ -144,9 +144,20 @@ class Envelope:
 
 #: Commands a pod publishes to every pod: ``disconnect`` closes a user's sockets;
 #: ``hello`` ... ``presence_reply`` are presence.py's (membership and the scatter-gather
-#: of presence queries), ``occupancy`` and ``joinleave`` occupancy.py's.
+#: of presence queries), ``occupancy`` and ``joinleave`` occupancy.py's, ``emulate`` and
+#: ``emulate_reply`` emulation.py's (a stream's posted frames, to the pod holding it).
 COMMANDS = frozenset(
-    {"disconnect", "hello", "bye", "presence", "presence_reply", "occupancy", "joinleave"}
+    {
+        "disconnect",
+        "hello",
+        "bye",
+        "presence",
+        "presence_reply",
+        "occupancy",
+        "joinleave",
+        "emulate",
+        "emulate_reply",
+    }
 )
 
 
