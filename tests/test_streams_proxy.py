@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +25,14 @@ import websockets
 from testkit.net import free_port
 
 from .sseclient import Stream
-from .support import GatewayProcess, Vhost, running_pods, wait_for_sync
+from .support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    GatewayProcess,
+    Vhost,
+    running_pods,
+    wait_for_sync,
+)
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -138,3 +146,66 @@ async def test_websocket_is_refused_and_the_stream_works_through_the_proxy(
             await s.until(lambda: s.data() == [0, 1], 5, "both messages")
     finally:
         await s.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_plain_eventsource_recovers_across_a_pod_kill_through_the_proxy(
+    browser: Any, module_vhost: Vhost, tmp_path: Path
+) -> None:
+    """No Clarion client: the browser's own EventSource, its own reconnect, Last-Event-ID."""
+    args = ["--auth", "none", "--api-key", "k"]
+    user = f"es-{uuid.uuid4().hex[:6]}"
+    with running_pods("es", 2, 80, module_vhost.amqp_url, tmp_path, args=args) as pods:
+        with Nginx(tmp_path, pods, buffering=True) as proxy:
+            page = browser.new_page()
+            page.goto(f"{proxy.url}/healthz")  # same origin as the stream
+            page.evaluate(
+                """(url) => {
+                  window.got = []; window.pods = [];
+                  const es = new EventSource(url);
+                  es.onmessage = (e) => {
+                    const f = JSON.parse(e.data);
+                    if (f.type === "message") window.got.push(f.data);
+                    if (f.type === "welcome") window.pods.push(f.pod);
+                  };
+                }""",
+                f"/sse?user={user}",
+            )
+            page.wait_for_function("window.pods.length === 1", timeout=10_000)
+            holder = next(p for p in pods if p.pod_name == page.evaluate("window.pods[0]"))
+            other = next(p for p in pods if p is not holder)
+
+            def send(i: int) -> None:
+                r = httpx.post(
+                    f"{other.http_url}/api/publish",
+                    json={"user": user, "data": i},
+                    headers={"Authorization": "Bearer k"},
+                    timeout=10,
+                )
+                assert r.status_code == 202
+
+            send(0)
+            page.wait_for_function("window.got.length === 1", timeout=10_000)
+            holder.kill()
+            for i in range(1, 6):  # published while the browser has no stream
+                send(i)
+            page.wait_for_function("window.pods.length === 2", timeout=20_000)
+            send(6)
+            page.wait_for_function("window.got.length >= 7", timeout=10_000)
+            assert page.evaluate("window.got") == list(range(7))  # each once, in order
+            assert page.evaluate("window.pods[1]") == other.pod_name
+            page.close()
