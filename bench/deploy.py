@@ -388,6 +388,7 @@ class Deploy:
         first: dict[tuple[int, str], float] = {}
         raw = 0
         attempt: list[float] = []
+        upgrade: list[float] = []
         gaps: list[float] = []
         welcomes_t: list[float] = []
         for k in range(len(self.clients.pipes)):
@@ -397,6 +398,7 @@ class Deploy:
                 if key not in first or t < first[key]:
                     first[key] = t
             attempt += self.clients.take(k, "attempt_s")
+            upgrade += self.clients.take(k, "upgrade_s")
             gaps += self.clients.take(k, "gap_s")
             welcomes_t += self.clients.take(k, "welcome_t")
         p = self.progress()
@@ -436,6 +438,8 @@ class Deploy:
             failed_attempts=dict(p["failures"]),
             attempt_p50_s=_s(percentile(attempt, 0.5)),
             attempt_p99_s=_s(percentile(attempt, 0.99)),
+            upgrade_p50_s=_s(percentile(upgrade, 0.5)),
+            upgrade_p99_s=_s(percentile(upgrade, 0.99)),
             gap_p50_s=_s(percentile(gaps, 0.5)),
             gap_p99_s=_s(percentile(gaps, 0.99)),
             longest_gap_s=_s(p["longest_gap"]),
@@ -476,6 +480,8 @@ FIGURES = [
     ("failed_attempts", "failed attempts"),
     ("attempt_p50_s", "attempt -> welcome p50 s"),
     ("attempt_p99_s", "attempt -> welcome p99 s"),
+    ("upgrade_p50_s", "  of which attempt -> 101 p50 s"),
+    ("upgrade_p99_s", "  of which attempt -> 101 p99 s"),
     ("gap_p50_s", "close -> welcome p50 s"),
     ("gap_p99_s", "close -> welcome p99 s"),
     ("longest_gap_s", "longest without a connection s"),

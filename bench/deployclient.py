@@ -56,13 +56,14 @@ def _noop(client: WSClient, ok: bool) -> None:
 class Conn(WSClient):
     """One connection of a ``Client``; reports frames and its end to it."""
 
-    __slots__ = ("code", "owner", "port")
+    __slots__ = ("code", "owner", "port", "upgraded_at")
 
     def __init__(self, owner: Client, host: str, port: int, path: str) -> None:
         super().__init__(f"{host}:{port}", path, "clarion", owner.fleet.wsstats, _noop)
         self.owner = owner
         self.port = port
         self.code: int | None = None
+        self.upgraded_at = 0.0  # when the 101 arrived
         # Its owner's connection from now on: the welcome may be read before
         # create_connection() returns (uvloop calls data_received first).
         owner.conn = self
@@ -71,6 +72,11 @@ class Conn(WSClient):
         if b0 & 0x0F == OP_CLOSE and self.code is None:
             self.code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
         super()._frame(b0, payload)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            self.upgraded_at = time.time()
+        super().data_received(data)
 
     def _message(self, text: str) -> None:
         self.owner.on_text(self, text)
@@ -237,9 +243,11 @@ class Fleet:
         self.rec_idx = array("i")
         self.rec_id: list[str] = []
         self.rec_t = array("d")
-        # Every welcome: when, attempt start -> welcome, and (reconnects) close -> welcome.
+        # Every welcome: when, attempt start -> welcome, attempt start -> 101 (the rest
+        # is the pod's: the binding, the replay), and (reconnects) close -> welcome.
         self.welcome_t = array("d")
         self.attempt_s = array("d")
+        self.upgrade_s = array("d")
         self.gap_s = array("d")
         # Every welcomed connection: user, pod port, welcome and close time (0: open).
         self.conn_idx = array("i")
@@ -252,6 +260,8 @@ class Fleet:
         self.welcomes += 1
         self.welcome_t.append(now)
         self.attempt_s.append(now - client.attempt_t)
+        assert client.conn is not None
+        self.upgrade_s.append(client.conn.upgraded_at - client.attempt_t)
         if client.down_since:
             gap = now - client.down_since
             self.gap_s.append(gap)
@@ -261,7 +271,6 @@ class Fleet:
             self.missed += int(frame.get("missed") or 0)
             if frame.get("recovered") is False:
                 self.not_recovered[str(frame.get("reason"))] += 1
-        assert client.conn is not None
         self.conn_of[client.idx] = len(self.conn_idx)
         self.conn_idx.append(client.idx)
         self.conn_port.append(client.conn.port)
