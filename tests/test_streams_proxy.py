@@ -26,13 +26,12 @@ from testkit.net import free_port
 
 from .sseclient import Stream
 from .support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     GatewayProcess,
     Vhost,
     running_pods,
     wait_for_sync,
 )
+from .test_browser import browser  # noqa: F401 (the module's Chromium, shared)
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -148,23 +147,11 @@ async def test_websocket_is_refused_and_the_stream_works_through_the_proxy(
         await s.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not installed")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 @pytest.mark.timeout(90)
 def test_a_plain_eventsource_recovers_across_a_pod_kill_through_the_proxy(
-    browser: Any, module_vhost: Vhost, tmp_path: Path
+    browser: Any,  # noqa: F811 (the fixture imported above)
+    module_vhost: Vhost,
+    tmp_path: Path,
 ) -> None:
     """No Clarion client: the browser's own EventSource, its own reconnect, Last-Event-ID."""
     args = ["--auth", "none", "--api-key", "k"]
