@@ -160,7 +160,13 @@ async def test_channel_subscribe_and_unsubscribe_across_pods(cluster: Cluster) -
     try:
         for c in (sub_a, sub_c):
             await c.send({"type": "subscribe", "channel": "news"})
-            await c.wait_frame(lambda f: f == {"type": "subscribed", "channel": "news"})
+            await c.wait_frame(
+                lambda f: (
+                    isinstance(f, dict)
+                    and (f.get("type"), f.get("channel")) == ("subscribed", "news")
+                    and "position" in f
+                )
+            )
         cluster.publish(cluster.b, {"channel": "news", "data": "n1"})
         await _sentinel(cluster, clients)
         assert (_count(sub_a, "n1"), _count(sub_c, "n1"), _count(bystander, "n1")) == (1, 1, 0)
