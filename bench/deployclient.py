@@ -3,7 +3,8 @@
 Each client is one user who behaves as the README's recovery recipe says: on
 any close it reconnects to a random *live* pod after a random 0-1 s (after
 1011 or 1013: at least 2 s, randomised, doubling up to about 10 s), with
-``?since=<greatest message id received>``, reads the welcome's ``recovered``,
+``?since=<greatest message id received>`` (or the welcome's ``position`` while
+nothing is owed: ``advance_since``), reads the welcome's ``recovered``,
 ``missed`` and ``reason``, and drops duplicates by id. A socket is a bare
 ``asyncio.Protocol`` (``bench.wsclient.WSClient``), so one process holds
 10,000 of them; each process binds its sockets to a source address of its own
@@ -31,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from clarion.client.subscriber import advance_since
 from testkit.websocket import OP_CLOSE
 
 from .loadgen import LoadGen, Worker, raise_nofile
@@ -165,6 +167,7 @@ class Client:
             self.welcomed = True
             self.backoff = 0
             fleet.on_welcome(self, frame, now)
+            self.last_id = advance_since(self.last_id, frame)
             return
         frame = orjson.loads(text)
         if frame.get("type") != "message":

@@ -185,3 +185,16 @@ async def test_a_batch_matches_each_request_its_own_target() -> None:
     for t, r in zip(targets, results, strict=True):
         assert r.complete
         assert r.messages == [e for e in envs[8:] if wanted(t, e)]
+
+
+async def test_a_window_reaches_as_far_back_as_replays_asked() -> None:
+    # Clients idle for minutes come back with old since values: the window must keep
+    # what was read for them, or every batch reads the stream again.
+    now = int(time.time() * 1000)
+    envs = stream(40, first_ts=now - 300_000)  # five minutes ago
+    h = History(envs)
+    replays = Replays(h.read, h.start)
+    for i in (1, 2, 3):
+        r = await replays.replay(envs[i].id, U[0])
+        assert r.complete and r.messages == [e for e in envs[i + 1 :] if user("u0")(e)]
+    assert replays.full_reads == 1

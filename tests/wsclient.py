@@ -154,7 +154,8 @@ class User:
         self.channels = list(channels)
         self.ids: list[str] = []  # received message ids, in arrival order
         self.data: list[Any] = []
-        self.last_id: str | None = None  # the greatest id received
+        #: The greatest id received (the first welcome's position until one arrives).
+        self.last_id: str | None = None
         self.welcomes: list[dict[str, Any]] = []
         self.subscribed: list[dict[str, Any]] = []
         self.reconnects = 0
@@ -169,7 +170,11 @@ class User:
             self.reconnects += 1
         self.client = client = await Client.connect(url, self.name)
         self._seen = 0
-        self.welcomes.append(await client.wait_welcome(timeout))
+        welcome = await client.wait_welcome(timeout)
+        self.welcomes.append(welcome)
+        if self.last_id is None:
+            # Nothing received yet: recover from the welcome's position (the recipe).
+            self.last_id = welcome.get("position")
         for n, channel in enumerate(self.channels, 1):
             frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
             if since:

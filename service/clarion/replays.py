@@ -202,17 +202,19 @@ class _Window:
         if first_reading(self.seen, env):
             self.messages.append(env)
 
-    def trim(self, keep_ms: int, max_messages: int) -> None:
-        """Forget what is older than ``keep_ms`` ago, and the oldest beyond ``max_messages``."""
-        cut = int(time.time() * 1000) - keep_ms
-        drop = 0
-        msgs = self.messages
-        while drop < len(msgs) and (msgs[drop].ts < cut or len(msgs) - drop > max_messages):
-            drop += 1
-        if drop == 0:
+    def trim(self, max_messages: int) -> None:
+        """Forget the oldest messages beyond ``max_messages``.
+
+        Not by age: the window reaches as far back as the replays asked (a client
+        idle for minutes comes back with an old ``since``); trimming it by age made
+        every such request read the stream again (issue 19).
+        """
+        drop = len(self.messages) - max_messages
+        if drop <= 0:
             return
+        msgs = self.messages
         # Everything still here was published at or after the newest time dropped.
-        self.from_ms = max(self.from_ms, cut, *(e.ts + 1 for e in msgs[:drop]))
+        self.from_ms = max(self.from_ms, *(e.ts + 1 for e in msgs[:drop]))
         self.messages = msgs[drop:]
         self.seen = set()
         for env in self.messages:
@@ -230,8 +232,8 @@ class Replays:
         on_read: Callable[[int, float, bool], None] | None = None,
         *,
         read_timeout: float = 10.0,
-        keep: float = 60.0,
-        max_messages: int = 200_000,
+        keep: float = 30.0,
+        max_messages: int = 100_000,
     ) -> None:
         self._read = read
         self._history_start = history_start
@@ -239,7 +241,7 @@ class Replays:
         self.timeout = timeout
         #: How long one read of the stream may take before it is tried again.
         self.read_timeout = min(read_timeout, timeout)
-        #: Seconds an unused window is kept, and how far back it reaches.
+        #: Seconds an unused window is kept; how many messages it holds at most.
         self.keep = keep
         self.max_messages = max_messages
         #: Told (requests served, seconds, complete) after each read: the metrics.
@@ -324,7 +326,7 @@ class Replays:
         for r in batch:
             if not r.done.done():
                 r.done.set_result(r.collector.result(history_start))
-        window.trim(int(self.keep * 1000), self.max_messages)
+        window.trim(self.max_messages)
         return True
 
     async def _extend(self, window: _Window | None, start: int) -> _Window | None:

@@ -37,6 +37,18 @@ type Timer = ReturnType<typeof setTimeout>;
 const MESSAGE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
+ * Where the next reconnect recovers from, after a welcome or a `subscribed`: its
+ * `position` once nothing is owed before it (nothing received yet, or recovered with
+ * nothing missed), so a client idle for long does not come back with an old `since`.
+ */
+function advance(lastId: string | null, frame: ServerFrame): string | null {
+  const position = frame.position;
+  if (typeof position !== "string" || !MESSAGE_ID.test(position)) return lastId;
+  const owed = lastId !== null && !(frame.recovered === true && Number(frame.missed ?? 0) === 0);
+  return owed || (lastId !== null && lastId >= position) ? lastId : position;
+}
+
+/**
  * A Clarion WebSocket client: one socket, reconnected by the close-code
  * policy in `CloseCodes`, recovering missed messages with `since`.
  *
@@ -317,10 +329,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
     const recovery = this.hadConnection;
     this.hadConnection = true;
-    // Nothing received yet: the welcome's position is where a reconnect recovers from.
-    if (this.lastId === null && typeof frame.position === "string" && MESSAGE_ID.test(frame.position)) {
-      this.lastId = frame.position;
-    }
+    this.lastId = advance(this.lastId, frame);
     // Before any listener runs: one that subscribes now sends its own frame, once.
     for (const sub of this.subs.values()) this.sendSubscribe(sub);
     this.setState("connected", 0, "welcome");
@@ -345,9 +354,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       "subscribed",
       (frame) => {
         if (this.subs.get(sub.channel) !== sub) return;
-        if (sub.lastId === null && typeof frame.position === "string" && MESSAGE_ID.test(frame.position)) {
-          sub.lastId = frame.position;
-        }
+        sub.lastId = advance(sub.lastId, frame);
         sub._setState("subscribed", "subscribed");
         if (typeof frame.recovered === "boolean") {
           sub._recovery({ recovered: frame.recovered, missed: Number(frame.missed ?? 0), since });

@@ -138,9 +138,13 @@ describe("subscriptions and recovery", () => {
     server.last.serverClose(1001, "draining: reconnect");
     await timeToNextSocket(server.sockets);
     expect(server.last.params.get("since")).toBe(p1);
-    server.last.welcome({ recovered: true, missed: 0, position: m1 });
+    server.last.welcome({ recovered: true, missed: 2, position: m1 });
     expect(server.last.frames("subscribe")).toEqual([{ type: "subscribe", channel: "a", since: p2 }]);
-    expect(client.lastId).toBe(p1); // a later position does not replace what it has
+    expect(client.lastId).toBe(p1); // two messages are owed: their ids move it on
+    server.last.serverClose(1001, "draining: reconnect");
+    await timeToNextSocket(server.sockets);
+    server.last.welcome({ recovered: true, missed: 0, position: m1 });
+    expect(client.lastId).toBe(m1); // caught up: the next reconnect starts from here
     client.close();
   });
 

@@ -57,8 +57,18 @@ log = logging.getLogger("clarion.client")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _is_id(value: object) -> bool:
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
+def advance_since(last_id: str | None, frame: dict[str, Any]) -> str | None:
+    """Where the next reconnect recovers from after a welcome or ``subscribed``: its
+    ``position`` once nothing is owed before it (nothing received yet, or recovered
+    with nothing missed), so a client idle for long does not come back with an old
+    ``since``."""
+    position = frame.get("position")
+    if not isinstance(position, str) or _ID.fullmatch(position) is None:
+        return last_id
+    caught_up = frame.get("recovered") is True and not frame.get("missed")
+    if last_id is not None and (not caught_up or last_id >= position):
+        return last_id
+    return position
 
 
 class Subscriber:
@@ -329,9 +339,7 @@ class Subscriber:
         self.info = {k: frame.get(k) for k in ("pod", "conn", "user")}
         recovery = self._had_connection
         self._had_connection = True
-        if self.last_id is None and _is_id(frame.get("position")):
-            # Nothing received yet: where a reconnect recovers from.
-            self.last_id = frame["position"]
+        self.last_id = advance_since(self.last_id, frame)
         if isinstance(frame.get("recovered"), bool):
             self._push(Recovery(frame["recovered"], int(frame.get("missed") or 0), self.last_id))
         elif recovery:
@@ -392,8 +400,7 @@ class Subscriber:
         if ch is None:
             return
         ch.pending = False
-        if ch.since is None and _is_id(frame.get("position")):
-            ch.since = frame["position"]
+        ch.since = advance_since(ch.since, frame)
         recovery = ch.subscribed_once
         ch.subscribed_once = True
         if isinstance(frame.get("recovered"), bool):
