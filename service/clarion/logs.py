@@ -1,7 +1,8 @@
 """Logging for a pod: one format, and no secret ever reaches a log line.
 
 Browsers send their JWT in ``?token=`` (they cannot set headers on a
-WebSocket), and uvicorn logs every WebSocket's path with its query string; an
+WebSocket), and uvicorn logs every WebSocket's path with its query string; at
+debug level websockets logs a handshake's headers (cookies, authorization); an
 AMQP URL carries a password. ``RedactSecrets`` rewrites both wherever a record
 comes from (Clarion, uvicorn, websockets, aio-pika), on every handler.
 """
@@ -18,12 +19,17 @@ _QUERY_SECRET = re.compile(r"(?i)\b((?:access_)?token|api_key|apikey|key|passwor
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
 #: ``Authorization: Bearer ...``
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+#: Headers whose whole value is a secret (websockets logs a handshake's headers at debug).
+_HEADER_SECRET = re.compile(
+    r"(?im)\b((?:set-)?cookie|(?:proxy-)?authorization|x-clarion-signature):[ \t]*[^\r\n]+"
+)
 REDACTED = "REDACTED"
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def redact(text: str) -> str:
+    text = _HEADER_SECRET.sub(lambda m: f"{m.group(1)}: {REDACTED}", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
     return _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
