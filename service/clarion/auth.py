@@ -61,15 +61,31 @@ class Identity:
     #: Patterns of the channels this socket may subscribe to; None: any channel.
     channel_patterns: tuple[str, ...] | None = None
     expires_at: float | None = None  # unix seconds
+    #: Who vouched for it: ``jwt`` (a token), ``proxy`` (the connect proxy), ``none``.
+    via: str = "jwt"
+    #: Channels the backend subscribed it to (connect proxy): joined at the welcome.
+    subscribe: tuple[str, ...] = ()
+    #: The backend's connection info (connect proxy), passed on to the refresh proxy.
+    info: Any = None
 
     def may_subscribe(self, channel: str) -> bool:
-        if self.channel_patterns is None:
+        if self.channel_patterns is None or channel in self.subscribe:
             return True
         return any(channel_pattern(p).match(channel) for p in self.channel_patterns)
 
 
 class Authenticator(Protocol):
     def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Identity: ...
+
+    def refresh(self, token: str, current: Identity) -> Identity:
+        """The rights of a token sent in band (a ``refresh`` frame); AuthError if it is not
+        one this connection may take (invalid, expired, another user's)."""
+        ...
+
+
+def has_token(query: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    """Whether the request carries a token (``?token=`` or ``Authorization: Bearer``)."""
+    return bool(query.get("token")) or bearer(headers) is not None
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -87,7 +103,10 @@ class NoAuth:
         user = query.get("user") or f"anon-{secrets.token_hex(4)}"
         if len(user) > MAX_NAME_LENGTH:
             raise AuthError(f"user id longer than {MAX_NAME_LENGTH} characters")
-        return Identity(user=user)
+        return Identity(user=user, via="none")
+
+    def refresh(self, token: str, current: Identity) -> Identity:
+        raise AuthError("this gateway takes no tokens (--auth none): nothing to refresh")
 
 
 class JwtAuth:
@@ -122,6 +141,18 @@ class JwtAuth:
         token = query.get("token") or bearer(headers)
         if not token:
             raise AuthError("missing token (?token= or Authorization: Bearer)")
+        return self.check(token)
+
+    def refresh(self, token: str, current: Identity) -> Identity:
+        """The same checks as at connect, and the same ``sub``: a connection never changes
+        hands."""
+        ident = self.check(token)
+        if ident.user != current.user:
+            raise AuthError("token is for another user ('sub' differs from the connection's)")
+        return ident
+
+    def check(self, token: str) -> Identity:
+        """A token's identity and rights, or AuthError saying why not."""
         claims = self._decode(token)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_NAME_LENGTH:

@@ -276,6 +276,71 @@ class Settings:
         0.5, "seconds before the first retry; doubled each time, at most 30", float
     )
     webhook_timeout: float = setting(5.0, "seconds a webhook POST may take", float)
+    refresh_grace: float = setting(
+        0.0,
+        "seconds a connection outlives its token's `exp` (or the connect proxy's `expire_at`) "
+        "waiting for a `refresh` frame (or the refresh proxy) before it is closed 4001 "
+        "(4002, 1013)",
+        float,
+    )
+    connect_proxy: str | None = setting(
+        None,
+        "the backend URL that authenticates connections (`http://` or `https://`): the pod "
+        "POSTs the allowed headers and cookies and the client's `?data=`, signed, and the "
+        "answer says who it is and what it may do. See [connect proxy](#connect-proxy)",
+        _optional,
+        doc_default="none: off",
+        secret=True,
+    )
+    connect_proxy_mode: str = setting(
+        "no-token",
+        "`no-token` (only connections without a token go to the connect proxy; a token is "
+        "checked as always) or `always` (every connection, a token is not looked at)",
+        _choice("no-token", "always"),
+    )
+    refresh_proxy: str | None = setting(
+        None,
+        "the backend URL that renews a connection the connect proxy let in, when its "
+        "`expire_at` comes (needs `--connect-proxy`); unset: such a connection is closed 4002 "
+        "then and the client reconnects through the connect proxy",
+        _optional,
+        doc_default="none: off",
+        secret=True,
+    )
+    proxy_secret: str | None = setting(
+        None,
+        "HMAC-SHA256 key of the proxies' `X-Clarion-Signature` (as webhooks'; required with "
+        "a proxy URL)",
+        _optional,
+        doc_default="—",
+        secret=True,
+    )
+    proxy_headers: list[str] = setting(
+        [],
+        "request headers passed to the connect proxy (comma-separated allow-list, any case); "
+        "`Cookie` is not one of them: name the cookies in `--proxy-cookies`",
+        envvars.parse_list,
+        doc_default="none",
+    )
+    proxy_cookies: list[str] = setting(
+        [],
+        "cookies passed to the connect proxy (comma-separated allow-list of names); the others "
+        "never leave the pod",
+        envvars.parse_list,
+        doc_default="none",
+    )
+    proxy_timeout: float = setting(
+        2.0,
+        "seconds a proxy call may take, waiting for a free slot included; then the connection "
+        "is closed 1013 (`proxy_unavailable`)",
+        float,
+    )
+    proxy_concurrency: int = setting(
+        64,
+        "proxy calls in flight from one pod at most (the rest wait, within `--proxy-timeout`): "
+        "a reconnect storm cannot become a backend outage",
+        int,
+    )
     join_leave: bool = setting(
         False,
         "send `join`/`leave` frames to a channel's subscribers when a user's first socket in "
@@ -360,6 +425,32 @@ class Settings:
         if self.stream_keepalive < 0:
             raise ValueError("--stream-keepalive must be >= 0 (0: none)")
         self._validate_webhooks()
+        self._validate_proxies()
+
+    def _validate_proxies(self) -> None:
+        if self.refresh_grace < 0:
+            raise ValueError("--refresh-grace must be >= 0")
+        for flag, url in (
+            ("--connect-proxy", self.connect_proxy),
+            ("--refresh-proxy", self.refresh_proxy),
+        ):
+            if url is not None:
+                webhooks.check_url(url, flag)
+        if self.refresh_proxy is not None and self.connect_proxy is None:
+            raise ValueError(
+                "--refresh-proxy renews connections the connect proxy let in: it needs "
+                "--connect-proxy"
+            )
+        if (self.connect_proxy or self.refresh_proxy) and not self.proxy_secret:
+            raise ValueError(
+                "--connect-proxy needs --proxy-secret (the backend verifies the signature)"
+            )
+        if any(h.strip().lower() == "cookie" for h in self.proxy_headers):
+            raise ValueError(
+                "--proxy-headers cannot pass Cookie whole: name the cookies in --proxy-cookies"
+            )
+        if self.proxy_timeout <= 0 or self.proxy_concurrency <= 0:
+            raise ValueError("--proxy-timeout and --proxy-concurrency must be positive")
 
     def _validate_webhooks(self) -> None:
         unknown = sorted(set(self.webhook_events) - set(webhooks.EVENTS))

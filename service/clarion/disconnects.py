@@ -109,7 +109,7 @@ TOKEN_EXPIRED = Disconnect(
     "token expired",
     "token_expired",
     "get a new token, then reconnect with `since`",
-    "the token's `exp` passed",
+    "the token's `exp` (plus `--refresh-grace`) passed and no valid `refresh` frame came",
 )
 #: A missing or invalid token (the reason says which).
 UNAUTHORIZED = Disconnect(
@@ -126,6 +126,36 @@ ORIGIN = Disconnect(
     "origin",
     "stop",
     "the page's `Origin` is not in `--allowed-origins`",
+)
+
+#: --connect-proxy / --refresh-proxy: the backend did not answer usably (down, slow, 5xx,
+#: garbage). Nobody is let in without its answer: the client comes back later.
+PROXY_UNAVAILABLE = Disconnect(
+    1013,
+    "auth backend unavailable: try again later",
+    "proxy_unavailable",
+    "reconnect with backoff, at least 2 s, and `since`",
+    "`--connect-proxy` or `--refresh-proxy` did not answer within `--proxy-timeout`, answered "
+    "5xx, a redirect or no valid answer, or `--proxy-concurrency` calls were waiting: nobody "
+    "is let in without the backend's yes",
+)
+#: A connection the connect proxy let in reached its expiry, and no refresh proxy renewed it.
+SESSION_EXPIRED = Disconnect(
+    4002,
+    "session expired: reconnect",
+    "session_expired",
+    BACKOFF,
+    "a connection let in by `--connect-proxy` reached the backend's `expire_at` (plus "
+    "`--refresh-grace`) and no `--refresh-proxy` renewed it",
+)
+#: The backend said no (connect or refresh proxy).
+DENIED = Disconnect(
+    4503,
+    "refused by the backend",
+    "denied",
+    "stop: the application refused this connection",
+    "`--connect-proxy` or `--refresh-proxy` answered no (the reason, prefixed `refused: `, is "
+    "the backend's)",
 )
 
 #: The backend disconnected this user (POST /api/disconnect); it may choose another code.
@@ -150,10 +180,13 @@ ALL: tuple[Disconnect, ...] = (
     ADMISSION,
     UNRECOVERED,
     SLOW_CLIENT,
+    PROXY_UNAVAILABLE,
     TOKEN_EXPIRED,
+    SESSION_EXPIRED,
     UNAUTHORIZED,
     ORIGIN,
     DISCONNECTED,
+    DENIED,
 )
 
 

@@ -31,6 +31,7 @@ from .occupancy import Key, Occupancy, event_name
 from .presence import COMMANDS as PRESENCE_COMMANDS
 from .presence import Presence
 from .protocol import Envelope, Publication, Target
+from .proxy import Proxies
 from .ratelimit import RateLimiter
 from .replays import Replays
 from .webhooks import Webhooks
@@ -111,6 +112,8 @@ class Gateway:
                 require_exp=settings.jwt_require_exp,
                 any_channel=settings.jwt_any_channel,
             )
+        #: The connect and refresh proxies (proxy.py; each None when off).
+        self.proxies = Proxies.from_settings(settings, self.metrics)
         #: New sockets admitted per second (``--max-connects-per-second``; None: no limit).
         self.admission = (
             RateLimiter(settings.max_connects_per_second)

@@ -20,6 +20,11 @@ from .transport import WriteCounts
 #: The answers of the publish API, pre-created at zero.
 PUBLISH_STATUSES = (202, 400, 401, 413, 503)
 
+#: The proxies, and what a call to one can end in.
+PROXIES = ("connect", "refresh")
+PROXY_RESULTS = ("allow", "deny", "timeout", "error")
+REFRESH_RESULTS = ("ok", "invalid", "expired", "proxy_ok", "proxy_denied", "proxy_unavailable")
+
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -219,6 +224,42 @@ class Metrics:
         )
         for transport in ("sse", "http_stream"):
             self.stream_connections.labels(transport=transport)
+        self.proxy_requests = Counter(
+            names.M_PROXY_REQUESTS,
+            "Calls to the connect and refresh proxies, by proxy and result (allow, deny, "
+            "timeout, error: unreachable, 5xx, redirect or no valid answer)",
+            ["proxy", "result"],
+            registry=r,
+        )
+        self.proxy_seconds = Histogram(
+            names.M_PROXY_SECONDS,
+            "Time a proxy call took, waiting for a free slot included",
+            ["proxy"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for proxy in PROXIES:
+            self.proxy_seconds.labels(proxy=proxy)
+            for result in PROXY_RESULTS:
+                self.proxy_requests.labels(proxy=proxy, result=result)
+        self.refreshes = Counter(
+            names.M_REFRESHES,
+            "Connection renewals, by result: in band (refresh frames: ok, invalid, expired) "
+            "and by the refresh proxy (proxy_ok, proxy_denied, proxy_unavailable)",
+            ["result"],
+            registry=r,
+        )
+        for result in REFRESH_RESULTS:
+            self.refreshes.labels(result=result)
+        self.subscriptions_refused = Counter(
+            names.M_SUBSCRIPTIONS_REFUSED,
+            "Subscriptions refused or ended by the server, by reason (forbidden, "
+            "too_many_subscriptions, revoked: a refresh took the right away)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("forbidden", "too_many_subscriptions", "revoked"):
+            self.subscriptions_refused.labels(reason=reason)
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))

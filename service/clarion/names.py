@@ -72,6 +72,12 @@ M_BIND_ERRORS = "clarion_bind_errors"
 M_SOCKET_WRITES = "clarion_socket_writes"
 M_STREAM_CONNECTIONS = "clarion_stream_connections"
 M_EMULATION_POSTS = "clarion_emulation_posts"
+#: Connect/refresh proxy calls by result and their latency; refreshes by result; refused
+#: and revoked subscriptions by reason.
+M_PROXY_REQUESTS = "clarion_proxy_requests"
+M_PROXY_SECONDS = "clarion_proxy_seconds"
+M_REFRESHES = "clarion_refreshes"
+M_SUBSCRIPTIONS_REFUSED = "clarion_subscriptions_refused"
 
 # Operator metrics.
 M_OP_DESIRED = "clarion_operator_desired_replicas"

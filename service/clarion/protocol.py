@@ -282,7 +282,11 @@ def parse_publish_body(raw: bytes, header_key: str | None = None) -> tuple[list[
     return [one], False
 
 
-CLIENT_TYPES = ("subscribe", "unsubscribe", "publish", "ping")
+CLIENT_TYPES = ("subscribe", "unsubscribe", "publish", "ping", "refresh")
+
+#: The longest token a ``refresh`` frame may carry (a JWT with many claims fits easily).
+MAX_TOKEN_LENGTH = 16 * 1024
+REFRESH_FIELDS = frozenset({"type", "token"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +297,7 @@ class ClientFrame:
     target: Target | None = None
     data: Any = None
     raw_text: str | None = None  # bare text (not JSON): chat demo
+    token: str | None = None  # a refresh frame's new token
 
 
 def parse_client_frame(text: str) -> ClientFrame:
@@ -331,7 +336,23 @@ def parse_client_frame(text: str) -> ClientFrame:
     if ftype == "publish":
         target, data, _ = parse_publish(obj, PUBLISH_FIELDS | {"type"})
         return ClientFrame(type="publish", target=target, data=data)
+    if ftype == "refresh":
+        return ClientFrame(type="refresh", token=parse_refresh(obj))
     raise ProtocolError("unknown_type", f"unknown frame type {ftype[:64]!r}")
+
+
+def parse_refresh(obj: dict[str, Any]) -> str:
+    """A ``refresh`` frame's token: a non-empty string of at most ``MAX_TOKEN_LENGTH``
+    characters, and no other field (a typo is refused, never ignored)."""
+    _refuse_unknown(obj, REFRESH_FIELDS, "a refresh frame")
+    if "token" not in obj:
+        raise ProtocolError("missing_field", "'token' is required")
+    token = obj["token"]
+    if not isinstance(token, str):
+        raise ProtocolError("bad_field", "'token' must be a string")
+    if not token.strip() or len(token) > MAX_TOKEN_LENGTH:
+        raise ProtocolError("bad_field", f"'token' must be 1..{MAX_TOKEN_LENGTH} characters")
+    return token
 
 
 def _looks_like_json_scalar(s: str) -> bool:

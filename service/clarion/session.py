@@ -20,7 +20,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
 
 from . import disconnects
-from .auth import AuthError, Identity
+from .auth import AuthError, Identity, has_token
 from .broker import BindTimeout, BrokerUnavailable
 from .disconnects import Disconnect
 from .frames import Kind, Outgoing, control
@@ -38,6 +38,7 @@ from .protocol import (
     parse_since,
     position_id,
 )
+from .proxy import Denied, Unavailable
 from .ratelimit import RateLimiter
 from .replays import UNAVAILABLE, Replay
 from .transport import transport_for
@@ -67,9 +68,12 @@ def replay_frames(messages: list[Envelope]) -> list[Outgoing]:
     return [Outgoing(e.body.decode(), len(e.body), Kind.REPLAY, e.id, e.ts) for e in messages]
 
 
-def admit(gw: Gateway, headers: Headers, query: QueryParams) -> Identity | Disconnect:
+async def admit(
+    gw: Gateway, headers: Headers, query: QueryParams, transport: str = "websocket"
+) -> Identity | Disconnect:
     """Who a new connection is, or why it is refused: the same checks on every transport
-    (origin, drain, ``--max-connections``, admission, identity)."""
+    (origin, drain, ``--max-connections``, admission, identity: a token, or the connect
+    proxy)."""
     if not origin_allowed(headers, gw.settings.allowed_origins):
         return disconnects.ORIGIN
     if gw.draining:
@@ -80,6 +84,9 @@ def admit(gw: Gateway, headers: Headers, query: QueryParams) -> Identity | Disco
     if gw.admission is not None and not gw.admission.allow():
         gw.metrics.limit_hits.labels(limit="connect_rate").inc()
         return disconnects.ADMISSION
+    proxies = gw.proxies
+    if proxies.connect is not None and (proxies.always or not has_token(query, headers)):
+        return await by_proxy(gw, headers, query, transport)
     try:
         return gw.auth.authenticate(query, headers)
     except AuthError as exc:
@@ -87,6 +94,28 @@ def admit(gw: Gateway, headers: Headers, query: QueryParams) -> Identity | Disco
         if exc.expired:
             return disconnects.TOKEN_EXPIRED
         return disconnects.UNAUTHORIZED.with_reason(str(exc))
+
+
+def denied(exc: Denied) -> Disconnect:
+    """The backend's no, with its reason when it gave one."""
+    return disconnects.DENIED.with_reason(f"refused: {exc}") if str(exc) else disconnects.DENIED
+
+
+async def by_proxy(
+    gw: Gateway, headers: Headers, query: QueryParams, transport: str
+) -> Identity | Disconnect:
+    """The connect proxy's identity, or the close that refuses the connection: the
+    backend's no (4503), no usable answer (1013: fail closed, try again later)."""
+    try:
+        return await gw.proxies.authenticate(headers, query, transport)
+    except ValueError as exc:  # the client's ?data=
+        return disconnects.UNAUTHORIZED.with_reason(str(exc))
+    except Denied as exc:
+        log.info("pod=%s connect proxy refused a connection: %s", gw.pod_name, exc)
+        return denied(exc)
+    except Unavailable as exc:
+        log.warning("pod=%s connect proxy unavailable: %s", gw.pod_name, exc)
+        return disconnects.PROXY_UNAVAILABLE
 
 
 async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,7 +126,7 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
     first = await receive()
     if first["type"] != "websocket.connect":
         return
-    ident = admit(gw, headers, query)
+    ident = await admit(gw, headers, query)
     if isinstance(ident, Disconnect):
         # Accept, then close with a code and reason the client can read: a
         # rejected handshake would only show the browser a bare 1006.
@@ -120,11 +149,17 @@ class Session:
     from its own connection.
     """
 
+    #: What carries it, as the proxies are told (a stream: ``sse``, ``http_stream``).
+    transport = "websocket"
+
     def __init__(self, gw: Gateway, conn: Connection, ident: Identity) -> None:
         self.gw = gw
         self.conn = conn
         self.ident = ident
         self.limiter = RateLimiter(gw.settings.max_frames_per_second)
+        #: Closes the connection (or asks the refresh proxy) when its rights expire.
+        self._expiry: asyncio.TimerHandle | None = None
+        self._renewal: asyncio.Task[None] | None = None
 
     def reply(self, text: str) -> None:
         self.conn.send(control(text))
@@ -238,16 +273,12 @@ class Session:
     async def run(self, receive: Receive, since: str | None, channels: Sequence[str] = ()) -> None:
         """The whole session. The socket is registered for exactly as long as this runs."""
         gw, conn, ident = self.gw, self.conn, self.ident
-        expiry: asyncio.TimerHandle | None = None
         how = disconnects.CLIENT
         gw.hub.add(conn)
         try:
-            await self.welcome(since, channels)
-            if ident.expires_at is not None:
-                delay = max(0.0, ident.expires_at - time.time())
-                expiry = asyncio.get_running_loop().call_later(
-                    delay, conn.close, disconnects.TOKEN_EXPIRED
-                )
+            # The backend's server-side subscriptions (connect proxy) come first.
+            await self.welcome(since, list(dict.fromkeys([*ident.subscribe, *channels])))
+            self.schedule_expiry()
             log.debug("pod=%s conn=%s user=%s connected", gw.pod_name, conn.id, ident.user)
             how = await self.serve(receive)
         except BindTimeout as exc:
@@ -259,8 +290,10 @@ class Session:
             # The client gets a close frame, not a silent drop.
             conn.close(disconnects.ERROR)
         finally:
-            if expiry is not None:
-                expiry.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._renewal is not None:
+                self._renewal.cancel()
             gw.hub.remove(conn, how)
             await conn.stop()
             log.debug(
@@ -308,6 +341,9 @@ class Session:
             assert frame.channel is not None
             self.gw.hub.unsubscribe(self.conn, frame.channel)
             self.reply(encode({"type": "unsubscribed", "channel": frame.channel}))
+        elif frame.type == "refresh":
+            assert frame.token is not None
+            self.refresh(frame.token)
         elif frame.type == "text":
             if not self.gw.settings.allow_client_publish:
                 # Bare text is a chat message only where clients may publish.
@@ -320,14 +356,109 @@ class Session:
             assert frame.target is not None
             await self.publish(frame.target, frame.data)
 
+    # -- rights: refresh and expiry ----------------------------------------------------
+
+    def refresh(self, token: str) -> None:
+        """A ``refresh`` frame: the same checks as at connect (signature, ``exp``, ``aud``)
+        and the same user; the new token's rights replace the old ones. A refused token
+        changes nothing: the connection keeps its rights until they expire."""
+        metrics = self.gw.metrics.refreshes
+        try:
+            ident = self.gw.auth.refresh(token, self.ident)
+        except AuthError as exc:
+            metrics.labels(result="expired" if exc.expired else "invalid").inc()
+            code = "token_expired" if exc.expired else "bad_token"
+            self.reply(error_frame(code, str(exc)))
+            return
+        metrics.labels(result="ok").inc()
+        self.set_rights(ident)
+        self.reply(encode({"type": "refreshed", "expire_at": ident.expires_at}))
+
+    def set_rights(self, ident: Identity) -> None:
+        """Replace the connection's rights: a channel they no longer allow is unsubscribed,
+        with an ``unsubscribed`` frame that says why."""
+        gw, conn = self.gw, self.conn
+        self.ident = ident
+        for channel in [c for c in conn.channels if not ident.may_subscribe(c)]:
+            gw.hub.unsubscribe(conn, channel)
+            gw.metrics.subscriptions_refused.labels(reason="revoked").inc()
+            frame = {
+                "type": "unsubscribed",
+                "channel": channel,
+                "reason": "revoked",
+                "message": "the connection's new rights do not allow this channel",
+            }
+            self.reply(encode(frame))
+        self.schedule_expiry()
+
+    def schedule_expiry(self) -> None:
+        """When the rights expire: a token's connection is closed 4001 at ``exp`` plus
+        ``--refresh-grace`` unless a ``refresh`` frame came; the connect proxy's is
+        renewed by the refresh proxy at ``expire_at`` (or closed 4002 after the grace)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        exp = self.ident.expires_at
+        if exp is None or self.conn.closing:
+            return
+        loop = asyncio.get_running_loop()
+        grace = self.gw.settings.refresh_grace
+        delay = max(0.0, exp - time.time())
+        if self.ident.via == "proxy" and self.gw.proxies.refresh is not None:
+            self._expiry = loop.call_later(delay, self._renew)
+            return
+        closing = disconnects.SESSION_EXPIRED if self.ident.via == "proxy" else None
+        self._expiry = loop.call_later(delay + grace, self._expire, closing)
+
+    def _expire(self, how: Disconnect | None) -> None:
+        self._expiry = None
+        self.conn.close(how or disconnects.TOKEN_EXPIRED)
+
+    def _renew(self) -> None:
+        self._expiry = None
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.create_task(self.renew(), name=f"renew {self.conn.id}")
+
+    async def renew(self) -> None:
+        """Ask the refresh proxy for new rights; an unusable answer is asked again (backing
+        off) until the grace is over, then the connection is closed 1013; a no closes it
+        4503."""
+        gw, conn = self.gw, self.conn
+        ident = self.ident
+        deadline = (ident.expires_at or time.time()) + gw.settings.refresh_grace
+        wait = 0.2
+        while not conn.closing:
+            try:
+                renewed = await gw.proxies.renew(ident, conn.id, self.transport)
+            except Denied as exc:
+                gw.metrics.refreshes.labels(result="proxy_denied").inc()
+                conn.close(denied(exc))
+                return
+            except Unavailable as exc:
+                gw.metrics.refreshes.labels(result="proxy_unavailable").inc()
+                left = deadline - time.time()
+                if left <= 0:
+                    log.warning("pod=%s conn=%s refresh proxy: %s", gw.pod_name, conn.id, exc)
+                    conn.close(disconnects.PROXY_UNAVAILABLE)
+                    return
+                await asyncio.sleep(min(wait, left))
+                wait = min(wait * 2, 5.0)
+                continue
+            gw.metrics.refreshes.labels(result="proxy_ok").inc()
+            if not conn.closing and self.ident is ident:
+                self.set_rights(renewed)
+            return
+
     async def join(self, channel: str) -> str | None:
         """Subscribe to ``channel`` once the broker routes it here; None, or the error frame
         that refuses it (the token's ``channels``, ``--max-subscriptions``, the broker)."""
         gw, conn, s = self.gw, self.conn, self.gw.settings
         if not self.ident.may_subscribe(channel):
+            gw.metrics.subscriptions_refused.labels(reason="forbidden").inc()
             return error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
         if channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
             gw.metrics.limit_hits.labels(limit="subscriptions").inc()
+            gw.metrics.subscriptions_refused.labels(reason="too_many_subscriptions").inc()
             return error_frame(
                 "too_many_subscriptions",
                 f"at most {s.max_subscriptions} subscriptions per socket",

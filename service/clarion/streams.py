@@ -173,6 +173,7 @@ class StreamSession(Session):
     def __init__(self, gw: Gateway, conn: Connection, ident: Identity, fmt: Format) -> None:
         super().__init__(gw, conn, ident)
         self.fmt = fmt
+        self.transport = fmt.name
         self.inbox: deque[str] = deque()
         self.wake = asyncio.Event()
 
@@ -290,7 +291,7 @@ class Streams:
             except ProtocolError as exc:
                 await _json(send, 400, {"error": exc.code, "message": exc.message}, cors)
                 return
-        ident = admit(gw, headers, query)
+        ident = await admit(gw, headers, query, fmt.name)
         if isinstance(ident, Disconnect):
             gw.metrics.closed.labels(reason=ident.label).inc()
             frame = close_frame(ident.code, ident.reason)

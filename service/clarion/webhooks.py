@@ -39,23 +39,25 @@ SIGNATURE_HEADER = "X-Clarion-Signature"
 TIMESTAMP_HEADER = "X-Clarion-Timestamp"
 #: The pod that sent it (for the receiver's logs; not signed).
 POD_HEADER = "X-Clarion-Pod"
+#: The most of a response body a Poster reads before it drops the connection.
+MAX_BODY_DEFAULT = 64 * 1024
 #: The longest pause between two attempts, whatever the exponent says.
 MAX_BACKOFF = 30.0
 
 
-def check_url(url: str) -> str:
-    """The URL, or ValueError naming what is wrong with it."""
+def check_url(url: str, flag: str = "--webhook-url") -> str:
+    """The URL, or ValueError naming what is wrong with it (and the ``flag`` that gave it)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError("--webhook-url must be an http:// or https:// URL")
+        raise ValueError(f"{flag} must be an http:// or https:// URL")
     try:
         port = parts.port  # raises on a port that is not a number or out of range
     except ValueError:
-        raise ValueError("--webhook-url has a bad port") from None
+        raise ValueError(f"{flag} has a bad port") from None
     if not parts.hostname or port == 0:
-        raise ValueError("--webhook-url needs a host (and a port other than 0)")
+        raise ValueError(f"{flag} needs a host (and a port other than 0)")
     if parts.fragment or any(c.isspace() for c in url):
-        raise ValueError("--webhook-url must have no fragment and no spaces")
+        raise ValueError(f"{flag} must have no fragment and no spaces")
     return url
 
 
@@ -88,8 +90,8 @@ class Poster:
     (measured on loopback). No proxies, no redirects: a 3xx is a failed attempt.
     """
 
-    #: The most of a response body read (and thrown away) before the connection is dropped.
-    MAX_BODY = 64 * 1024
+    #: The most of a response body read before the connection is dropped.
+    MAX_BODY = MAX_BODY_DEFAULT
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -109,17 +111,26 @@ class Poster:
 
     async def post(self, body: bytes, headers: dict[str, str]) -> int:
         """The response's status; raises OSError, h11.ProtocolError or EOFError."""
+        return (await self.request(body, headers))[0]
+
+    async def request(
+        self, body: bytes, headers: dict[str, str], max_body: int = MAX_BODY_DEFAULT
+    ) -> tuple[int, bytes | None]:
+        """The response's status and body (None: longer than ``max_body``, not read);
+        raises OSError, h11.ProtocolError or EOFError."""
         reused = self._streams is not None
         try:
-            return await self._exchange(body, headers)
+            return await self._exchange(body, headers, max_body)
         except (OSError, h11.ProtocolError, EOFError):
             self.close()
             if not reused:
                 raise
         # The receiver closed the idle connection: once more on a fresh one.
-        return await self._exchange(body, headers)
+        return await self._exchange(body, headers, max_body)
 
-    async def _exchange(self, body: bytes, headers: dict[str, str]) -> int:
+    async def _exchange(
+        self, body: bytes, headers: dict[str, str], max_body: int
+    ) -> tuple[int, bytes | None]:
         if self._streams is None:
             context = ssl.create_default_context() if self.tls else None
             self._streams = await asyncio.open_connection(self.host, self.port, ssl=context)
@@ -133,7 +144,7 @@ class Poster:
             + conn.send(h11.EndOfMessage())
         )
         await writer.drain()
-        status, read = 0, 0
+        status, answer = 0, bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -144,17 +155,17 @@ class Poster:
             elif isinstance(event, h11.Response):
                 status = event.status_code
             elif isinstance(event, h11.Data):
-                read += len(event.data)
-                if read > self.MAX_BODY:
+                answer += event.data
+                if len(answer) > max_body:
                     self.close()
-                    return status
+                    return status, None
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
         else:
             self.close()
-        return status
+        return status, bytes(answer)
 
     def close(self) -> None:
         if self._streams is not None:

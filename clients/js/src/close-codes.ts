@@ -25,11 +25,13 @@ export const CloseCodes: Readonly<Record<number, CloseCodeInfo>> = {
   1009: { name: "message too big", action: "fatal" },
   1011: { name: "internal error", action: "backoff" },
   1012: { name: "service restart, rebalance or broker outage", action: "soon" },
-  1013: { name: "try again later (pod full, send buffer overflow)", action: "slow" },
+  1013: { name: "try again later (pod full, send buffer overflow, auth backend down)", action: "slow" },
   4001: { name: "token expired", action: "token" },
+  4002: { name: "session expired (connect proxy)", action: "backoff" },
   4500: { name: "unauthorized (missing or invalid token)", action: "fatal" },
   4501: { name: "origin not allowed", action: "fatal" },
   4502: { name: "disconnected by the server", action: "fatal" },
+  4503: { name: "refused by the backend (connect proxy)", action: "fatal" },
 };
 
 /** The action for any code: the table, then the 4000-4499 / 4500-4999 ranges, else `backoff`. */

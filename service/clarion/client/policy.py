@@ -44,11 +44,15 @@ CLOSE_CODES: dict[int, CloseCode] = {
     1009: CloseCode("message too big", Action.FATAL),
     1011: CloseCode("internal error", Action.BACKOFF),
     1012: CloseCode("service restart, rebalance or broker outage", Action.SOON),
-    1013: CloseCode("try again later (pod full, send buffer overflow)", Action.SLOW),
+    1013: CloseCode(
+        "try again later (pod full, send buffer overflow, auth backend down)", Action.SLOW
+    ),
     4001: CloseCode("token expired", Action.TOKEN),
+    4002: CloseCode("session expired (connect proxy)", Action.BACKOFF),
     4500: CloseCode("unauthorized (missing or invalid token)", Action.FATAL),
     4501: CloseCode("origin not allowed", Action.FATAL),
     4502: CloseCode("disconnected by the server", Action.FATAL),
+    4503: CloseCode("refused by the backend (connect proxy)", Action.FATAL),
 }
 
 
