@@ -145,11 +145,23 @@ async def test_a_bad_token_stops_after_one_attempt(
 
 
 async def test_token_expiry_refreshes_and_recovers_exactly_once(
-    jwt_pod: InProcessPod, subscribers: list[Subscriber]
+    jwt_pod: InProcessPod, subscribers: list[Subscriber], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 3 s token: refreshed half-way, the server closes 4001 at exp, the subscriber
-    reconnects at once with the new token and since; nothing published meanwhile is lost
-    or repeated."""
+    """Against a server without refresh frames (one from before them, played by this pod
+    answering them ``unknown_type``): a 3 s token is refreshed half-way, the server closes
+    4001 at exp, the subscriber reconnects at once with the new token and since; nothing
+    published meanwhile is lost or repeated. (With refresh frames there is no 4001:
+    tests/test_refresh.py.)"""
+    from clarion import session
+    from clarion.protocol import ProtocolError, parse_client_frame
+
+    def without_refresh(text: str) -> Any:
+        frame = parse_client_frame(text)
+        if frame.type == "refresh":
+            raise ProtocolError("unknown_type", "unknown frame type 'refresh'")
+        return frame
+
+    monkeypatch.setattr(session, "parse_client_frame", without_refresh)
     user, channel = f"t-{uuid.uuid4().hex[:6]}", f"orders.{uuid.uuid4().hex[:6]}"
     calls = 0
 

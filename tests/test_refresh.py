@@ -281,3 +281,53 @@ async def test_refreshed_every_half_second_no_reconnect_no_lost_message(vhost: V
         assert not c.closed and len(c.of_type("welcome")) == 1
         assert not c.of_type("error")
         await c.close()
+
+
+async def test_the_python_subscriber_refreshes_in_band_and_drops_a_revoked_channel(
+    pod: InProcessPod,
+) -> None:
+    """2 s tokens for 6 s: one connection throughout, every message once; the fourth
+    token no longer allows ``orders.eu`` and the subscriber stops asking for it."""
+    from clarion.client import Subscriber
+
+    calls = 0
+    errors: list[tuple[str, str]] = []
+
+    def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        channels = ["news", "orders.*"] if calls < 4 else ["news"]
+        return token(ttl=2, aud="push", channels=channels)
+
+    sub = Subscriber(
+        pod.ws_url,
+        get_token=get_token,
+        channels=["news", "orders.eu"],
+        refresh_margin=1.0,
+        on_error=lambda code, text: errors.append((code, text)),
+    )
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for m in sub:
+            got.append(m.data)
+
+    async with sub:
+        reader = asyncio.create_task(consume())
+        await wait_for(lambda: len(sub.subscribed) == 2, 5, message="subscribed")
+        sent: list[int] = []
+        stop = time.monotonic() + 6
+        async with httpx.AsyncClient(base_url=pod.http_url, headers=AUTH) as http:
+            while time.monotonic() < stop:
+                r = await http.post("/api/publish", json={"channel": "news", "data": len(sent)})
+                assert r.status_code == 202
+                sent.append(len(sent))
+                await asyncio.sleep(0.05)
+        await wait_for(lambda: got[-1:] == sent[-1:], 5, message="the last message")
+        assert got == sent
+        assert sub.stats.connections == 1 and sub.stats.refreshes >= 3
+        assert sub.channels == ["news"]
+        assert ("revoked", "orders.eu: the connection's new rights do not allow this channel") in (
+            errors
+        )
+        reader.cancel()

@@ -16,7 +16,7 @@ import type {
 
 /** A client frame that waits for its answer; the server answers every frame once, in order. */
 interface Pending {
-  answer: "subscribed" | "unsubscribed" | "published" | "pong";
+  answer: "subscribed" | "unsubscribed" | "published" | "pong" | "refreshed";
   ok: (frame: ServerFrame) => void;
   fail: (error: ClarionError) => void;
 }
@@ -81,6 +81,11 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   /** The token the current socket was opened with. */
   private socketToken: string | undefined;
   private tokenPromise: Promise<string> | null = null;
+  /**
+   * Whether this socket's server takes `refresh` frames: a server without them answers
+   * `unknown_type`, and the client then falls back to reconnecting after its 4001.
+   */
+  private refreshInBand = true;
   private pending: Pending[] = [];
   private readonly subs = new Map<string, Subscription>();
   /** Channels subscribed at least once since connect(): their re-subscribe is a recovery. */
@@ -223,6 +228,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     const params: string[] = [];
     if (this.token !== undefined) params.push("token=" + encodeURIComponent(this.token));
     else if (this.opts.user !== undefined) params.push("user=" + encodeURIComponent(this.opts.user));
+    if (this.opts.data !== undefined) params.push("data=" + encodeURIComponent(JSON.stringify(this.opts.data)));
     if (this.lastId) params.push("since=" + encodeURIComponent(this.lastId));
     if (!params.length) return this.url;
     return this.url + (this.url.includes("?") ? "&" : "?") + params.join("&");
@@ -311,10 +317,14 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
         return this.welcome(frame, sentSince);
       case "message":
         return this.message(frame as unknown as Message);
-      case "subscribed":
       case "unsubscribed":
+        // With a reason it is the server's own: a refresh took the right away.
+        if (typeof frame.reason === "string") return this.revoked(frame);
+        return this.answer(frame);
+      case "subscribed":
       case "published":
       case "pong":
+      case "refreshed":
         return this.answer(frame);
       case "error":
         return this.serverError(frame);
@@ -325,6 +335,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     const ws = this.ws;
     this.clearTimer("welcome");
     this.welcomed = true;
+    this.refreshInBand = true;
     this.backoff.reset();
     this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
     const recovery = this.hadConnection;
@@ -373,6 +384,20 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
         }
       },
     );
+  }
+
+  /** The server unsubscribed a channel (its right was revoked): it is not re-subscribed. */
+  private revoked(frame: ServerFrame): void {
+    const channel = String(frame.channel);
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    this.subs.delete(channel);
+    const error = new ClarionError(String(frame.reason), String(frame.message ?? "unsubscribed by the server"), {
+      channel,
+    });
+    sub._error(error);
+    this.emitError(error);
+    sub._setState("unsubscribed", String(frame.reason));
   }
 
   private message(m: Message): void {
@@ -544,7 +569,11 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.scheduleReconnect(this.backoff.next());
   }
 
-  /** Refreshes the token `refreshMargin` before its `exp`, so a reconnect does not wait for it. */
+  /**
+   * Refreshes the token `refreshMargin` before its `exp` and hands it to the open socket
+   * in a `refresh` frame, so the connection outlives the old token. Against a server
+   * without refresh frames the new token waits for the reconnect after its 4001.
+   */
   private scheduleRefresh(): void {
     if (!this.opts.getToken || this.refreshAt === undefined) return;
     const delay = Math.min(MAX_TIMER, Math.max(0, this.refreshAt - Date.now()));
@@ -552,8 +581,10 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       if (!this.tokenStale()) return this.scheduleRefresh();
       const epoch = this.epoch;
       this.fetchToken().then(
-        () => {
-          if (epoch === this.epoch) this.scheduleRefresh();
+        (token) => {
+          if (epoch !== this.epoch) return;
+          if (this.refreshInBand && this.welcomed) this.sendRefresh(token);
+          else this.scheduleRefresh();
         },
         (error) => {
           if (isUnauthorized(error)) this.tokenFailed(error);
@@ -561,6 +592,30 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
         },
       );
     });
+  }
+
+  private sendRefresh(token: string): void {
+    const epoch = this.epoch;
+    this.request(
+      { type: "refresh", token },
+      "refreshed",
+      () => {
+        if (epoch !== this.epoch) return;
+        this.socketToken = token; // the socket now stands on it
+        this.scheduleRefresh();
+      },
+      (error: ClarionError) => {
+        if (epoch !== this.epoch || error.code === "disconnected") return;
+        if (error.code === "unknown_type") {
+          this.refreshInBand = false; // an older server: reconnect after its 4001
+          return this.scheduleRefresh();
+        }
+        // The server refused this token: ask again soon, within what is left.
+        this.emitError(new ClarionError("token", `refresh refused: ${error.message}`, { cause: error }));
+        this.refreshAt = Date.now() + Math.min(5_000, this.refreshMargin / 4);
+        this.scheduleRefresh();
+      },
+    );
   }
 
   // --- helpers ----------------------------------------------------------

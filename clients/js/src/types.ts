@@ -23,11 +23,17 @@ export interface ClarionOptions {
   /** A JWT, sent as `?token=`. */
   token?: string;
   /**
-   * Returns a fresh JWT. Called before the current one's `exp`, after a 4001
-   * close, and at connect when there is no token. One call at a time. Throw
+   * Returns a fresh JWT. Called before the current one's `exp` (the new token is
+   * sent over the open socket in a `refresh` frame), after a 4001 close, and at
+   * connect when there is no token. One call at a time. Throw
    * (or resolve to) an `UnauthorizedError` to stop the client.
    */
   getToken?: () => Promise<string | UnauthorizedErrorLike> | string;
+  /**
+   * Sent to the server's connect proxy as `?data=` (JSON): what the application's backend
+   * needs to decide who this is, beside the cookies the proxy passes on.
+   */
+  data?: unknown;
   /** Development servers (`--auth none`): the user id, sent as `?user=`. */
   user?: string;
   /** The WebSocket constructor (Node: `ws`'s; default: the global one). */

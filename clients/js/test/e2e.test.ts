@@ -1,4 +1,5 @@
 // End to end in Node against real gateways: the `ws` package as the WebSocket.
+import { createHmac } from "node:crypto";
 import { createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
@@ -195,6 +196,65 @@ describe("a pod killed and restarted: the client reconnects and recovers with si
     } finally {
       balancer.stop();
     }
+  }, 30_000);
+});
+
+describe("in-band token refresh against a real pod (clarion serve --auth jwt)", () => {
+  const secret = "js-e2e-refresh-secret-0123456789abcdef";
+  let gw: Gateway;
+  let port: number;
+  const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const sign = (claims: object) => {
+    const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+    return `${head}.${createHmac("sha256", secret).update(head).digest("base64url")}`;
+  };
+
+  beforeAll(async () => {
+    port = await freePorts(1);
+    gw = new Gateway(
+      `js-refresh-${rand()}`,
+      ["serve", "--host", "127.0.0.1", "--port", String(port), "--pod-name", `js-refresh-${rand()}`, "--jwt-secret", secret, "--public-api", "--no-demo"],
+      [port],
+    ).start();
+    await gw.ready();
+  }, 30_000);
+  afterAll(async () => {
+    await gw?.kill();
+  });
+
+  it("3 s tokens refreshed in band for 9 s: no reconnect, no lost message, a revoked channel ends", async () => {
+    const user = `js-${rand()}`;
+    let calls = 0;
+    const getToken = async () => {
+      calls++;
+      // After the fourth token the channel "b" is no longer allowed.
+      const channels = calls <= 4 ? ["a", "b"] : ["a"];
+      return sign({ sub: user, exp: Math.floor(Date.now() / 1000) + 3, channels });
+    };
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { getToken, WebSocket: WS, backoff: fast, refreshMargin: 2000 });
+    const states: string[] = [];
+    client.on("state", (e) => states.push(`${e.state}:${e.code}`));
+    const errors: string[] = [];
+    client.on("error", (e) => errors.push(`${e.code}:${e.channel ?? ""}`));
+    const all = received(client);
+    const a = client.subscribe("a");
+    const b = client.subscribe("b");
+    client.connect();
+    await waitFor(() => a.state === "subscribed" && b.state === "subscribed", "subscribed");
+    const sent: string[] = [];
+    const until = Date.now() + 9000;
+    while (Date.now() < until) {
+      sent.push(await publish(port, { user, data: sent.length }));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    sent.push(await barrier(port, user, all));
+    expect(exactlyOnce(all, sent)).toBe(true);
+    expect(states).toEqual(["connecting:0", "connected:0"]); // one socket throughout
+    expect(calls).toBeGreaterThanOrEqual(5);
+    expect(b.state).toBe("unsubscribed");
+    expect(errors).toEqual(["revoked:b"]);
+    expect(a.state).toBe("subscribed");
+    client.close();
   }, 30_000);
 });
 

@@ -16,7 +16,9 @@ function minGzip(file: string): number {
 
 // Measured: ESM 4262 B, IIFE 4369 B min+gzip. The budgets leave about 7%: a
 // change that grows the client past them is a decision (raise the budget here), not an accident.
-const BUDGET = { esm: 4500, iife: 4600 };
+// Raised by 150 bytes for in-band token refresh (refresh frames, the unknown_type fallback) and
+// server-revoked subscriptions (issue 21): measured 4596 and 4703.
+const BUDGET = { esm: 4650, iife: 4750 };
 
 describe("package", () => {
   it(`the ESM bundle is at most ${BUDGET.esm} bytes min+gzip`, () => {

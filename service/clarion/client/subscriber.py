@@ -5,8 +5,10 @@ The same behaviour as the TypeScript client (clients/js): success is the
 ``welcome`` frame, not the socket's open (only it resets the backoff); the
 greatest message id seen is the connection's ``since`` and each channel is
 re-subscribed with the greatest id seen on it; duplicates (a replay
-overlapping live delivery) are dropped by id; an expired token (4001) is
-refreshed with ``get_token`` and the client reconnects at once.
+overlapping live delivery) are dropped by id; a token is refreshed with
+``get_token`` before its ``exp`` and sent over the open socket (a ``refresh``
+frame), so the connection outlives it; against a server without refresh frames
+the new token waits for the reconnect after the 4001.
 
 A slow consumer cannot block the read loop: the socket is read into a
 bounded queue (``queue_size`` messages). When the consumer falls that far
@@ -106,6 +108,7 @@ class Subscriber:
         on_state: Callable[[StateChange], object] | None = None,
         on_recovery: Callable[[Recovery], object] | None = None,
         on_error: Callable[[str, str], object] | None = None,
+        data: Any = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
@@ -127,6 +130,13 @@ class Subscriber:
         self.on_recovery = on_recovery
         self.on_error = on_error
         self.stats = _Counters()
+        #: Sent to the server's connect proxy as ``?data=`` (JSON).
+        self.data = data
+        #: Whether this socket's server takes refresh frames (an older one: ``unknown_type``).
+        self._refresh_in_band = True
+        #: The token of the refresh frame waiting for its answer.
+        self._refreshing: str | None = None
+        self._refresh_wake = asyncio.Event()
         #: The greatest message id received: the next connection's ``since``.
         self.last_id: str | None = since
         #: The welcome frame's pod, conn and user.
@@ -235,6 +245,8 @@ class Subscriber:
             query["token"] = self._tokens.token
         elif self.user is not None:
             query["user"] = self.user
+        if self.data is not None:
+            query["data"] = orjson.dumps(self.data).decode()
         if self.last_id:
             query["since"] = self.last_id
         return urlunsplit(self._parts._replace(query=urlencode(query)))
@@ -311,7 +323,7 @@ class Subscriber:
                         return LOST, "no welcome", False
                     welcomed = True
                     await self._welcome(ws, welcome)
-                    refresher = asyncio.create_task(self._refresh_loop())
+                    refresher = asyncio.create_task(self._refresh_loop(ws))
                     try:
                         async for raw in ws:
                             await self._frame(ws, raw)
@@ -336,6 +348,7 @@ class Subscriber:
     async def _welcome(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         self.backoff.reset()
         self.stats.connections += 1
+        self._refresh_in_band, self._refreshing = True, None
         self.info = {k: frame.get(k) for k in ("pod", "conn", "user")}
         recovery = self._had_connection
         self._had_connection = True
@@ -367,6 +380,15 @@ class Subscriber:
             self._message(frame)
         elif kind == "subscribed":
             self._subscribed(frame)
+        elif kind == "refreshed":
+            if self._refreshing is not None:
+                self._socket_token, self._refreshing = self._refreshing, None
+                self.stats.refreshes += 1
+        elif kind == "unsubscribed" and isinstance(frame.get("reason"), str):
+            # The server's own: the connection's new rights do not allow the channel.
+            channel = frame.get("channel")
+            if isinstance(channel, str) and self._channels.pop(channel, None) is not None:
+                self._error(str(frame["reason"]), f"{channel}: {frame.get('message', '')}")
         elif kind == "error":
             self._server_error(frame)
 
@@ -411,6 +433,16 @@ class Subscriber:
 
     def _server_error(self, frame: dict[str, Any]) -> None:
         code, text = str(frame.get("code", "error")), str(frame.get("message", ""))
+        if self._refreshing is not None and code in REFRESH_ERRORS:
+            self._refreshing = None
+            if code == "unknown_type":  # an older server: reconnect after its 4001
+                self._refresh_in_band = False
+                return
+            # Refused: ask for another token soon, within what is left.
+            self._tokens.refresh_at = time.time() + min(5.0, self.refresh_margin / 4)
+            self._refresh_wake.set()
+            self._error("token", f"refresh refused: {code}: {text}")
+            return
         channel = frame.get("channel")
         if not isinstance(channel, str):  # an answer to the oldest subscribe still waiting
             channel = next((c for c, ch in self._channels.items() if ch.pending), None)
@@ -421,13 +453,25 @@ class Subscriber:
             self._channels[channel].pending = False
         self._error(code, text)
 
-    async def _refresh_loop(self) -> None:
-        """Refreshes the token before its ``exp``, so that the reconnect after the server's
-        4001 does not wait for get_token."""
+    async def _refresh_loop(self, ws: ClientConnection) -> None:
+        """Refreshes the token before its ``exp`` and sends it in a ``refresh`` frame, so
+        the connection outlives it (an older server: the reconnect after its 4001 does
+        not wait for get_token)."""
         while self._tokens.get is not None and self._tokens.refresh_at is not None:
-            await asyncio.sleep(max(0.0, self._tokens.refresh_at - time.time()))
+            self._refresh_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._refresh_wake.wait(), max(0.0, self._tokens.refresh_at - time.time())
+                )
+            if time.time() < self._tokens.refresh_at:
+                continue
             try:
-                await self.refresh_token()
+                token = await self.refresh_token()
+                if self._refresh_in_band:
+                    self._refreshing = token
+                    frame = orjson.dumps({"type": "refresh", "token": token}).decode()
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await ws.send(frame)
             except Unauthorized as exc:
                 self._error("unauthorized", f"get_token: {exc}")
                 return
@@ -463,6 +507,9 @@ class Subscriber:
         except Exception:  # a listener's bug must not break the connection
             log.exception("clarion subscriber: a callback raised")
 
+
+#: Error codes that answer a refresh frame (``unknown_type``: the server has none).
+REFRESH_ERRORS = frozenset({"bad_token", "token_expired", "unknown_type"})
 
 #: The subscriber's own close when its queue is full (a private code: never sent).
 _OVERFLOW = -1

@@ -122,5 +122,7 @@ class _Counters:
     duplicates: int = 0
     #: Calls of get_token.
     token_calls: int = 0
+    #: Tokens the server took over the open socket (refresh frames answered ``refreshed``).
+    refreshes: int = 0
     #: The last 100 close codes (``-1``: the subscriber's own, its queue was full).
     closes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=100))
