@@ -20,7 +20,7 @@ import aiormq
 import pytest
 
 from clarion.broker import fastconsume
-from clarion.broker.base import BrokerOptions
+from clarion.broker.base import At, BrokerOptions
 from clarion.broker.codec import envelope_to_message, marker_message
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
@@ -129,3 +129,27 @@ async def test_without_the_fast_path_deliveries_still_arrive(
     await broker.publish(envs)
     await wait_for(lambda: listener.envelopes == envs, 10, message="all consumed")
     assert len({id(t) for t in listener.tasks}) > 1  # tasks of their own: the fallback
+
+
+async def test_history_reads_leave_the_pods_connection_alone(
+    consuming: tuple[RabbitBroker, Listener],
+) -> None:
+    """A history read consumes the stream on a channel of its own through the same fast
+    path; its acks must never reach the broker after that channel's close (a method on a
+    channel being closed or reopened costs the whole connection: CHANNEL_ERROR)."""
+    broker, listener = consuming
+    envs = [Envelope.create(Target("user", f"u{i % 7}"), {"n": i}) for i in range(1200)]
+    await broker.publish(envs)
+    connected = broker._conn
+    for _ in range(12):
+        seen: list[str] = []
+        nxt = await broker.read_stream(At(envs[0].ts), lambda e, _o, s=seen: s.append(e.id), 10)
+        assert nxt is not None
+        assert {e.id for e in envs} <= set(seen)
+        # Up to an offset, then on from it: the same messages, each once.
+        first = await broker.read_stream(0, lambda e, _o: None, 10, until=5)
+        assert first == 5
+    await asyncio.sleep(0.1)  # a bad frame would have cost the connection by now
+    assert broker._conn is connected and broker.ready
+    await broker.publish([Envelope.create(Target("user", "after"), 1)])
+    await wait_for(lambda: listener.envelopes[-1].target.name == "after", 10, message="live")

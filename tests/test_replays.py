@@ -26,7 +26,11 @@ class History:
         self.fail = 0
 
     async def read(
-        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+        self,
+        start: Position | At,
+        each: Callable[[Envelope, Position], object],
+        timeout: float,
+        until: Position | None = None,
     ) -> Position | None:
         self.reads.append(start)
         if self.gate is not None:
@@ -35,6 +39,8 @@ class History:
             self.fail -= 1
             return None
         for offset, env in enumerate(self.envs):
+            if until is not None and offset >= until:
+                return until
             if env.ts >= start.ms - 2000 if isinstance(start, At) else offset >= start:
                 each(env, offset)
                 each(env, offset)  # a stream may hand a message over twice: served once
@@ -51,16 +57,16 @@ def user(name: str) -> Callable[[Envelope], bool]:
     return lambda e: wanted(Target("user", name), e)
 
 
-def stream(n: int, first_ts: int | None = None) -> list[Envelope]:
+def stream(n: int, first_ts: int | None = None, step_ms: int = 10) -> list[Envelope]:
     envs = [
         Envelope.create(Target("broadcast") if i % 2 else Target("user", f"u{i % 4}"), i)
         for i in range(n)
     ]
     if first_ts is None:
         return envs
-    # Spread over time, one message per 10 ms, with ids that sort by it.
+    # Spread over time, one message per step, with ids that sort by it.
     return [
-        Envelope(new_message_id(first_ts + 10 * i), e.target, first_ts + 10 * i, e.body)
+        Envelope(new_message_id(first_ts + step_ms * i), e.target, first_ts + step_ms * i, e.body)
         for i, e in enumerate(envs)
     ]
 
@@ -140,15 +146,22 @@ async def test_later_replays_read_only_what_was_published_since() -> None:
     assert replays.full_reads == 1
 
 
-async def test_a_since_older_than_the_window_reads_the_stream_again() -> None:
+async def test_a_since_older_than_the_window_reads_only_what_the_window_lacks() -> None:
     now = int(time.time() * 1000)
-    envs = stream(40, first_ts=now - 5_000)
+    envs = stream(40, first_ts=now - 40_000, step_ms=1000)
     h = History(envs)
     replays = Replays(h.read, h.start)
     await replays.replay(envs[30].id, U[0])
     r = await replays.replay(envs[3].id, U[3])  # far older than the window's start
     assert r.complete and r.messages == [e for e in envs[4:] if user("u3")(e)]
-    assert replays.full_reads == 2
+    # Not read again from the start: only what the window lacked, up to its first offset.
+    assert (replays.full_reads, replays.back_reads) == (1, 1)
+    first_offset = next(i for i, e in enumerate(envs) if e.ts >= envs[30].ts - 2000)
+    assert h.reads[1] == At(envs[3].ts)
+    r = await replays.replay(envs[10].id, U[2])  # inside the window now
+    assert r.complete and r.messages == [e for e in envs[11:] if user("u2")(e)]
+    assert (replays.full_reads, replays.back_reads) == (1, 1)
+    assert first_offset > 3
 
 
 async def test_an_unused_window_is_dropped() -> None:

@@ -28,6 +28,9 @@ log = logging.getLogger("clarion.hub")
 #: message times come from the publishing pod's clock (NTP keeps pods within
 #: milliseconds; a stray from before the socket is what a larger margin would cost).
 SKEW_MS = 250
+#: After a replay, a live copy of a replayed message can still come from the pod's queue
+#: until messages this much newer than the replay's newest arrive.
+REPLAY_OVERLAP_MS = 5000
 
 
 class ConnectionState(enum.Enum):
@@ -46,6 +49,7 @@ class Connection:
         "_closed",
         "_held",
         "_on_close",
+        "_replayed",
         "channels",
         "disconnect",
         "id",
@@ -67,6 +71,10 @@ class Connection:
         self.disconnect: Disconnect | None = None
         #: Live messages held back while a replay is read (RECOVERING only).
         self._held: list[Outgoing] = []
+        #: Ids a replay sent that may still arrive live from the pod's queue (the read
+        #: can finish before the queue delivers them), and the publish time past which
+        #: none can: a live copy of one is dropped. None when there is none.
+        self._replayed: tuple[set[str], int] | None = None
         #: Called once when the server closes this socket (the hub forgets it at once).
         self._on_close: Callable[[Connection], None] | None = None
         #: Resolved when the server closes the socket (only while someone waits for it).
@@ -88,17 +96,27 @@ class Connection:
             return
         held, self._held = self._held, []
         self.state = ConnectionState.LIVE
-        sent = set()
+        sent: set[str] = set()
         for out in replayed:
-            sent.add(out.id)
+            if out.id is not None:
+                sent.add(out.id)
             if not self.writer.send(out):
                 return
+        if sent:
+            self._replayed = (sent, max(o.ts for o in replayed) + REPLAY_OVERLAP_MS)
         for out in held:
             if out.id not in sent and not self.writer.send(out):
                 return
 
     def deliver(self, out: Outgoing) -> bool:
         """A live message: written (or buffered), or held back while recovering."""
+        if self._replayed is not None:
+            ids, until = self._replayed
+            if out.id in ids:
+                ids.discard(out.id)  # the replay sent it already
+                return True
+            if out.ts > until or not ids:
+                self._replayed = None
         if self.state is ConnectionState.RECOVERING:
             if len(self._held) >= self.writer.max_messages:
                 self._held = []

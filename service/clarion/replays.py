@@ -35,10 +35,12 @@ from .protocol import Envelope, Target, id_timestamp_ms, is_position
 
 log = logging.getLogger("clarion.replays")
 
-#: Reads the stream from a position up to now, handing each message over with its
-#: offset; returns the offset after the last message read, or None if it could not.
+#: Reads the stream from a position up to now (or up to the offset ``until``), handing each
+#: message over with its offset; returns the offset after the last message read, or None
+#: if it could not.
 ReadStream = Callable[
-    [Position | At, Callable[[Envelope, int], object], float], Awaitable[Position | None]
+    [Position | At, Callable[[Envelope, int], object], float, Position | None],
+    Awaitable[Position | None],
 ]
 #: The publish time (ms) of the oldest message history still holds, None if it dropped
 #: nothing yet; raises if it cannot tell.
@@ -191,16 +193,27 @@ class _Window:
         self.from_ms = from_ms
         self.messages: list[Envelope] = []
         self.seen: set[str] = set()
-        #: Where the next read continues (the offset after the last message read).
+        #: Where the next read continues (the offset after the last message read), and
+        #: the offset of the first message (an older since reads up to it, not past it).
         self.next: Position | None = None
+        self.first: Position | None = None
         self.used = time.monotonic()
         #: Where the history started when the window was read (``HistoryStart``).
         self.history_start: int | None = DROPPED_ALL
         self.history_start_known = False
 
-    def add(self, env: Envelope, _offset: int) -> None:
+    def add(self, env: Envelope, offset: int) -> None:
+        if self.first is None:
+            self.first = offset
         if first_reading(self.seen, env):
             self.messages.append(env)
+
+    def prepend(self, older: _Window) -> None:
+        """What was read from further back, up to this window's first offset."""
+        self.from_ms = older.from_ms
+        self.first = older.first if older.first is not None else self.first
+        fresh = [e for e in older.messages if first_reading(self.seen, e)]
+        self.messages = fresh + self.messages
 
     def trim(self, max_messages: int) -> None:
         """Forget the oldest messages beyond ``max_messages``.
@@ -253,6 +266,8 @@ class Replays:
         #: read, not continuing the window): the tests check the sharing with them.
         self.reads = 0
         self.full_reads = 0
+        #: Reads of what an older ``since`` needed before the window's start.
+        self.back_reads = 0
 
     async def replay(self, since: str, target: Target) -> Replay:
         """Messages after ``since`` that a client interested in ``target`` gets, oldest first."""
@@ -302,15 +317,29 @@ class Replays:
         start = min(r.collector.since_ts for r in batch)
         window = self._window
         if window is not None and (
-            window.next is None or window.from_ms > start or began - window.used > self.keep
+            window.next is None
+            or began - window.used > self.keep
+            or (start < window.from_ms and window.first is None)  # nothing to read up to
         ):
             window = None
+        full = window is None or start < window.from_ms
+        size = 0 if window is None else len(window.messages)
         try:
             window = await self._extend(window, start)
         except Exception as exc:
             log.warning("history read for %d replays failed: %r", len(batch), exc)
             window = None
         ok = window is not None
+        if window is not None:
+            log.log(
+                logging.INFO if full else logging.DEBUG,
+                "history %s read for %d replays: %d messages in %.3fs (window %.1fs back)",
+                "full" if full else "incremental",
+                len(batch),
+                len(window.messages) - size,
+                time.monotonic() - began,
+                (time.time() * 1000 - window.from_ms) / 1000,
+            )
         if self._on_read is not None:
             self._on_read(len(batch), time.monotonic() - began, ok)
         if window is None:
@@ -330,15 +359,28 @@ class Replays:
         return True
 
     async def _extend(self, window: _Window | None, start: int) -> _Window | None:
-        """The window, read up to now: continued from its offset, or read anew from ``start``."""
+        """The window, read from ``start`` up to now: read anew, or continued from its
+        offset (and, for a ``start`` older than it, read from ``start`` up to its first
+        offset: only what it lacks)."""
         self.reads += 1
         if window is None:
             self.full_reads += 1
             window = _Window(start)
-            nxt = await self._read(At(start), window.add, self.read_timeout)
-        else:
-            assert window.next is not None
-            nxt = await self._read(window.next, window.add, self.read_timeout)
+            nxt = await self._read(At(start), window.add, self.read_timeout, None)
+            if nxt is None:
+                return None
+            window.next = nxt
+            return window
+        if start < window.from_ms:
+            self.back_reads += 1
+            older = _Window(start)
+            if window.first is not None:
+                got = await self._read(At(start), older.add, self.read_timeout, window.first)
+                if got is None:
+                    return None
+            window.prepend(older)
+        assert window.next is not None
+        nxt = await self._read(window.next, window.add, self.read_timeout, None)
         if nxt is None:
             return None
         window.next = nxt

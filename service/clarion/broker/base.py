@@ -156,9 +156,14 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def read_stream(
-        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+        self,
+        start: Position | At,
+        each: Callable[[Envelope, Position], object],
+        timeout: float,
+        until: Position | None = None,
     ) -> Position | None:
-        """Hand every message from ``start`` up to now to ``each`` with its position, in order.
+        """Hand every message from ``start`` up to now (or up to the position ``until``)
+        to ``each`` with its position, in order.
 
         Returns where the next read continues (after the last message read), or
         None if the history could not be read to its end (replays.py).

@@ -60,8 +60,14 @@ def last_frame_age(connection: object) -> float | None:
     return float(loop.time() - last)
 
 
-async def consume(channel: aiormq.Channel, queue: str, on_delivery: OnDelivery) -> str:
-    """Consume ``queue`` (acks by the caller); returns the consumer tag."""
+async def consume(
+    channel: aiormq.Channel,
+    queue: str,
+    on_delivery: OnDelivery,
+    arguments: dict[str, Any] | None = None,
+) -> str:
+    """Consume ``queue`` (acks by the caller; ``arguments`` as basic.consume takes them,
+    e.g. a stream's ``x-stream-offset``); returns the consumer tag."""
 
     async def slow(message: DeliveredMessage) -> None:
         assert isinstance(message.delivery, Basic.Deliver)
@@ -73,7 +79,7 @@ async def consume(channel: aiormq.Channel, queue: str, on_delivery: OnDelivery) 
         log.warning(
             "aiormq %s: consuming without the fast path", importlib.metadata.version("aiormq")
         )
-    ok = await channel.basic_consume(queue, slow, no_ack=False)
+    ok = await channel.basic_consume(queue, slow, no_ack=False, arguments=arguments)
     assert ok.consumer_tag is not None
     return ok.consumer_tag
 

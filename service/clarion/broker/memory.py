@@ -51,11 +51,19 @@ class MemoryExchange:
         for consumer in list(self._consumers.values()):
             consumer(envelope)
 
-    def read(self, start: Position | At, each: Callable[[Envelope, Position], object]) -> Position:
-        """Hand over the history from ``start`` on, with offsets; the offset after it."""
+    def read(
+        self,
+        start: Position | At,
+        each: Callable[[Envelope, Position], object],
+        until: Position | None = None,
+    ) -> Position:
+        """Hand over the history from ``start`` on (up to ``until``), with offsets; the
+        offset after what was handed over."""
         first = self.end - len(self.history)
         for i, env in enumerate(list(self.history)):
             offset = first + i
+            if until is not None and offset >= until:
+                return until
             if isinstance(start, At):
                 if env.ts >= start.ms - EARLY_MS:
                     each(env, offset)
@@ -87,9 +95,13 @@ class MemoryBroker(Broker):
                 self.exchange.send(to_pod, env)
 
     async def read_stream(
-        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+        self,
+        start: Position | At,
+        each: Callable[[Envelope, Position], object],
+        timeout: float,
+        until: Position | None = None,
     ) -> Position | None:
-        return self.exchange.read(start, each)
+        return self.exchange.read(start, each, until)
 
     async def history_start(self) -> int | None:
         history = self.exchange.history

@@ -300,7 +300,11 @@ class RabbitBroker(Broker):
         await fastconsume.consume(channel, queue.name, self._on_message)
 
     async def read_stream(
-        self, start: Position | At, each: Callable[[Envelope, Position], object], timeout: float
+        self,
+        start: Position | At,
+        each: Callable[[Envelope, Position], object],
+        timeout: float,
+        until: Position | None = None,
     ) -> Position | None:
         conn, exchange = self._conn, self._pub_exchange
         if conn is None or conn.is_closed or exchange is None:
@@ -313,6 +317,7 @@ class RabbitBroker(Broker):
             each,
             timeout,
             self.options.publish_timeout,
+            until,
         )
 
     async def history_start(self) -> int | None:
