@@ -24,6 +24,8 @@ class History:
         self.reads: list[Position | At] = []
         #: Reads that fail before one succeeds (-1: every one).
         self.fail = 0
+        #: Holds the reads of what a window lacks (``until``) while it is not set.
+        self.back_gate: asyncio.Event | None = None
 
     async def read(
         self,
@@ -35,6 +37,8 @@ class History:
         self.reads.append(start)
         if self.gate is not None:
             await self.gate.wait()
+        if until is not None and self.back_gate is not None:
+            await self.back_gate.wait()
         if self.fail:
             self.fail -= 1
             return None
@@ -211,3 +215,20 @@ async def test_a_window_reaches_as_far_back_as_replays_asked() -> None:
         r = await replays.replay(envs[i].id, U[0])
         assert r.complete and r.messages == [e for e in envs[i + 1 :] if user("u0")(e)]
     assert replays.full_reads == 1
+
+
+async def test_an_old_since_does_not_hold_up_the_others() -> None:
+    now = int(time.time() * 1000)
+    envs = stream(40, first_ts=now - 40_000, step_ms=1000)
+    h = History(envs)
+    replays = Replays(h.read, h.start)
+    await replays.replay(envs[30].id, U[0])
+    h.back_gate = asyncio.Event()  # what the window lacks is slow to read
+    old = asyncio.create_task(replays.replay(envs[2].id, U[2]))
+    fresh = await asyncio.wait_for(replays.replay(envs[33].id, U[1]), 5)
+    assert fresh.complete and fresh.messages == [e for e in envs[34:] if user("u1")(e)]
+    assert not old.done()
+    h.back_gate.set()
+    r = await asyncio.wait_for(old, 5)
+    assert r.complete and r.messages == [e for e in envs[3:] if user("u2")(e)]
+    assert (replays.full_reads, replays.back_reads) == (1, 1)

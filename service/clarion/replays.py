@@ -261,6 +261,9 @@ class Replays:
         self._on_read = on_read
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
+        #: Requests older than the window, waiting for what it lacks to be read.
+        self._back: list[_Request] = []
+        self._back_task: asyncio.Task[None] | None = None
         self._window: _Window | None = None
         #: Stream reads so far, and how many started from a point in time (a full
         #: read, not continuing the window): the tests check the sharing with them.
@@ -275,10 +278,13 @@ class Replays:
         request = _Request(
             ReplayCollector(since, target), loop.create_future(), time.monotonic() + self.timeout
         )
-        self._pending.append(request)
+        self._queue([request])
+        return await asyncio.shield(request.done)
+
+    def _queue(self, requests: list[_Request]) -> None:
+        self._pending.extend(requests)
         if self._task is None:
             self._task = asyncio.create_task(self._serve(), name="replays")
-        return await asyncio.shield(request.done)
 
     async def _serve(self) -> None:
         delay = 0.1
@@ -322,7 +328,16 @@ class Replays:
             or (start < window.from_ms and window.first is None)  # nothing to read up to
         ):
             window = None
-        full = window is None or start < window.from_ms
+        if window is not None and start < window.from_ms:
+            # Older than the window: read what it lacks beside this batch, so that one
+            # client idle for long does not hold up every other client's welcome.
+            older = [r for r in batch if r.collector.since_ts < window.from_ms]
+            self._extend_back(older)
+            batch = [r for r in batch if r.collector.since_ts >= window.from_ms]
+            if not batch:
+                return True
+            start = min(r.collector.since_ts for r in batch)
+        full = window is None
         size = 0 if window is None else len(window.messages)
         try:
             window = await self._extend(window, start)
@@ -359,32 +374,76 @@ class Replays:
         return True
 
     async def _extend(self, window: _Window | None, start: int) -> _Window | None:
-        """The window, read from ``start`` up to now: read anew, or continued from its
-        offset (and, for a ``start`` older than it, read from ``start`` up to its first
-        offset: only what it lacks)."""
+        """The window, read up to now: continued from its offset, or read anew from ``start``."""
         self.reads += 1
         if window is None:
             self.full_reads += 1
             window = _Window(start)
             nxt = await self._read(At(start), window.add, self.read_timeout, None)
-            if nxt is None:
-                return None
-            window.next = nxt
-            return window
-        if start < window.from_ms:
-            self.back_reads += 1
-            older = _Window(start)
-            if window.first is not None:
-                got = await self._read(At(start), older.add, self.read_timeout, window.first)
-                if got is None:
-                    return None
-            window.prepend(older)
-        assert window.next is not None
-        nxt = await self._read(window.next, window.add, self.read_timeout, None)
+        else:
+            assert window.next is not None
+            nxt = await self._read(window.next, window.add, self.read_timeout, None)
         if nxt is None:
             return None
         window.next = nxt
         return window
+
+    def _extend_back(self, requests: list[_Request]) -> None:
+        """Requests older than the window: read what it lacks (from their oldest ``since``
+        up to its first offset) in a task of its own, then serve them as any other."""
+        self._back.extend(requests)
+        if self._back_task is None:
+            self._back_task = asyncio.create_task(self._serve_back(), name="replays-back")
+
+    async def _serve_back(self) -> None:
+        delay = 0.1
+        try:
+            while self._back:
+                await asyncio.sleep(0)
+                requests, self._back = [r for r in self._back if not r.done.done()], []
+                window = self._window
+                if not requests:
+                    continue
+                if window is None or window.first is None:
+                    self._queue(requests)  # no window to extend: the next read makes one
+                    continue
+                start = min(r.collector.since_ts for r in requests)
+                older = _Window(start)
+                began = time.monotonic()
+                self.reads += 1
+                self.back_reads += 1
+                got = await self._read(At(start), older.add, self.read_timeout, window.first)
+                if self._on_read is not None:
+                    self._on_read(len(requests), time.monotonic() - began, got is not None)
+                if got is not None:
+                    delay = 0.1
+                    if self._window is window:
+                        window.prepend(older)
+                        log.info(
+                            "history read back for %d replays: %d messages in %.3fs "
+                            "(window %.1fs back)",
+                            len(requests),
+                            len(older.messages),
+                            time.monotonic() - began,
+                            (time.time() * 1000 - window.from_ms) / 1000,
+                        )
+                    self._queue(requests)  # served from the window by the next read
+                    continue
+                now = time.monotonic()
+                for r in requests:
+                    if now >= r.deadline:
+                        r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+                    else:
+                        self._back.append(r)
+                if self._back:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self._back_task = None
+            for r in self._back:
+                if not r.done.done():
+                    r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+            self._back = []
 
     async def _start_of(self, window: _Window, batch: list[_Request]) -> int | None:
         """Where the history begins, asked once per window, and only if a request needs it."""
