@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from clarion.config import default_of
+from clarion.config import default_of, drain_seconds
 
 from .deployclient import DeployLoad
 from .loadgen import raise_nofile
@@ -84,7 +84,7 @@ class Options:
     processes: int = 0  # client processes; 0: 2, or one per 10,000 above 15,000 sockets
     drain_delay: float = float(default_of("drain_delay"))
     drain_window: float = float(default_of("drain_window"))
-    grace: float = 0.0  # SIGTERM to SIGKILL; 0: drain delay + window + 10 (the operator's)
+    grace: float = 0.0  # SIGTERM to SIGKILL; 0: the operator's (a full pod's drain + 10)
     warmup: float = 5.0  # seconds of publishing at rest before the deploy
     settle: float = 0.0  # deadline for everyone to be back after the crash; 0: by size
     tail: float = 3.0  # seconds of publishing after everyone is back
@@ -99,7 +99,14 @@ class Options:
         return math.ceil(self.sockets / PER_PROCESS) if self.sockets > SPLIT_ABOVE else 2
 
     def grace_s(self) -> float:
-        return self.grace or self.drain_delay + self.drain_window + 10
+        """The operator's grace period (without its preStop): delay + the drain of a
+        full pod at ``--drain-rate`` + 10 s."""
+        full = drain_seconds(
+            int(default_of("max_connections")),
+            self.drain_window,
+            float(default_of("drain_rate")),
+        )
+        return self.grace or self.drain_delay + full + 10
 
 
 @dataclass
