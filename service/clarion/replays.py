@@ -252,7 +252,7 @@ class Replays:
         self._history_start = history_start
         #: How long a request may wait for the history before it is answered ``unavailable``.
         self.timeout = timeout
-        #: How long one read of the stream may take before it is tried again.
+        #: How long one read of the stream may go without a message before it is tried again.
         self.read_timeout = min(read_timeout, timeout)
         #: Seconds an unused window is kept; how many messages it holds at most.
         self.keep = keep

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -73,26 +74,33 @@ async def read_stream(
     """
     offset: int | datetime = start if isinstance(start, int) else offset_of(start.ms)
     marker_id = None if until is not None else new_message_id()
-    done: asyncio.Future[Position | None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Position | None] = loop.create_future()
     unacked = 0
+    #: When the last delivery came (the read times out only when none comes).
+    last = loop.time()
+    #: Acks written in the background: all of them go out before the channel's close.
+    acking: set[asyncio.Future[Any]] = set()
 
     def on_delivery(
         channel: aiormq.Channel, deliver: Basic.Deliver, header: ContentHeader, body: bytes
     ) -> None:
-        nonlocal unacked
+        nonlocal unacked, last
         if done.done():
             return
+        last = loop.time()
         unacked += 1
         tag = deliver.delivery_tag
         if unacked >= prefetch // 4 and tag is not None:
-            # Credit for the next deliveries, sent at once and in order, never after the
-            # channel's close (a method on a closing channel costs the whole connection:
-            # "CHANNEL_ERROR - expected 'channel.open'").
+            # Credit for the next deliveries. Each is awaited before the channel's close:
+            # a method on a channel already closed costs the whole connection
+            # ("CHANNEL_ERROR - expected 'channel.open'").
             unacked = 0
             fut = asyncio.ensure_future(
                 channel.basic_ack(delivery_tag=tag, multiple=True, wait=False)
             )
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            acking.add(fut)
+            fut.add_done_callback(acking.discard)
         props = header.properties
         headers = props.headers or {}
         at = headers.get("x-stream-offset")
@@ -124,8 +132,16 @@ async def read_stream(
             await exchange.publish(
                 marker_message(marker_id), routing_key=MARKER_KEY, timeout=publish_timeout
             )
-        async with asyncio.timeout(timeout):
-            nxt = await done
+        # A long read that keeps going is not cut short: it fails only when nothing
+        # came for ``timeout`` seconds.
+        while True:
+            idle = loop.time() - last
+            if idle >= timeout:
+                raise TimeoutError(f"nothing read for {idle:.1f}s")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout - idle):
+                    nxt = await asyncio.shield(done)
+                break
         if nxt is None:
             log.warning("history read: the stream gave no offset; the next read starts anew")
         return nxt
@@ -134,6 +150,8 @@ async def read_stream(
         log.warning("history read from %s failed: %r", where, exc)
         return None
     finally:
+        if acking:
+            await asyncio.gather(*acking, return_exceptions=True)
         if not ch.is_closed:
             with contextlib.suppress(Exception):
                 await ch.close()

@@ -233,7 +233,7 @@ class Bindings:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("binding routing keys to %s failed: %s", self.queue, exc)
+                log.warning("binding routing keys to %s failed: %r", self.queue, exc)
                 if conn.is_closed:
                     return
                 await asyncio.sleep(0.5)
