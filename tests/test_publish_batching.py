@@ -54,7 +54,7 @@ async def listener(pod: GatewayProcess, user: str) -> Client:
 async def delivered(clients: list[Client], count: int) -> None:
     for c in clients:
         got = c.messages
-        await c.until(lambda: len(got) >= count, 15, f"{count} messages")
+        await c.until(lambda got=got: len(got) >= count, 15, f"{count} messages")
 
 
 class Recording(httpx.AsyncBaseTransport):

@@ -236,6 +236,13 @@ class Bindings:
                 log.warning("binding routing keys to %s failed: %r", self.queue, exc)
                 if conn.is_closed:
                     return
+                if channel is not None and self._channel is channel:
+                    # aiormq closes a channel whose call timed out (the close takes a
+                    # round trip): the next batch goes on a new one, not into that one.
+                    self._channel = None
+                    if not channel.is_closed:
+                        closing = asyncio.ensure_future(channel.close())
+                        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
                 await asyncio.sleep(0.5)
 
     def _take(self) -> list[str]:
