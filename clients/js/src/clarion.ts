@@ -3,13 +3,17 @@ import { closeAction } from "./close-codes.js";
 import { Emitter } from "./emitter.js";
 import { ClarionError, isUnauthorized } from "./errors.js";
 import { tokenExpiry } from "./jwt.js";
+import { StreamSocket } from "./stream.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
   ClarionOptions,
   ClientEvents,
+  EventSourceConstructor,
+  FetchLike,
   Message,
   State,
   StorageLike,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";
@@ -48,9 +52,15 @@ function advance(lastId: string | null, frame: ServerFrame): string | null {
   return owed || (lastId !== null && lastId >= position) ? lastId : position;
 }
 
+/** `ws(s)://host/prefix/ws?query` → `http(s)://host/prefix` + `path` + `?query`. */
+function httpUrl(url: string, path: string): string {
+  return url.replace(/^ws/i, "http").replace(/(\/ws)?(?=\?|$)/, path);
+}
+
 /**
- * A Clarion WebSocket client: one socket, reconnected by the close-code
- * policy in `CloseCodes`, recovering missed messages with `since`.
+ * A Clarion client: one connection (a WebSocket, or an HTTP stream where WebSocket is
+ * blocked: see `transports`), reconnected by the close-code policy in `CloseCodes`,
+ * recovering missed messages with `since`.
  *
  *     const client = new Clarion("wss://push.example.com/ws", { getToken });
  *     client.on("message", (m) => console.log(m.data));
@@ -60,7 +70,16 @@ function advance(lastId: string | null, frame: ServerFrame): string | null {
 export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   readonly url: string;
   private readonly opts: ClarionOptions;
-  private readonly WS: WebSocketConstructor;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly fetch: FetchLike | undefined;
+  private readonly ES: EventSourceConstructor | undefined;
+  private readonly transports: Transport[];
+  /** The transport in use or being tried (an index in `transports`). */
+  private tIndex = 0;
+  /** Failures in a row before a welcome on this transport. */
+  private tFails = 0;
+  /** True once a transport got a welcome: it is kept, no more fallback. */
+  private tKept = false;
   private readonly backoff: Backoff;
   private readonly pingInterval: number;
   private readonly timeout: number;
@@ -106,11 +125,16 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       if (event === "error") throw error;
       this.emit("error", new ClarionError("callback_error", `a ${String(event)} listener threw: ${error}`, { cause: error }));
     });
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) throw new TypeError("clarion: no WebSocket; pass options.WebSocket (in Node: the ws package)");
+    const g = globalThis as { WebSocket?: WebSocketConstructor; fetch?: FetchLike };
+    const WS = (this.WS = options.WebSocket ?? g.WebSocket);
+    const fetch = (this.fetch = options.fetch ?? g.fetch?.bind(g));
+    this.ES = options.EventSource;
+    this.transports = (options.transports ?? ["websocket", "sse"]).filter((t) => (t === "websocket" ? WS : fetch));
+    if (!this.transports.length) {
+      throw new TypeError("clarion: no WebSocket (nor fetch); pass options.WebSocket (in Node: the ws package)");
+    }
     this.url = url;
     this.opts = options;
-    this.WS = WS;
     this.backoff = new Backoff(options.backoff);
     this.pingInterval = options.pingInterval ?? 25_000;
     this.timeout = options.timeout ?? 10_000;
@@ -129,6 +153,11 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     return this._state;
   }
 
+  /** The transport in use (or being tried before the first welcome). */
+  get transport(): Transport {
+    return this.transports[this.tIndex]!;
+  }
+
   /** The subscriptions, by channel. */
   get subscriptions(): ReadonlyMap<string, Subscription> {
     return this.subs;
@@ -138,10 +167,15 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   connect(): void {
     if (this._state !== "disconnected") return;
     this.hadConnection = false;
-    if (this.lastId === null && this.storage) {
+    if (this.storage) {
       try {
         const stored = this.storage.getItem(this.persistKey);
-        if (stored && MESSAGE_ID.test(stored)) this.lastId = stored;
+        if (this.lastId === null && stored && MESSAGE_ID.test(stored)) this.lastId = stored;
+        const t = this.transports.indexOf(this.storage.getItem(this.persistKey + "#transport") as Transport);
+        if (t >= 0) {
+          this.tIndex = t;
+          this.tKept = true;
+        }
       } catch {
         // storage can be disabled (private mode): recovery across reloads is optional
       }
@@ -203,9 +237,13 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     }
     const sentSince = this.lastId;
     const url = this.socketUrl();
+    const t = this.transport;
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(url);
+      ws =
+        t === "websocket"
+          ? new this.WS!(url)
+          : new StreamSocket(url, httpUrl(this.url.split("?")[0]!, "/emulation"), t !== "sse", this.fetch!, this.ES);
     } catch (error) {
       this.stop(0, "bad url");
       this.emitError(new ClarionError("bad_url", `cannot open ${this.url}: ${error}`, { cause: error }));
@@ -230,8 +268,10 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     else if (this.opts.user !== undefined) params.push("user=" + encodeURIComponent(this.opts.user));
     if (this.opts.data !== undefined) params.push("data=" + encodeURIComponent(JSON.stringify(this.opts.data)));
     if (this.lastId) params.push("since=" + encodeURIComponent(this.lastId));
-    if (!params.length) return this.url;
-    return this.url + (this.url.includes("?") ? "&" : "?") + params.join("&");
+    const t = this.transport;
+    const url = t === "websocket" ? this.url : httpUrl(this.url, t === "sse" ? "/sse" : "/stream");
+    if (!params.length) return url;
+    return url + (url.includes("?") ? "&" : "?") + params.join("&");
   }
 
   /** Closes the current socket from this side, then handles it as a close with `code`. */
@@ -250,6 +290,11 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   /** The socket is gone: follow the close-code policy. */
   private lost(code: number, reason: string): void {
     const wasConnected = this.welcomed;
+    // A transport that never got a welcome: after `fallbackAfter` abnormal ends, the next one.
+    if (!wasConnected && !this.tKept && code === LOST && ++this.tFails >= (this.opts.fallbackAfter ?? 1)) {
+      this.tFails = 0;
+      this.tIndex = (this.tIndex + 1) % this.transports.length;
+    }
     if (this.ws) detach(this.ws);
     this.ws = null;
     this.welcomed = false;
@@ -328,6 +373,8 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
         return this.answer(frame);
       case "error":
         return this.serverError(frame);
+      case "close": // an HTTP stream's last frame: its close code
+        return this.drop(Number(frame.code) || LOST, String(frame.reason ?? "closed"));
     }
   }
 
@@ -336,6 +383,15 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.clearTimer("welcome");
     this.welcomed = true;
     this.refreshInBand = true;
+    this.tKept = true;
+    if (typeof frame.session === "string") (ws as StreamSocket).session = frame.session;
+    if (this.storage) {
+      try {
+        this.storage.setItem(this.persistKey + "#transport", this.transport);
+      } catch {
+        // optional
+      }
+    }
     this.backoff.reset();
     this.info = { pod: String(frame.pod), conn: String(frame.conn), user: String(frame.user) };
     const recovery = this.hadConnection;

@@ -13,6 +13,23 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
+/** The transports, in the server's names: `GET /ws`, `GET /sse`, `GET /stream`. */
+export type Transport = "websocket" | "sse" | "http_stream";
+
+/** The part of `fetch` the HTTP streams use. */
+export type FetchLike = (
+  url: string,
+  init: { method?: string; body?: string; signal?: AbortSignal; cache?: "no-store" },
+) => Promise<{ status: number; body: ReadableStream<Uint8Array> | null; json(): Promise<any> }>;
+
+/** The part of an `EventSource` the SSE transport uses when there is no `fetch`. */
+export type EventSourceConstructor = new (url: string) => {
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  close(): void;
+};
+
 /** A Storage (sessionStorage) or anything with its two methods. */
 export interface StorageLike {
   getItem(key: string): string | null;
@@ -38,6 +55,24 @@ export interface ClarionOptions {
   user?: string;
   /** The WebSocket constructor (Node: `ws`'s; default: the global one). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The transports to try, in order (default `["websocket", "sse"]`): the client moves to
+   * the next when one fails `fallbackAfter` times in a row before its welcome (it never
+   * opened, closed abnormally or sent no welcome within `timeout`), and keeps the first that
+   * gets a welcome for the rest of its life. Those the environment lacks are left out.
+   */
+  transports?: Transport[];
+  /** Failures before any welcome that make the client try the next transport (default 1). */
+  fallbackAfter?: number;
+  /** `fetch` for the HTTP streams and their `POST /emulation` (default: the global one). */
+  fetch?: FetchLike;
+  /**
+   * Read SSE with this `EventSource` (e.g. the browser's) instead of a `fetch` stream.
+   * Frames still go up with `fetch`; a refusal before the stream (401) then looks like a
+   * network error to the client (EventSource hides the status), so it backs off instead
+   * of stopping.
+   */
+  EventSource?: EventSourceConstructor;
   backoff?: BackoffOptions;
   /** Milliseconds between application pings (browsers cannot see WebSocket pings). */
   pingInterval?: number;

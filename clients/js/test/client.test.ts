@@ -73,6 +73,7 @@ describe("connection", () => {
 
   it("without a WebSocket anywhere the constructor says what to pass", () => {
     vi.stubGlobal("WebSocket", undefined);
+    vi.stubGlobal("fetch", undefined);
     expect(() => new Clarion("ws://x/ws")).toThrow(/options.WebSocket/);
   });
 });
@@ -274,7 +275,7 @@ describe("subscriptions and recovery", () => {
     const { client, server } = setup({ persist: true });
     client.connect();
     server.last.welcome().message(m1!, { user: "u1" });
-    expect([...store.values()]).toEqual([m1]);
+    expect(Object.fromEntries(store)).toEqual({ "clarion:ws://gw.test/ws": m1, "clarion:ws://gw.test/ws#transport": "websocket" });
     client.close();
   });
 });

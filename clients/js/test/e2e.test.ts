@@ -1,5 +1,6 @@
 // End to end in Node against real gateways: the `ws` package as the WebSocket.
 import { createHmac } from "node:crypto";
+import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from "node:http";
 import { createServer, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
@@ -279,4 +280,170 @@ describe("a server that accepts TCP and never answers the upgrade (ws in Node)",
       server.close();
     }
   }, 10_000);
+});
+
+/**
+ * A corporate proxy in front of the pods that refuses the WebSocket upgrade (403) and passes
+ * plain HTTP on: streams to the pod `target` names, and POST /emulation to `postTarget`, so
+ * that every posted frame reaches the stream's pod through the broker.
+ */
+class NoWebSocketProxy {
+  target = 0;
+  postTarget = 0;
+  upgrades = 0;
+  private server: HttpServer | null = null;
+
+  async start(): Promise<number> {
+    this.server = createHttpServer((req, res) => {
+      const port = req.method === "POST" ? this.postTarget : this.target;
+      const upstream = httpRequest(
+        { host: "127.0.0.1", port, path: req.url, method: req.method, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          answer.on("close", () => answer.complete || res.destroy()); // the pod died mid-stream
+
+        },
+      );
+      upstream.on("error", () => {
+        if (!res.headersSent) res.writeHead(502).end();
+        else res.destroy();
+      });
+      res.on("close", () => upstream.destroy());
+      req.pipe(upstream);
+    });
+    this.server.on("upgrade", (_req, socket: Socket) => {
+      this.upgrades++;
+      socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    });
+    await new Promise<void>((r) => this.server!.listen(0, "127.0.0.1", r));
+    return (this.server.address() as { port: number }).port;
+  }
+
+  stop(): void {
+    this.server?.closeAllConnections();
+    this.server?.close();
+  }
+}
+
+describe("behind a proxy that refuses WebSocket: the client falls back to SSE (RabbitMQ)", () => {
+  const vhost = new Vhost();
+  let a: Gateway;
+  let b: Gateway;
+  let pa: number;
+  let pb: number;
+  const proxy = new NoWebSocketProxy();
+  let port: number;
+  const pod = (name: string, p: number) =>
+    new Gateway(
+      name,
+      ["serve", "--host", "127.0.0.1", "--port", String(p), "--pod-name", name, "--auth", "none", "--allow-client-publish", "--amqp-url", vhost.amqpUrl, "--drain-delay", "0", "--drain-window", "0.2", "--no-demo"],
+      [p],
+    );
+  /** b forwards posted frames to a (presence knows a): a bogus connection of a's is a's 404. */
+  const forwarding = () =>
+    waitFor(async () => {
+      const b64 = (s: string) => Buffer.from(s).toString("base64url");
+      const r = await fetch(`http://127.0.0.1:${pb}/emulation`, {
+        method: "POST",
+        body: JSON.stringify({ session: `${b64(a.name)}.${b64("nobody")}.x`, frames: ["ping"] }),
+      });
+      return r.status === 404 && ((await r.json()) as { message: string }).message.includes("no open stream");
+    }, "b to know a");
+
+  beforeAll(async () => {
+    await vhost.create();
+    pa = await freePorts(1);
+    pb = await freePorts(1);
+    a = pod(`js-sa-${rand()}`, pa).start();
+    b = pod(`js-sb-${rand()}`, pb).start();
+    await Promise.all([a.ready(), b.ready()]);
+    await forwarding();
+    proxy.target = pa;
+    proxy.postTarget = pb;
+    port = await proxy.start();
+  }, 40_000);
+  afterAll(async () => {
+    proxy.stop();
+    await a?.kill();
+    await b?.kill();
+    await vhost.delete();
+  });
+
+  it("every message once across a pod SIGKILL, frames posted through the other pod, SSE kept", async () => {
+    const user = `js-${rand()}`;
+    const channel = `orders.${rand()}`;
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { user, WebSocket: WS, backoff: fast });
+    const all = received(client);
+    const sub = client.subscribe(channel);
+    const onChannel = received(sub);
+    const recovered: RecoveredEvent[] = [];
+    const subRecovered: RecoveredEvent[] = [];
+    const resyncs: unknown[] = [];
+    const errors: unknown[] = [];
+    client.on("recovered", (e) => recovered.push(e));
+    client.on("resync", (e) => resyncs.push(e));
+    client.on("error", (e) => errors.push(e));
+    sub.on("recovered", (e) => subRecovered.push(e));
+    sub.on("resync", (e) => resyncs.push(e));
+    const states: string[] = [];
+    client.on("state", (e) => states.push(`${e.state}:${e.code}:${client.transport}`));
+    client.connect();
+    await waitFor(() => sub.state === "subscribed", "subscribed over SSE");
+    expect(client.transport).toBe("sse");
+    expect(client.info?.pod).toBe(a.name);
+    expect(proxy.upgrades).toBe(1);
+
+    const before = [await publish(pb, { channel, data: 1 }), await publish(pb, { user, data: 2 })];
+    before.push(await client.publish(channel, { mine: true })); // posted to b, run on a
+    await waitFor(() => all.length === 3, "the first three messages");
+    await a.kill();
+    await waitFor(() => client.state === "connecting", "the client to notice the dead pod");
+    const during = [await publish(pb, { channel, data: 3 }), await publish(pb, { user, data: 4 }), await publish(pb, { channel, data: 5 })];
+    a.start();
+    await a.ready();
+    await forwarding();
+    await waitFor(() => sub.state === "subscribed" && all.length >= 6, "the reconnect and the replay", 20_000);
+    const after = [await publish(pb, { channel, data: 6 })];
+    await waitFor(() => all.length >= 7, "a live message after the replay");
+    after.push(await barrier(pb, user, all));
+
+    expect(exactlyOnce(all, [...before, ...during, ...after])).toBe(true);
+    expect(onChannel).toHaveLength(5);
+    expect(states[0]).toBe("connecting:0:websocket");
+    expect(states.slice(1)).toEqual(["connected:0:sse", "connecting:1006:sse", "connected:0:sse"]);
+    // since is the greatest id: the client's own publish, last of the three.
+    expect(recovered).toEqual([{ recovered: true, missed: 1, since: before[2] }]);
+    expect(subRecovered).toEqual([{ recovered: true, missed: 2, since: before[2] }]);
+    expect(resyncs).toEqual([]);
+    expect(errors).toEqual([]);
+    expect(proxy.upgrades).toBe(1); // SSE was kept: no WebSocket tried again
+    client.close();
+  }, 60_000);
+
+  it("NDJSON streaming: a draining pod's close frame (1001) brings the client back soon, and it recovers", async () => {
+    const user = `js-${rand()}`;
+    proxy.target = pb;
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { user, transports: ["http_stream"], backoff: { ...fast, soon: 300 } });
+    const all = received(client);
+    const states: string[] = [];
+    client.on("state", (e) => states.push(`${e.state}:${e.code}`));
+    client.connect();
+    await waitFor(() => client.state === "connected", "connected over NDJSON");
+    expect(client.info?.pod).toBe(b.name);
+    const sent = [await publish(pa, { user, data: 1 })];
+    await waitFor(() => all.length === 1, "the first message");
+    proxy.target = pa;
+    proxy.postTarget = pa;
+    const draining = b.terminate();
+    await waitFor(() => client.state === "connecting", "the close frame");
+    sent.push(await publish(pa, { user, data: 2 }));
+    await waitFor(() => client.info?.pod === a.name && client.state === "connected", "the reconnect to a");
+    await waitFor(() => all.length >= 2, "every message");
+    sent.push(await barrier(pa, user, all));
+    expect(exactlyOnce(all, sent)).toBe(true);
+    expect(states).toEqual(["connecting:0", "connected:0", "connecting:1001", "connected:0"]);
+    await draining;
+    client.close();
+  }, 40_000);
 });

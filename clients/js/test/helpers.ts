@@ -9,6 +9,7 @@ export function setup(options: ClarionOptions = {}) {
   const client = new Clarion("ws://gw.test/ws", {
     user: "u1",
     WebSocket: server.WebSocket,
+    transports: ["websocket"], // the fallback to HTTP streams has tests of its own (stream.test.ts)
     backoff: { random: () => 0.5 },
     ...options,
   });

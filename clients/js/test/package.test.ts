@@ -18,7 +18,10 @@ function minGzip(file: string): number {
 // change that grows the client past them is a decision (raise the budget here), not an accident.
 // Raised by 150 bytes for in-band token refresh (refresh frames, the unknown_type fallback) and
 // server-revoked subscriptions (issue 21): measured 4596 and 4703.
-const BUDGET = { esm: 4650, iife: 4750 };
+// Raised by 1100 bytes for the HTTP-stream transports and the fallback to them (issue 20, item 3:
+// src/stream.ts reads SSE and NDJSON from fetch or an EventSource and posts frames to
+// /emulation; the client picks, falls back and remembers the transport): measured 5683 and 5795.
+const BUDGET = { esm: 5750, iife: 5850 };
 
 describe("package", () => {
   it(`the ESM bundle is at most ${BUDGET.esm} bytes min+gzip`, () => {
