@@ -134,6 +134,7 @@ def test_dashboard_shape() -> None:
         "Total connections",
         "Connections per pod",
         "Connects and disconnects per second",
+        "Stream connections by transport",
         "Messages per second",
         "Delivery latency",
         "Dropped messages per second",
