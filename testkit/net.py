@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 
@@ -13,14 +14,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class PausableProxy:
-    """A TCP proxy on loopback whose two directions can be held back, to emulate a slow
-    or frozen server on a live connection (bytes are kept, not lost, while paused)."""
+class TcpProxy:
+    """A TCP forwarder on loopback: a Kubernetes Service in front of some nodes, or a link
+    whose two directions can be held back (a slow or frozen server on a live connection).
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
+    Each new connection goes to the first of ``ports`` that accepts one (a Service sends
+    it to some ready endpoint; a dead node's refuses or is gone); bytes are copied both
+    ways until either side closes. While ``to_server`` or ``to_client`` is cleared, the
+    bytes of that direction wait (kept, not lost).
+    """
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
         self.port = 0
-        #: Set while bytes may flow to the server / back to the client.
         self.to_server = asyncio.Event()
         self.to_client = asyncio.Event()
         self.to_server.set()
@@ -28,37 +34,47 @@ class PausableProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> PausableProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        for src, dst, gate in (
-            (reader, up_writer, self.to_server),
-            (up_reader, writer, self.to_client),
-        ):
-            task = asyncio.ensure_future(self._pipe(src, dst, gate))
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for port in self.ports:
+            try:
+                up_r, up_w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+                break
+            except (OSError, TimeoutError):
+                continue
+        else:
+            writer.close()
+            return
+        for src, dst, gate in ((reader, up_w, self.to_server), (up_r, writer, self.to_client)):
+            task = asyncio.create_task(self._copy(src, dst, gate, (writer, up_w)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _pipe(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event
+    async def _copy(
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        gate: asyncio.Event,
+        both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
     ) -> None:
         try:
             while data := await src.read(65536):
                 await gate.wait()
                 dst.write(data)
                 await dst.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError):
             pass
         finally:
-            dst.close()
+            for w in both:
+                with contextlib.suppress(Exception):
+                    w.close()

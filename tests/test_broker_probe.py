@@ -22,7 +22,7 @@ from clarion.broker.base import BrokerOptions
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
 from clarion.protocol import Envelope, Target
-from testkit.net import PausableProxy
+from testkit.net import TcpProxy
 
 from .support import Vhost, wait_for
 from .test_fast_consume import Listener
@@ -47,8 +47,8 @@ class Counting(Listener):
 @pytest.fixture
 async def through_proxy(
     vhost: Vhost,
-) -> AsyncIterator[tuple[RabbitBroker, Counting, PausableProxy]]:
-    proxy = await PausableProxy(("127.0.0.1", 5672)).start()
+) -> AsyncIterator[tuple[RabbitBroker, Counting, TcpProxy]]:
+    proxy = await TcpProxy([5672]).start()
     name = f"probe-{uuid.uuid4().hex[:6]}"
     options = BrokerOptions.from_settings(Settings(auth="none", pod_name=name, routing="fanout"))
     url = vhost.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
@@ -63,11 +63,11 @@ async def through_proxy(
         proxy.to_server.set()
         proxy.to_client.set()
         await broker.stop()
-        await proxy.stop()
+        await proxy.close()
 
 
 async def test_a_slow_broker_keeps_its_connection(
-    through_proxy: tuple[RabbitBroker, Counting, PausableProxy],
+    through_proxy: tuple[RabbitBroker, Counting, TcpProxy],
 ) -> None:
     broker, listener, proxy = through_proxy
     o = broker.options
@@ -85,7 +85,7 @@ async def test_a_slow_broker_keeps_its_connection(
 
 
 async def test_a_frozen_broker_is_dropped_within_seconds(
-    through_proxy: tuple[RabbitBroker, Counting, PausableProxy],
+    through_proxy: tuple[RabbitBroker, Counting, TcpProxy],
 ) -> None:
     broker, listener, proxy = through_proxy
     o = broker.options

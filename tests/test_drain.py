@@ -21,7 +21,7 @@ import pytest
 
 from clarion.config import drain_seconds
 from clarion.protocol import new_message_id
-from testkit.net import PausableProxy
+from testkit.net import TcpProxy
 
 from .support import GatewayProcess, Vhost, wait_for
 from .wsclient import Client
@@ -75,7 +75,7 @@ async def test_a_drain_closes_no_faster_than_its_rate(tmp_path: Path) -> None:
 async def test_a_socket_waiting_for_its_replay_does_not_hold_the_drain(
     vhost: Vhost, tmp_path: Path
 ) -> None:
-    proxy = await PausableProxy(("127.0.0.1", 5672)).start()
+    proxy = await TcpProxy([5672]).start()
     url = vhost.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
     pod = GatewayProcess(
         f"held-{uuid.uuid4().hex[:6]}",
@@ -107,4 +107,4 @@ async def test_a_socket_waiting_for_its_replay_does_not_hold_the_drain(
         proxy.to_server.set()
         pod.kill()
         pod.stop()
-        await proxy.stop()
+        await proxy.close()

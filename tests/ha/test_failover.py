@@ -36,12 +36,12 @@ from clarion.broker.topology import history_arguments
 from clarion.config import Settings
 from clarion.names import EXCHANGE, history_queue
 from testkit import rabbitmq
+from testkit.net import TcpProxy
 from tests.support import GatewayProcess, wait_for
 from tests.test_faults import Published, Publisher, _recipients
 from tests.wsclient import Client
 
 from .cluster import HaCluster, Node
-from .proxy import TcpProxy
 
 STREAM = history_queue(EXCHANGE)
 
