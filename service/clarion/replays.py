@@ -186,6 +186,21 @@ class _Request:
     deadline: float
 
 
+def _unexpired(requests: list[_Request]) -> list[_Request]:
+    """The requests still waiting that may wait longer; the others are answered
+    ``unavailable`` (the session asks its client to come back, 1013)."""
+    now = time.monotonic()
+    expired = [r for r in requests if now >= r.deadline]
+    _give_up(expired)
+    return [r for r in requests if not r.done.done()]
+
+
+def _give_up(requests: list[_Request]) -> None:
+    for r in requests:
+        if not r.done.done():
+            r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+
+
 class _Window:
     """The stream as read so far: every message published at or after ``from_ms``."""
 
@@ -296,22 +311,13 @@ class Replays:
                     delay = 0.1
                     continue
                 # The history could not be read: try again, until each request's deadline.
-                now = time.monotonic()
-                for r in batch:
-                    if r.done.done():
-                        continue
-                    if now >= r.deadline:
-                        r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
-                    else:
-                        self._pending.append(r)
+                self._pending.extend(_unexpired(batch))
                 if self._pending:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
             self._task = None
-            for request in self._pending:  # cancelled while waiting: do not leave them hanging
-                if not request.done.done():
-                    request.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+            _give_up(self._pending)  # cancelled while waiting: do not leave them hanging
             self._pending = []
 
     async def _serve_batch(self, batch: list[_Request]) -> bool:
@@ -429,20 +435,13 @@ class Replays:
                         )
                     self._queue(requests)  # served from the window by the next read
                     continue
-                now = time.monotonic()
-                for r in requests:
-                    if now >= r.deadline:
-                        r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
-                    else:
-                        self._back.append(r)
+                self._back.extend(_unexpired(requests))
                 if self._back:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         finally:
             self._back_task = None
-            for r in self._back:
-                if not r.done.done():
-                    r.done.set_result(Replay([], complete=False, reason=UNAVAILABLE))
+            _give_up(self._back)
             self._back = []
 
     async def _start_of(self, window: _Window, batch: list[_Request]) -> int | None:
