@@ -4,7 +4,7 @@ The Python side of ``bench/node/emitter.js``: the same JSON-line commands on std
 the same answers on stdout, so the peers comparison (``bench/peers.py``) drives
 every system's publisher alike and takes each one's CPU time from its pid.
 
-- ``clarion``: the shipped ``clarion.client.AsyncPublisher`` (idempotency keys,
+- ``clarion``: the shipped ``clarion_client.AsyncPublisher`` (idempotency keys,
   retries, and the coalescing of concurrent publishes into one batch request),
   one publisher per pod, messages round-robin over them (a Service spreads
   connections over the pods). ``--max-batch 1`` turns coalescing off (one request
@@ -39,7 +39,7 @@ import orjson
 
 class _Clarion:
     def __init__(self, urls: list[str], max_batch: int, max_in_flight: int) -> None:
-        from clarion.client.publisher import AsyncPublisher
+        from clarion_client import AsyncPublisher
 
         try:
             self.pubs = [

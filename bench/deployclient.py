@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from clarion.client.subscriber import advance_since
+from clarion_client.subscriber import advance_since
 from testkit.websocket import OP_CLOSE
 
 from .loadgen import LoadGen, Worker, raise_nofile

@@ -14,7 +14,7 @@ the publishing side's CPU is counted beside the pods' and the broker's apart:
   ``bench/node/package-lock.json``; ``npm ci`` there installs them (done here if
   ``node_modules`` is missing).
 - ``clarion``: ``clarion serve`` pods; the backend ``bench/backend.py`` publishes
-  with ``clarion.client.AsyncPublisher`` through ``POST /api/publish`` (202 after
+  with ``clarion_client.AsyncPublisher`` through ``POST /api/publish`` (202 after
   the broker's confirm). ``clarion[nobatch]``: the same, coalescing off
   (``max_batch=1``, one request per message). ``clarion@REV``: pods and client at
   REV (``--ab``).

@@ -1,31 +1,7 @@
-"""Python client of Clarion: ``Publisher`` for backends, ``Subscriber`` for listeners.
+"""``clarion.client``, kept importable: the client is the ``clarion-client`` distribution
+(``clarion_client``, clients/python), which the server depends on. New code imports
+``clarion_client``; this module only re-exports it (one copy of the code)."""
 
-The same close-code policy, backoff and recovery as the TypeScript client in
-clients/js (policy.py has the table).
-"""
-
-from .policy import CLOSE_CODES, Action, Backoff, CloseCode, close_action, reconnect_delay
-from .publisher import AsyncPublisher, Publisher, PublishError, message
-from .subscriber import Subscriber
-from .types import ClarionError, Closed, Message, Recovery, StateChange, Unauthorized, token_expiry
-
-__all__ = [
-    "CLOSE_CODES",
-    "Action",
-    "AsyncPublisher",
-    "Backoff",
-    "ClarionError",
-    "CloseCode",
-    "Closed",
-    "Message",
-    "PublishError",
-    "Publisher",
-    "Recovery",
-    "StateChange",
-    "Subscriber",
-    "Unauthorized",
-    "close_action",
-    "message",
-    "reconnect_delay",
-    "token_expiry",
-]
+from clarion_client import *  # noqa: F403
+from clarion_client import __all__ as __all__
+from clarion_client import __version__ as __version__

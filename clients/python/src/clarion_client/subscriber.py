@@ -53,7 +53,7 @@ from .types import (
     _Overflow,
 )
 
-log = logging.getLogger("clarion.client")
+log = logging.getLogger("clarion_client")
 
 #: A message id (or a position, which is written as one): a UUID.
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
