@@ -13,8 +13,9 @@ import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from . import envvars, webhooks
+from . import envvars, names
 
 ENV_PREFIX = "CLARION_"
 
@@ -66,6 +67,23 @@ def _optional(raw: str) -> str | None:
     return raw or None
 
 
+def check_url(url: str, flag: str) -> str:
+    """The URL of a backend the pod calls (webhooks, proxies), or ValueError naming what is
+    wrong with it and the ``flag`` that gave it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{flag} must be an http:// or https:// URL")
+    try:
+        port = parts.port  # raises on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError(f"{flag} has a bad port") from None
+    if not parts.hostname or port == 0:
+        raise ValueError(f"{flag} needs a host (and a port other than 0)")
+    if parts.fragment or any(c.isspace() for c in url):
+        raise ValueError(f"{flag} must have no fragment and no spaces")
+    return url
+
+
 def setting(default: Any, help: str, parse: Callable[[str], Any] = str, **kw: Any) -> Any:
     """A ``Settings`` field with its outside appearance (see ``Option``)."""
     meta = {"parse": parse, "help": help, **kw}
@@ -96,8 +114,8 @@ class Settings:
         doc_default="none: embedded broker",
         secret=True,
     )
-    exchange: str = setting("clarion.fanout", "the fanout exchange")
-    queue_prefix: str = setting("clarion.pod.", "prefix of the pod's queue")
+    exchange: str = setting(names.EXCHANGE, "the fanout exchange")
+    queue_prefix: str = setting(names.QUEUE_PREFIX, "prefix of the pod's queue")
     auth: str = setting(
         "jwt",
         "`jwt`, or `none` (clients name themselves with `?user=`; development only, "
@@ -261,7 +279,7 @@ class Settings:
         secret=True,
     )
     webhook_events: list[str] = setting(
-        ["channel_occupied", "channel_vacated", "user_online", "user_offline"],
+        list(names.WEBHOOK_EVENTS),
         "comma-separated events to send: `channel_occupied`, `channel_vacated`, "
         "`user_online`, `user_offline`",
         envvars.parse_list,
@@ -435,7 +453,7 @@ class Settings:
             ("--refresh-proxy", self.refresh_proxy),
         ):
             if url is not None:
-                webhooks.check_url(url, flag)
+                check_url(url, flag)
         if self.refresh_proxy is not None and self.connect_proxy is None:
             raise ValueError(
                 "--refresh-proxy renews connections the connect proxy let in: it needs "
@@ -453,15 +471,15 @@ class Settings:
             raise ValueError("--proxy-timeout and --proxy-concurrency must be positive")
 
     def _validate_webhooks(self) -> None:
-        unknown = sorted(set(self.webhook_events) - set(webhooks.EVENTS))
+        unknown = sorted(set(self.webhook_events) - set(names.WEBHOOK_EVENTS))
         if unknown:
             raise ValueError(
                 f"--webhook-events: unknown {', '.join(map(repr, unknown))} "
-                f"(known: {', '.join(webhooks.EVENTS)})"
+                f"(known: {', '.join(names.WEBHOOK_EVENTS)})"
             )
         if self.webhook_url is None:
             return
-        webhooks.check_url(self.webhook_url)
+        check_url(self.webhook_url, "--webhook-url")
         if not self.webhook_secret:
             raise ValueError("--webhook-url needs --webhook-secret (receivers verify signatures)")
         if not self.webhook_events:

@@ -39,6 +39,21 @@ from .webhooks import Webhooks
 log = logging.getLogger("clarion.gateway")
 
 
+def broker_options(s: Settings) -> BrokerOptions:
+    """The broker's part of the pod's settings (the broker does not know ``Settings``)."""
+    return BrokerOptions(
+        exchange=s.exchange,
+        queue_prefix=s.queue_prefix,
+        queue_max_length=s.queue_max_length,
+        queue_message_ttl_ms=s.queue_message_ttl_ms,
+        queue_expires_ms=s.queue_expires_ms,
+        history_max_age=s.history_max_age,
+        history_max_bytes=s.history_max_bytes,
+        pod_queue_type=s.pod_queue_type,
+        routing=s.routing,
+    )
+
+
 class Gateway:
     """The state of one pod."""
 
@@ -56,7 +71,7 @@ class Gateway:
         self.broker = broker or create_broker(
             settings.amqp_url,
             settings.pod_name,
-            options=BrokerOptions.from_settings(settings),
+            options=broker_options(settings),
             memory_exchange=memory_exchange,
         )
         # The first socket of a user or channel binds its key, the last one unbinds it.

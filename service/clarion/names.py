@@ -17,6 +17,15 @@ ROUTED_SUFFIX = ".routed"
 #: after the gateway's exchange: one per gateway, even when gateways share a vhost.
 HISTORY_SUFFIX = ".history"
 
+#: The webhook events a pod can send (``--webhook-events``), and the field of each that
+#: names what it is about.
+WEBHOOK_EVENTS = {
+    "channel_occupied": "channel",
+    "channel_vacated": "channel",
+    "user_online": "user",
+    "user_offline": "user",
+}
+
 #: Kubernetes label keys put on everything the operator makes, pods included.
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

@@ -24,17 +24,13 @@ from urllib.parse import unquote, urlsplit
 import h11
 import orjson
 
+from . import names
 from .metrics import Metrics
 
 log = logging.getLogger("clarion.webhooks")
 
 #: The events a pod can send, and the field that names what they are about.
-EVENTS = {
-    "channel_occupied": "channel",
-    "channel_vacated": "channel",
-    "user_online": "user",
-    "user_offline": "user",
-}
+EVENTS = names.WEBHOOK_EVENTS
 SIGNATURE_HEADER = "X-Clarion-Signature"
 TIMESTAMP_HEADER = "X-Clarion-Timestamp"
 #: The pod that sent it (for the receiver's logs; not signed).
@@ -43,22 +39,6 @@ POD_HEADER = "X-Clarion-Pod"
 MAX_BODY_DEFAULT = 64 * 1024
 #: The longest pause between two attempts, whatever the exponent says.
 MAX_BACKOFF = 30.0
-
-
-def check_url(url: str, flag: str = "--webhook-url") -> str:
-    """The URL, or ValueError naming what is wrong with it (and the ``flag`` that gave it)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{flag} must be an http:// or https:// URL")
-    try:
-        port = parts.port  # raises on a port that is not a number or out of range
-    except ValueError:
-        raise ValueError(f"{flag} has a bad port") from None
-    if not parts.hostname or port == 0:
-        raise ValueError(f"{flag} needs a host (and a port other than 0)")
-    if parts.fragment or any(c.isspace() for c in url):
-        raise ValueError(f"{flag} must have no fragment and no spaces")
-    return url
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -22,10 +22,10 @@ from dataclasses import replace
 
 import aio_pika
 
-from clarion.broker import BrokerOptions
 from clarion.broker.codec import envelope_to_message
 from clarion.broker.topology import history_arguments, queue_arguments
 from clarion.config import Settings
+from clarion.gateway import broker_options
 from clarion.names import EXCHANGE, history_queue
 from clarion.protocol import Envelope, Target
 
@@ -46,7 +46,7 @@ def cpu_seconds(pids: list[int]) -> float:
 async def measure(cluster: HaCluster, kind: str, pods: int) -> dict[str, float]:
     vhost = vhost_on(cluster)
     vhost.create()
-    base = BrokerOptions.from_settings(Settings.from_env({}, pod_name="m"))
+    base = broker_options(Settings.from_env({}, pod_name="m"))
     options = replace(base, pod_queue_type=kind)
     conns: list[aio_pika.abc.AbstractConnection] = []
     try:

@@ -31,9 +31,9 @@ import aio_pika
 import httpx
 import pytest
 
-from clarion.broker import BrokerOptions
 from clarion.broker.topology import history_arguments
 from clarion.config import Settings
+from clarion.gateway import broker_options
 from clarion.names import EXCHANGE, history_queue
 from testkit import rabbitmq
 from testkit.net import TcpProxy
@@ -91,7 +91,7 @@ class Stage:
 
 async def declare_stream_on(node: Node, vhost: HaVhost) -> None:
     """The history stream, declared first through ``node``: its leader is there."""
-    options = BrokerOptions.from_settings(Settings.from_env({}, pod_name="test"))
+    options = broker_options(Settings.from_env({}, pod_name="test"))
     conn = await aio_pika.connect(f"{node.url}{vhost.quoted}")
     async with conn:
         ch = await conn.channel()
@@ -258,6 +258,7 @@ FAULTS = {
 
 
 @pytest.mark.timeout(100)
+@pytest.mark.both_routings
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_one_node_lost_loses_nothing_accepted(
     ha_nodes_back: HaCluster, tmp_path: Path, fault: str, routing: str

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import Settings
 from ..protocol import Envelope, Target
 
 
@@ -47,7 +46,11 @@ class BrokerListener(Protocol):
 
 @dataclass(frozen=True)
 class BrokerOptions:
-    """The broker's part of the pod's settings, typed."""
+    """The broker's part of the pod's settings, typed.
+
+    The fields without a default are settings of the pod (``config.Settings``, where their
+    defaults are written); the caller copies them (``gateway.broker_options``), so the
+    broker knows nothing of the settings module."""
 
     exchange: str
     queue_prefix: str
@@ -56,13 +59,14 @@ class BrokerOptions:
     queue_expires_ms: int
     history_max_age: str
     history_max_bytes: int
-    pod_queue_type: str = "classic"
+    #: ``exclusive``, ``classic`` or ``quorum`` (the pod's ``--pod-queue-type``).
+    pod_queue_type: str
+    #: ``fanout`` (every pod queue bound to the fanout exchange) or ``direct`` (routing.py).
+    routing: str
     #: A routing key no longer needed is unbound after this long (a page reload keeps it).
     bind_linger: float = 2.0
     #: A socket waits this long for its binding before it is closed (1012).
     bind_timeout: float = 10.0
-    #: ``fanout`` (every pod queue bound to the fanout exchange) or ``direct`` (routing.py).
-    routing: str = "fanout"
     prefetch: int = 1024
     publish_timeout: float = 5.0
     reconnect_max_delay: float = 5.0
@@ -83,20 +87,6 @@ class BrokerOptions:
     #: For this long after losing the broker a publish waits for the new connection
     #: (within its timeout) instead of failing at once.
     failover_window: float = 15.0
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> BrokerOptions:
-        return cls(
-            exchange=s.exchange,
-            queue_prefix=s.queue_prefix,
-            queue_max_length=s.queue_max_length,
-            queue_message_ttl_ms=s.queue_message_ttl_ms,
-            queue_expires_ms=s.queue_expires_ms,
-            history_max_age=s.history_max_age,
-            history_max_bytes=s.history_max_bytes,
-            pod_queue_type=s.pod_queue_type,
-            routing=s.routing,
-        )
 
 
 #: A place in the history stream: the offset of a message (where a read continues).
