@@ -1,16 +1,22 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import httpx
 import pytest
 
-from clarion.config import option
+from clarion.config import Settings, option
 
-from .support import MGMT_AUTH, MGMT_URL, Vhost
+from .support import MGMT_AUTH, MGMT_URL, PodFactory, Vhost
 
-#: Both delivery designs (``--routing``): fault, recovery and soak tests run in each.
-ROUTINGS = option("routing").choices
+#: Both delivery designs (``--routing``), for the tests marked ``both_routings``.
+ROUTINGS: tuple[str, ...] = option("routing").choices or ()
+#: The ``--routing`` of every other test that asks for ``routing``: the pods' default.
+DEFAULT_ROUTING = str(Settings.__dataclass_fields__["routing"].default)
+
+#: Fixtures that reach a RabbitMQ node (the shared one or one of a test's own): a test
+#: using any of them, directly or through another fixture, is marked ``broker``.
+BROKER_FIXTURES = frozenset({"rabbit_mgmt", "private_broker", "ha_cluster"})
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +47,53 @@ def module_vhost(rabbit_mgmt: str) -> Iterator[Vhost]:
     v.delete()
 
 
-@pytest.fixture(scope="module", params=ROUTINGS)
-def routing(request: pytest.FixtureRequest) -> str:
-    """``--routing`` of the pods a test starts: every test using it runs in both modes."""
-    return str(request.param)
+@pytest.fixture(scope="module")
+def routing() -> str:
+    """``--routing`` of the pods a test starts (parametrized by ``pytest_generate_tests``)."""
+    return DEFAULT_ROUTING
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``routing``: the ``--routing`` of the pods a test starts. A test marked
+    ``both_routings`` (what it checks depends on how messages reach pods: delivery
+    across pods, bindings, catch-up, HA) runs once in each mode; any other test that
+    asks for it runs once, in the default mode."""
+    if "routing" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_routings") is not None
+        modes = list(ROUTINGS) if both else [DEFAULT_ROUTING]
+        metafunc.parametrize("routing", modes, ids=modes, scope="module")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test shows the log of every pod its pod factories started."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, PodFactory):
+                report.sections.extend(value.logs())
+    return report
+
+
+@pytest.fixture
+def pod_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodFactory]:
+    """Starts gateway pods for one test (``support.PodFactory``); killed after it."""
+    factory = PodFactory(tmp_path_factory.mktemp("pods"))
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def module_pod_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodFactory]:
+    """``pod_factory`` for a module's shared pods: killed after its last test."""
+    factory = PodFactory(tmp_path_factory.mktemp("pods"))
+    yield factory
+    factory.close()

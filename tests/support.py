@@ -225,6 +225,8 @@ class GatewayProcess(Pod):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        if self.proc is not None:
+            self._log.close()
 
 
 class InProcessPod(Pod):
@@ -318,6 +320,83 @@ def started(
                 p.kill()
             else:
                 p.stop()
+
+
+class Pods(list[GatewayProcess]):
+    """Pods a ``PodFactory`` made: a list, and a context that SIGKILLs them on exit
+    (for a fixture whose pods must go before the factory's teardown)."""
+
+    def __enter__(self) -> Pods:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self:
+            p.kill()
+
+
+class PodFactory:
+    """Starts real ``clarion serve`` processes for a test and ends them after it.
+
+    What the ``pod_factory`` fixtures (tests/conftest.py) hand a test, as Starlette's
+    ``test_client_factory`` hands out clients: call it with the pods a test needs::
+
+        a, b = pod_factory(2, amqp_url=vhost.amqp_url, routing=routing)
+
+    The pods are ready when the call returns (``start=False``: made, not started,
+    for a test that starts them itself); whatever it made is SIGKILLed at teardown
+    (or earlier: ``with pod_factory(...) as pods:``), and the logs of every pod are
+    shown with a failing test (tests/conftest.py).
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.pods: list[GatewayProcess] = []
+
+    def __call__(
+        self,
+        count: int = 1,
+        prefix: str = "pod",
+        *,
+        amqp_url: str | None = None,
+        args: list[str] | None = None,
+        routing: str | None = None,
+        env: dict[str, str] | None = None,
+        hosts: list[str] | None = None,
+        port: int | None = None,
+        start: bool = True,
+        timeout: float = 20.0,
+    ) -> Pods:
+        """``count`` pods named ``<prefix>-<i>-<random>``, with ``args`` (default
+        ``--auth none``) on ``amqp_url`` (default: the embedded broker); pod ``i``
+        listens on ``hosts[i]`` (default 127.0.0.1), on ``port`` if given."""
+        made = Pods(
+            GatewayProcess(
+                f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
+                host=hosts[i] if hosts else "127.0.0.1",
+                port=port,
+                amqp_url=amqp_url,
+                args=args,
+                env=env,
+                log_dir=self.log_dir,
+                routing=routing,
+            )
+            for i in range(count)
+        )
+        self.pods += made
+        if start:
+            for p in made:
+                p.start()
+            for p in made:
+                p.wait_ready(timeout)
+        return made
+
+    def logs(self) -> list[tuple[str, str]]:
+        """(title, last lines of the log) of every pod this factory started."""
+        return [(f"gateway {p.pod_name}", p.log()) for p in self.pods if p.proc is not None]
+
+    def close(self) -> None:
+        for p in self.pods:
+            p.kill()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ from .support import (
 )
 from .wsclient import Client
 
-pytestmark = pytest.mark.timeout(60)
+#: Delivery across pods is what ``--routing`` changes: every test runs in both modes.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_routings]
 
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost, started, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,20 +19,12 @@ AUTH = {"Authorization": "Bearer k"}
 
 @pytest.fixture(scope="module")
 def pods(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory, routing: str
-) -> Iterator[Any]:
-    logs = tmp_path_factory.mktemp("logs")
-    made = [
-        GatewayProcess(
-            f"disc-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=module_vhost.amqp_url,
-            args=["--auth", "none", "--api-key", "k"],
-            log_dir=logs,
-            routing=routing,
-        )
-        for i in range(3)
-    ]
-    with started(made) as pods:
+    module_vhost: Vhost, module_pod_factory: PodFactory, routing: str
+) -> Iterator[list[GatewayProcess]]:
+    args = ["--auth", "none", "--api-key", "k"]
+    with module_pod_factory(
+        3, "disc", amqp_url=module_vhost.amqp_url, args=args, routing=routing
+    ) as pods:
         yield pods
 
 
@@ -49,6 +41,7 @@ async def sockets(pods: list[GatewayProcess], user: str) -> list[Client]:
     return clients
 
 
+@pytest.mark.both_routings
 async def test_a_user_is_disconnected_on_every_pod_and_nobody_else(pods: Any) -> None:
     user = f"banned-{uuid.uuid4().hex[:6]}"
     victims = await sockets(pods, user)
@@ -71,6 +64,7 @@ async def test_a_user_is_disconnected_on_every_pod_and_nobody_else(pods: Any) ->
         await c.close()
 
 
+@pytest.mark.both_routings
 async def test_one_connection_and_a_code_that_lets_the_client_come_back(pods: Any) -> None:
     user = f"u-{uuid.uuid4().hex[:6]}"
     clients = await sockets(pods, user)

@@ -135,6 +135,7 @@ def _recipients(target: dict[str, Any], sockets: dict[str, tuple[str, set[str]]]
 
 
 @pytest.mark.timeout(110)
+@pytest.mark.both_routings
 @pytest.mark.parametrize("how", ["shutdown", "crash"])
 async def test_broker_outage_loses_nothing_accepted(
     private_broker: PrivateBroker, outage_pods: list[GatewayProcess], how: str

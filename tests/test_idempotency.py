@@ -62,6 +62,7 @@ async def settle(clients: list[Client], marker: Any, pod: GatewayProcess, user: 
         await c.wait_data(marker)
 
 
+@pytest.mark.both_routings
 async def test_a_retry_on_another_pod_is_answered_with_the_first_id_and_delivered_once(
     env: Any,
 ) -> None:
@@ -82,6 +83,7 @@ async def test_a_retry_on_another_pod_is_answered_with_the_first_id_and_delivere
         await c.close()
 
 
+@pytest.mark.both_routings
 async def test_a_first_attempt_whose_confirm_was_lost_is_not_delivered_twice(env: Any) -> None:
     (a, b), vhost = env
     user, key = f"u-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
@@ -109,6 +111,7 @@ async def test_a_first_attempt_whose_confirm_was_lost_is_not_delivered_twice(env
         await c.close()
 
 
+@pytest.mark.both_routings
 async def test_racing_retries_on_two_pods_deliver_once(env: Any) -> None:
     (a, b), _ = env
     user, key = f"u-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
@@ -130,6 +133,7 @@ async def test_racing_retries_on_two_pods_deliver_once(env: Any) -> None:
         await c.close()
 
 
+@pytest.mark.both_routings
 async def test_batch_keys_and_the_window(env: Any, routing: str) -> None:
     (a, b), _ = env
     user = f"u-{uuid.uuid4().hex[:6]}"

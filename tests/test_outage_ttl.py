@@ -17,7 +17,7 @@ import pytest
 from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, wait_for
 from .wsclient import Client
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_routings]  # a catch-up
 
 TTL_MS = 1500
 

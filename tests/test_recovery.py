@@ -26,6 +26,7 @@ def pods(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[list[GatewayPro
         yield procs
 
 
+@pytest.mark.both_routings
 async def test_sigkilled_pod_users_recover_everything_on_other_pods(
     pods: list[GatewayProcess],
 ) -> None:
@@ -105,6 +106,7 @@ async def test_since_older_than_history_says_not_recovered(pods: list[GatewayPro
     await client.close()
 
 
+@pytest.mark.both_routings
 async def test_channel_recovery_via_subscribe_since(pods: list[GatewayProcess]) -> None:
     a, b, _ = pods
     async with httpx.AsyncClient(timeout=10) as api:

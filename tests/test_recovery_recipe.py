@@ -21,7 +21,7 @@ import pytest
 from .support import GatewayProcess, Vhost, running_pods, wait_for
 from .wsclient import Client, User
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_routings]  # hops between pods
 
 ROUNDS = 6
 PER_ROUND = 9  # three of each target kind, interleaved

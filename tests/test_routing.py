@@ -264,6 +264,7 @@ async def test_pods_of_both_modes_deliver_to_each_other(vhost: Vhost, tmp_path: 
             await on_direct.close()
 
 
+@pytest.mark.both_routings
 async def test_a_catch_up_brings_no_message_from_before_a_socket_arrived(
     vhost: Vhost, tmp_path: Any, routing: str
 ) -> None:

@@ -23,7 +23,7 @@ from .wsclient import User
 
 # bench/soak.py runs this same test bigger and longer through these variables.
 SOAK_TIMEOUT = int(os.environ.get("CLARION_SOAK_TIMEOUT", "180"))
-pytestmark = [pytest.mark.timeout(SOAK_TIMEOUT), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(SOAK_TIMEOUT), pytest.mark.slow, pytest.mark.both_routings]
 
 SOCKETS = int(os.environ.get("CLARION_SOAK_SOCKETS", "300"))
 RATE = float(os.environ.get("CLARION_SOAK_RATE", "60"))  # publishes per second
