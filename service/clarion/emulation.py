@@ -33,8 +33,8 @@ from typing import Any, Protocol
 import orjson
 
 from .broker import BrokerUnavailable
+from .message import Envelope
 from .presence import Publish
-from .protocol import Envelope
 
 log = logging.getLogger("clarion.emulation")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from . import disconnects
 from .disconnects import Disconnect
 from .frames import Kind, Outgoing, text_frame
+from .message import Envelope, Target
 from .metrics import Metrics
-from .protocol import Envelope, Target
 from .writer import SocketWriter
 
 log = logging.getLogger("clarion.hub")

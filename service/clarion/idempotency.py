@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections import OrderedDict
 
-from .protocol import Envelope
+from .message import Envelope
 
 #: Keys remembered at most (the oldest are forgotten first).
 MAX_KEYS = 200_000

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from .hub import Hub
-from .protocol import Envelope, Target
+from .message import Envelope, Target
 
 log = logging.getLogger("clarion.presence")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import Envelope, Target
+from ..message import Envelope, Target
 
 
 class BrokerListener(Protocol):

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from ..protocol import Envelope
+from ..message import Envelope
 from .base import BrokerListener
 
 log = logging.getLogger("clarion.broker")

@@ -6,7 +6,7 @@ from typing import Any
 
 import aio_pika
 
-from ..protocol import COMMANDS, Envelope, Target, id_timestamp_ms
+from ..message import COMMANDS, Envelope, Target, id_timestamp_ms
 
 HDR_KIND = "clarion-target"
 HDR_NAME = "clarion-name"

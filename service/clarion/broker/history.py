@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingM
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from ..protocol import Envelope, new_message_id
+from ..message import Envelope, new_message_id
 from . import fastconsume
 from .base import At, Position
 from .codec import Marker, marker_message, message_to_envelope

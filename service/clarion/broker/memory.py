@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ..protocol import Envelope
+from ..message import Envelope
 from .base import At, Broker, BrokerListener, Position
 
 #: Like the stream's reader, start a little early; readers skip by id.

@@ -28,8 +28,8 @@ from aio_pika.abc import AbstractConnection, AbstractExchange
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from ..message import Envelope, Target
 from ..names import history_queue, queue_name, routed_exchange
-from ..protocol import Envelope, Target
 from . import fastconsume, history, topology
 from .acks import AckBatcher
 from .base import At, Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Position

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
-from ..protocol import Target
+from ..message import Target
 from .base import BindTimeout
 
 log = logging.getLogger("clarion.broker")
