@@ -1,4 +1,4 @@
-"""``clarion publish`` and ``clarion listen`` on clarion.client: DATA that looks like JSON
+"""``clarion publish`` and ``clarion listen`` on clarion_client: DATA that looks like JSON
 must be JSON, the API key from CLARION_API_KEYS, listen stops on terminal codes and backs
 off by the close-code policy."""
 
@@ -134,7 +134,7 @@ def test_listen_backs_off_at_least_2s_from_a_full_pod(pod: InProcessPod) -> None
     """1013: two sockets already fill the pod; each retry waits at least 2 s."""
     import asyncio
 
-    from clarion.client import Subscriber
+    from clarion_client import Subscriber
 
     async def hold_and_listen() -> Any:
         holders = [Subscriber(pod.ws_url, token=token(f"h{i}")) for i in range(2)]

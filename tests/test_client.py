@@ -1,4 +1,4 @@
-"""clarion.client end to end against real pods: in-process pods for the protocol, real
+"""clarion_client end to end against real pods: in-process pods for the protocol, real
 ``clarion serve`` processes on RabbitMQ for a pod killed under a subscriber."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 import pytest
 
-from clarion.client import (
+from clarion_client import (
     AsyncPublisher,
     Backoff,
     Closed,

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from clarion.client import AsyncPublisher, Backoff, Publisher, PublishError
+from clarion_client import AsyncPublisher, Backoff, Publisher, PublishError
 
 from .support import GatewayProcess, Vhost, started
 from .wsclient import Client

@@ -131,7 +131,7 @@ def bad_tokens() -> list[tuple[str, Any, str]]:
         ("empty", {"type": "refresh", "token": ""}, "bad_field"),
         ("blank", {"type": "refresh", "token": "   "}, "bad_field"),
         ("too-long", {"type": "refresh", "token": "a" * (MAX_TOKEN_LENGTH + 1)}, "bad_field"),
-        ("extra-field", {"type": "refresh", "token": good, "channel": "x"}, "unknown_field"),
+        ("extra-field", {"type": "refresh", "token": good, "chanel": "x"}, "unknown_field"),
         ("bad-json", '{"type": "refresh", "token": ', "bad_json"),
     ]
 
@@ -289,7 +289,7 @@ async def test_the_python_subscriber_refreshes_in_band_and_drops_a_revoked_chann
 ) -> None:
     """2 s tokens for 6 s: one connection throughout, every message once; the fourth
     token no longer allows ``orders.eu`` and the subscriber stops asking for it."""
-    from clarion.client import Subscriber
+    from clarion_client import Subscriber
 
     calls = 0
     errors: list[tuple[str, str]] = []

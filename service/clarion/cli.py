@@ -107,7 +107,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def _listen(args: argparse.Namespace) -> int:
-    from .client import Closed, Recovery, StateChange, Subscriber
+    from clarion_client import Closed, Recovery, StateChange, Subscriber
 
     def on_state(change: StateChange) -> None:
         if change.state == "connected" and sub.info:
@@ -179,7 +179,7 @@ def publish_data(text: str) -> Any:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .client import Publisher, PublishError
+    from clarion_client import Publisher, PublishError
 
     try:
         data = publish_data(args.data)
