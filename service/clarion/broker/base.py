@@ -87,6 +87,9 @@ class BrokerOptions:
     #: For this long after losing the broker a publish waits for the new connection
     #: (within its timeout) instead of failing at once.
     failover_window: float = 15.0
+    #: Seconds between checks that the broker still has the pod's queue (rabbitmq.py,
+    #: ``_watch_queue``): one passive declare; a queue it forgot is declared again.
+    queue_check_interval: float = 5.0
 
 
 #: A place in the history stream: the offset of a message (where a read continues).

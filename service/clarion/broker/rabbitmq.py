@@ -211,7 +211,11 @@ class RabbitBroker(Broker):
                 )
                 self._report_connected(down_for)
                 self._first_attempt.set()
-                await lost.wait()
+                watch = asyncio.create_task(self._watch_queue(conn, lost, why))
+                try:
+                    await lost.wait()
+                finally:
+                    watch.cancel()
                 if not self._stopping:
                     log.warning(
                         "broker connection to %s lost: %s",
@@ -405,6 +409,44 @@ class RabbitBroker(Broker):
             log.info("publish: %d not confirmed (%r), sending again", len(retry), failed[0][1])
             pending = retry
             await asyncio.sleep(0.05)
+
+    async def _watch_queue(
+        self, conn: AbstractConnection, lost: asyncio.Event, why: list[str]
+    ) -> None:
+        """Reconnect if the broker forgot the pod's queue while its consumer lives on.
+
+        RabbitMQ (3.10) deletes a lost node's exclusive queues by name on every
+        surviving node, from a list each node made a moment before: a pod that
+        declared its queue again on another node in between loses the new
+        queue's record and bindings, but not its consumer, so nothing tells it
+        that nothing reaches it any more (tests/test_queue_watch.py). A passive
+        declare every ``queue_check_interval`` seconds finds it; the reconnect
+        declares and binds again and catches up from the history stream. Only
+        the broker's "not found" counts: a slow answer is the probe's business.
+        """
+        interval = self.options.queue_check_interval
+        channel: aio_pika.abc.AbstractChannel | None = None
+        try:
+            while not lost.is_set():
+                await asyncio.sleep(interval)
+                try:
+                    if channel is None or channel.is_closed:
+                        channel = await asyncio.wait_for(conn.channel(), interval)
+                    await asyncio.wait_for(
+                        channel.declare_queue(self.queue_name, passive=True), interval
+                    )
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    if conn is self._conn and not lost.is_set():
+                        why.append(f"the broker no longer has the queue {self.queue_name}")
+                        lost.set()
+                    return
+                except Exception as exc:  # slow or closing: the next round asks again
+                    log.debug("queue check of %s: %s", self.queue_name, reason(exc))
+                    channel = None
+        finally:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 1.0)
 
     def _probe_soon(self, conn: AbstractConnection | None) -> None:
         if conn is not None and not self._probing:
