@@ -14,17 +14,16 @@ import random
 import time
 from typing import Any
 
-import orjson
-
 from . import disconnects
 from .auth import Authenticator, JwtAuth, NoAuth
 from .broker import Broker, BrokerOptions, MemoryExchange, create_broker
 from .config import Settings, drain_seconds
-from .disconnects import Disconnect
 from .emulation import COMMANDS as EMULATION_COMMANDS
 from .emulation import Emulation
 from .hub import Hub
 from .idempotency import Idempotency
+from .kick import COMMANDS as KICK_COMMANDS
+from .kick import Kick
 from .metrics import Metrics
 from .occupancy import COMMANDS as OCCUPANCY_COMMANDS
 from .occupancy import Key, Occupancy, event_name
@@ -91,6 +90,8 @@ class Gateway:
             settings.presence_interval,
             settings.presence_timeout,
         )
+        #: ``POST /api/disconnect``: closes a user's sockets on every pod (kick.py).
+        self.kick = Kick(self.hub, self.pod_name, lambda env: self.broker.publish([env]))
         #: The HTTP streams' sessions, and their posted frames (streams.py, emulation.py).
         self.emulation = Emulation(self.pod_name, self._publish_command, self.presence.alive)
         self.webhooks: Webhooks | None = None
@@ -236,23 +237,9 @@ class Gateway:
         if env.command in EMULATION_COMMANDS:
             self.emulation.on_command(env)
             return 0
-        args = orjson.loads(env.body)
-        user = env.target.name or ""
-        how = disconnects.DISCONNECTED
-        if args.get("code") is not None:
-            how = Disconnect(args["code"], how.reason, how.label, how.action, how.when)
-        if args.get("reason"):
-            how = how.with_reason(args["reason"])
-        conns = [
-            c
-            for c in self.hub.by_user.get(user, ())
-            if args.get("conn") is None or c.id == args["conn"]
-        ]
-        for conn in conns:
-            conn.close(how)
-        if conns:
-            log.info("pod=%s disconnected %d sockets of user %s", self.pod_name, len(conns), user)
-        return len(conns)
+        if env.command in KICK_COMMANDS:
+            return self.kick.on_command(env)
+        return 0
 
     def _fired(self, key: Key, up: bool) -> None:
         """A channel or user changed cluster-wide, and this pod owns it: tell the webhook."""
@@ -351,10 +338,7 @@ class Gateway:
         self, user: str, code: int | None, reason: str | None, conn: str | None
     ) -> str:
         """Close ``user``'s sockets (or one of them) on every pod; raises BrokerUnavailable."""
-        args = {"code": code, "reason": reason, "conn": conn}
-        env = Envelope.create_command("disconnect", Target("user", user), args)
-        await self.broker.publish([env])
-        return env.id
+        return await self.kick.request(user, code, reason, conn)
 
     def shed(self, count: int) -> int:
         """Close up to ``count`` sockets with 1012 so the load balancer spreads them."""

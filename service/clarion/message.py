@@ -111,10 +111,11 @@ class Envelope:
         return cls(new_message_id(ts), target, ts, orjson.dumps(args), command)
 
 
-#: Commands a pod publishes to every pod: ``disconnect`` closes a user's sockets;
-#: ``hello`` ... ``presence_reply`` are presence.py's (membership and the scatter-gather
-#: of presence queries), ``occupancy`` and ``joinleave`` occupancy.py's, ``emulate`` and
-#: ``emulate_reply`` emulation.py's (a stream's posted frames, to the pod holding it).
+#: Commands a pod publishes to every pod: ``disconnect`` is kick.py's (it closes a user's
+#: sockets); ``hello`` ... ``presence_reply`` are presence.py's (membership and the
+#: scatter-gather of presence queries), ``occupancy`` and ``joinleave`` occupancy.py's,
+#: ``emulate`` and ``emulate_reply`` emulation.py's (a stream's posted frames, to the pod
+#: holding it).
 COMMANDS = frozenset(
     {
         "disconnect",
