@@ -1,0 +1,122 @@
+"""``pip install clarion-client`` gives a backend the client and nothing of the server.
+
+The wheel is built from clients/python as the release workflow builds it, installed into
+an empty venv of its own (its three dependencies come from the package index), and used
+there from outside the repository: Publisher, AsyncPublisher and Subscriber import, and
+none of the server's dependencies is installed or imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .support import REPO
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+CLIENT = REPO / "clients" / "python"
+#: The server's own dependencies (and the server): none may come with the client.
+SERVER_ONLY = {
+    "clarion": "clarion",
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "aio-pika": "aio_pika",
+    "aiormq": "aiormq",
+    "pamqp": "pamqp",
+    "pyjwt": "jwt",
+    "uvloop": "uvloop",
+    "prometheus-client": "prometheus_client",
+    "httptools": "httptools",
+    "kopf": "kopf",
+}
+
+#: Run inside the new venv, from a folder outside the repository.
+PROBE = """
+import importlib.util, json, sys
+import httpx
+from clarion_client import AsyncPublisher, Publisher, Subscriber
+import clarion_client
+
+def answer(request):
+    return httpx.Response(202, json={"id": "m1"})
+
+with Publisher("http://gw", client=httpx.Client(transport=httpx.MockTransport(answer))) as p:
+    published = p.publish({"order": 42}, user="u1")
+print(json.dumps({
+    "file": clarion_client.__file__,
+    "version": clarion_client.__version__,
+    "published": published,
+    "modules": sorted({name.split(".")[0] for name in sys.modules}),
+    "findable": {m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]},
+}))
+"""
+
+
+def run(*args: str | Path, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, CLIENT, cwd=out)
+    (built,) = out.glob("clarion_client-*.whl")
+    return built
+
+
+def test_the_wheel_holds_the_client_and_declares_only_its_three_dependencies(
+    wheel: Path,
+) -> None:
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
+    assert wheel.name.startswith(f"clarion_client-{project['version']}-py3-none-any")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert packages == {"clarion_client"}  # no server, no tests
+    assert "clarion_client/py.typed" in names
+    required = [
+        line.split(":", 1)[1].strip()
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    assert sorted(r.split(">")[0] for r in required) == ["httpx", "orjson", "websockets"]
+
+
+def test_an_empty_venv_gets_the_client_and_nothing_of_the_server(
+    wheel: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", "--no-cache-dir", wheel, cwd=tmp_path)
+
+    listed = json.loads(run(python, "-m", "pip", "list", "--format", "json", cwd=tmp_path))
+    installed = {p["name"].lower().replace("_", "-") for p in listed}
+    assert {"clarion-client", "httpx", "websockets", "orjson"} <= installed
+    assert installed.isdisjoint(SERVER_ONLY), installed & set(SERVER_ONLY)
+
+    # -I: the repository (cwd, PYTHONPATH, user site) is not on the path.
+    found: dict[str, Any] = json.loads(
+        run(python, "-I", "-c", PROBE, *SERVER_ONLY.values(), cwd=tmp_path)
+    )
+    assert Path(found["file"]).is_relative_to(venv)
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
+    assert found["version"] == project["version"]
+    assert found["published"] == "m1"
+    assert not set(found["modules"]) & set(SERVER_ONLY.values())
+    assert not any(found["findable"].values()), found["findable"]
