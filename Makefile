@@ -9,13 +9,13 @@ test:       ## the whole suite (sets up .venv, RabbitMQ, helm, Chromium, Prometh
 
 lint:
 	@scripts/setup.sh dev
-	.venv/bin/ruff check service operator tests bench
-	.venv/bin/ruff format --check service operator tests bench
+	.venv/bin/ruff check service operator tests bench clients/python
+	.venv/bin/ruff format --check service operator tests bench clients/python
 	.venv/bin/mypy
 
 fmt:
-	.venv/bin/ruff format service operator tests bench
-	.venv/bin/ruff check --fix service operator tests bench
+	.venv/bin/ruff format service operator tests bench clients/python
+	.venv/bin/ruff check --fix service operator tests bench clients/python
 
 services:
 	@scripts/services.sh

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 scripts/services.sh
 echo "==> ruff"
-.venv/bin/ruff check service operator tests bench
+.venv/bin/ruff check service operator tests bench clients/python
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> clients/js: npm ci, npm test (unit, size budget, end to end on real pods)"
