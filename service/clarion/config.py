@@ -220,14 +220,14 @@ class Settings:
         "`exclusive` (lives and dies with the pod's connection; caught up from history after "
         "each reconnect), `classic` (transient non-exclusive: RabbitMQ before 4.3, or with "
         "`deprecated_features.permit.transient_nonexcl_queues`) or `quorum` (replicated; see "
-        "[broker HA](#broker-ha))",
+        "[broker HA](broker-ha.md))",
         _choice("exclusive", "classic", "quorum"),
     )
     routing: str = setting(
         "direct",
         "`fanout` (every pod receives every message) or `direct` (RabbitMQ routes user and "
         "channel messages only to the pods holding them; each pod binds its queue to the keys "
-        "of its users and channels; see [scaling out](#scaling-out))",
+        "of its users and channels; see [scaling out](scaling.md))",
         _choice("fanout", "direct"),
     )
     history_max_age: str = setting(
@@ -266,7 +266,7 @@ class Settings:
     webhook_url: str | None = setting(
         None,
         "where webhook events are POSTed (`http://` or `https://`); unset: webhooks off. "
-        "See [webhooks](#webhooks)",
+        "See [webhooks](server-api.md#webhooks)",
         _optional,
         doc_default="none: off",
         secret=True,
@@ -305,7 +305,7 @@ class Settings:
         None,
         "the backend URL that authenticates connections (`http://` or `https://`): the pod "
         "POSTs the allowed headers and cookies and the client's `?data=`, signed, and the "
-        "answer says who it is and what it may do. See [connect proxy](#connect-proxy)",
+        "answer says who it is and what it may do. See [connect proxy](auth.md#connect-proxy)",
         _optional,
         doc_default="none: off",
         secret=True,
@@ -384,7 +384,7 @@ class Settings:
     )
     sse: bool = setting(
         True,
-        "serve Server-Sent Events at `GET /sse` (see [HTTP streams](#http-streams))",
+        "serve Server-Sent Events at `GET /sse` (see [HTTP streams](http-streams.md))",
         envvars.parse_bool,
     )
     http_stream: bool = setting(
@@ -400,7 +400,7 @@ class Settings:
         float,
     )
     compression: bool = setting(
-        False, "per-message deflate (see [performance](docs/performance.md))", envvars.parse_bool
+        False, "per-message deflate (see [performance](performance.md))", envvars.parse_bool
     )
     demo: bool = setting(True, "serve the demo page at `/`", envvars.parse_bool)
     log_level: str = setting(
