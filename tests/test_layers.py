@@ -10,9 +10,12 @@ reached from it: move the shared piece down, or pass a value in from above
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +83,48 @@ def test_a_module_imports_only_its_layer_and_those_below(module: str) -> None:
     )
     server = sorted(m for m in loaded if m.split(".")[0] in SERVER_PACKAGES)
     assert not server, f"{module} ({layer_name(own)!r}) imports the web server: {server[:5]}"
+
+
+def imports_in_source(module: str) -> set[str]:
+    """Every module ``module``'s source names in an import, inside functions too (an import
+    deferred into a function is still a dependency)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            # ``from . import x`` names the module x
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", CHECKED)
+def test_no_import_of_a_higher_layer_even_inside_a_function(module: str) -> None:
+    own = layer_of(module)
+    named = imports_in_source(module)
+    above = sorted(
+        m for m in named if m.startswith("clarion.") and layer_of(m) > own and _is_module(m)
+    )
+    assert not above, (
+        f"{module} (layer {layer_name(own)!r}) names modules of higher layers in its imports: "
+        + ", ".join(f"{m} ({layer_name(layer_of(m))})" for m in above)
+    )
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def test_every_module_of_a_layer_is_checked() -> None:
