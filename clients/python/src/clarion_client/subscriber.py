@@ -17,6 +17,11 @@ consumer has taken half of the queue it reconnects with ``since`` the
 greatest id it queued: the server replays what came meanwhile, so nothing
 within the history window is lost and memory stays bounded
 (``overflows`` counts these).
+
+Where WebSocket is blocked (a proxy refusing the upgrade), a subscriber given
+``transports=["websocket", "sse"]`` (or ``http_stream``) falls back to an HTTP
+stream (streams.py): the same frames, the same code above; the first transport
+that gets a welcome is kept for the subscriber's life.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import httpx
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from .policy import Action, Backoff, close_action, reconnect_delay
+from .streams import PATHS, Ended, StreamLink, Transport, close_of, http_url
 from .tokens import Tokens
 from .types import (
     LOST,
@@ -109,12 +116,26 @@ class Subscriber:
         on_recovery: Callable[[Recovery], object] | None = None,
         on_error: Callable[[str, str], object] | None = None,
         data: Any = None,
+        transports: Iterable[Transport] = ("websocket",),
+        fallback_after: int = 1,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError("the URL must start with ws:// or wss://")
         if queue_size < 2:
             raise ValueError("queue_size must be at least 2")
+        self.transports: list[Transport] = list(dict.fromkeys(transports))
+        if not self.transports or any(t not in PATHS for t in self.transports):
+            raise ValueError(f"transports: one or more of {', '.join(PATHS)}")
+        if fallback_after < 1:
+            raise ValueError("fallback_after must be at least 1")
+        #: Abnormal ends before any welcome that move the subscriber to the next transport.
+        self.fallback_after = fallback_after
+        self._t = 0  # the transport in use: an index in transports
+        self._t_fails = 0  # failures in a row before a welcome on it
+        self._t_kept = False  # a welcome came: no more fallback
+        self._http: httpx.AsyncClient | None = None
+        self._welcomed = False
         self.url = url
         self._parts = parts
         self.user = user
@@ -150,7 +171,7 @@ class Subscriber:
         self._queued = 0  # messages in _items
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
-        self._ws: ClientConnection | None = None
+        self._ws: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._had_connection = False
@@ -220,7 +241,14 @@ class Subscriber:
     async def unsubscribe(self, channel: str) -> None:
         if self._channels.pop(channel, None) is not None and self._ws is not None:
             with contextlib.suppress(websockets.ConnectionClosed):
-                await self._ws.send(orjson.dumps({"type": "unsubscribe", "channel": channel}))
+                await self._ws.send(
+                    orjson.dumps({"type": "unsubscribe", "channel": channel}).decode()
+                )
+
+    @property
+    def transport(self) -> Transport:
+        """The transport in use (or being tried before the first welcome)."""
+        return self.transports[self._t]
 
     @property
     def channels(self) -> list[str]:
@@ -257,6 +285,7 @@ class Subscriber:
         try:
             while True:
                 code, reason, welcomed = await self._attempt()
+                self._fall_back(code, welcomed)
                 failures = 0 if welcomed else failures + 1
                 self.stats.closes.append(code)
                 if code == _OVERFLOW:
@@ -291,6 +320,22 @@ class Subscriber:
             code, reason = (error.code, error.reason) if error else (1000, "closed")
             self._set_state("disconnected", code, reason, None)
             self._push(end)
+            http, self._http = self._http, None
+            if http is not None:
+                await http.aclose()
+
+    def _fall_back(self, code: int, welcomed: bool) -> None:
+        """A transport that never got a welcome: after ``fallback_after`` abnormal ends
+        (a refused upgrade, a broken connection, no welcome in time) the next one. A
+        close code from the server is an answer, not a blocked transport."""
+        if welcomed:
+            self._t_kept = True
+        if self._t_kept or code != LOST or len(self.transports) == 1:
+            return
+        self._t_fails += 1
+        if self._t_fails >= self.fallback_after:
+            self._t_fails = 0
+            self._t = (self._t + 1) % len(self.transports)
 
     async def _attempt(self) -> tuple[int, str, bool]:
         """One connection, from the token to the close: (close code, reason, welcomed)."""
@@ -303,49 +348,76 @@ class Subscriber:
             except Exception as exc:
                 self._error("token", f"get_token failed: {exc!r}")
                 return LOST, "get_token failed", False
-        welcomed = False
+        self._welcomed = False
         self._socket_token = self._tokens.token
         try:
-            async with connect(
-                self._socket_url(),
-                open_timeout=self.timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.timeout,
-                close_timeout=2,
-                max_size=None,
-                max_queue=None,  # our queue is the bound (a websockets queue would block reads)
-            ) as ws:
-                self._ws = ws
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), self.timeout)
-                    welcome = orjson.loads(raw)
-                    if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
-                        return LOST, "no welcome", False
-                    welcomed = True
-                    await self._welcome(ws, welcome)
-                    refresher = asyncio.create_task(self._refresh_loop(ws))
-                    try:
-                        async for raw in ws:
-                            await self._frame(ws, raw)
-                    finally:
-                        refresher.cancel()
-                finally:
-                    self._ws = None
-            return _close_of(ws)
+            if self.transport == "websocket":
+                return await self._over_websocket()
+            return await self._over_stream()
         except _Overflow:
-            return _OVERFLOW, "queue full: the consumer is behind", welcomed
+            return _OVERFLOW, "queue full: the consumer is behind", self._welcomed
+        except Ended as end:
+            return end.code, end.reason, self._welcomed
         except TimeoutError:
-            return LOST, "no welcome in time" if not welcomed else "timeout", welcomed
+            return LOST, "timeout" if self._welcomed else "no welcome in time", self._welcomed
         except websockets.ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else LOST
             reason = exc.rcvd.reason if exc.rcvd is not None else "connection lost"
-            return code, reason, welcomed
+            return code, reason, self._welcomed
         except websockets.InvalidStatus as exc:
             return LOST, f"HTTP {exc.response.status_code}", False
         except (OSError, websockets.InvalidHandshake, orjson.JSONDecodeError) as exc:
-            return LOST, str(exc) or type(exc).__name__, welcomed
+            return LOST, str(exc) or type(exc).__name__, self._welcomed
 
-    async def _welcome(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+    async def _over_websocket(self) -> tuple[int, str, bool]:
+        async with connect(
+            self._socket_url(),
+            open_timeout=self.timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.timeout,
+            close_timeout=2,
+            max_size=None,
+            max_queue=None,  # our queue is the bound (a websockets queue would block reads)
+        ) as ws:
+            await self._serve(ws)
+        return _close_of(ws)
+
+    async def _over_stream(self) -> tuple[int, str, bool]:
+        """An HTTP stream: it ends with the server's close frame (``Ended``) or 1006."""
+        if self._http is None:
+            # A silent stream (the server sends keep-alives) is lost after ping_interval + timeout.
+            timeout = httpx.Timeout(self.timeout, read=self.ping_interval + self.timeout)
+            self._http = httpx.AsyncClient(timeout=timeout)
+        url = http_url(self._socket_url(), PATHS[self.transport])
+        emulation = http_url(urlunsplit(self._parts._replace(query="")), "/emulation")
+        ndjson = self.transport == "http_stream"
+        async with StreamLink(self._http, url, emulation, ndjson) as link:
+            await self._serve(link)
+        return LOST, "stream ended", self._welcomed  # not reached: a stream ends with Ended
+
+    async def _serve(self, link: _Link) -> None:
+        """The welcome, then every frame until the connection ends."""
+        self._ws = link
+        try:
+            welcome = orjson.loads(await asyncio.wait_for(link.recv(), self.timeout))
+            if isinstance(welcome, dict) and welcome.get("type") == "close":
+                raise close_of(welcome)  # refused on a stream (pod full, draining)
+            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+                raise Ended(LOST, "no welcome")
+            self._welcomed = True
+            if isinstance(link, StreamLink) and isinstance(welcome.get("session"), str):
+                link.session = welcome["session"]
+            await self._welcome(link, welcome)
+            refresher = asyncio.create_task(self._refresh_loop(link))
+            try:
+                async for raw in link:
+                    await self._frame(link, raw)
+            finally:
+                refresher.cancel()
+        finally:
+            self._ws = None
+
+    async def _welcome(self, ws: _Link, frame: dict[str, Any]) -> None:
         self.backoff.reset()
         self.stats.connections += 1
         self._refresh_in_band, self._refreshing = True, None
@@ -361,14 +433,14 @@ class Subscriber:
             await self._send_subscribe(ws, channel, ch)
         self._set_state("connected", 0, "welcome", None)
 
-    async def _send_subscribe(self, ws: ClientConnection, channel: str, ch: _Channel) -> None:
+    async def _send_subscribe(self, ws: _Link, channel: str, ch: _Channel) -> None:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if ch.since:
             frame["since"] = ch.since
         ch.pending = True
         await ws.send(orjson.dumps(frame).decode())
 
-    async def _frame(self, ws: ClientConnection, raw: str | bytes) -> None:
+    async def _frame(self, ws: _Link, raw: str | bytes) -> None:
         try:
             frame = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -391,6 +463,8 @@ class Subscriber:
                 self._error(str(frame["reason"]), f"{channel}: {frame.get('message', '')}")
         elif kind == "error":
             self._server_error(frame)
+        elif kind == "close":  # an HTTP stream's last frame
+            raise close_of(frame)
 
     def _message(self, frame: dict[str, Any]) -> None:
         mid, target = frame.get("id"), frame.get("target")
@@ -453,7 +527,7 @@ class Subscriber:
             self._channels[channel].pending = False
         self._error(code, text)
 
-    async def _refresh_loop(self, ws: ClientConnection) -> None:
+    async def _refresh_loop(self, ws: _Link) -> None:
         """Refreshes the token before its ``exp`` and sends it in a ``refresh`` frame, so
         the connection outlives it (an older server: the reconnect after its 4001 does
         not wait for get_token)."""
@@ -513,6 +587,16 @@ REFRESH_ERRORS = frozenset({"bad_token", "token_expired", "unknown_type"})
 
 #: The subscriber's own close when its queue is full (a private code: never sent).
 _OVERFLOW = -1
+
+
+class _Link(Protocol):
+    """What the subscriber uses of its connection: a WebSocket or a streams.StreamLink."""
+
+    async def recv(self) -> str | bytes: ...
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: str, /) -> None: ...
 
 
 class _Stop(Exception):
