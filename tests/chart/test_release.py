@@ -93,7 +93,9 @@ def test_the_release_pushes_the_images_the_chart_pulls() -> None:
 
 def run_check(tmp_path: Path, ref: str, owner: str) -> subprocess.CompletedProcess[str]:
     """The workflow's `check` step, run by bash as GitHub would run it."""
-    step = load(RELEASE_WORKFLOW)["jobs"]["check"]["steps"][1]
+    step = next(
+        s for s in load(RELEASE_WORKFLOW)["jobs"]["check"]["steps"] if s.get("id") == "version"
+    )
     out = tmp_path / "output"
     env = {
         **os.environ,
@@ -121,7 +123,31 @@ def test_the_release_check_refuses_names_the_chart_does_not_pull(tmp_path: Path)
     fork = run_check(tmp_path, f"v{app}", "someone-else")
     assert fork.returncode != 0 and "does not pull ghcr.io/someone-else/clarion" in fork.stdout
     wrong = run_check(tmp_path, "v9.9.9", owner)
-    assert wrong.returncode != 0 and f"tag 9.9.9 != appVersion {app}" in wrong.stdout
+    assert wrong.returncode != 0 and "versions disagree:" in wrong.stderr
+    assert "9.9.9  the git tag v9.9.9" in wrong.stderr
+    assert f"{app}  charts/clarion/Chart.yaml: appVersion" in wrong.stderr
+
+
+def test_the_release_publishes_both_python_distributions_and_the_npm_package() -> None:
+    """At the tag's version (scripts/versions.py: tests/test_versions.py), after the images."""
+    jobs = load(RELEASE_WORKFLOW)["jobs"]
+    check = "\n".join(s.get("run", "") for s in jobs["check"]["steps"])
+    assert 'python3 scripts/versions.py --tag "${GITHUB_REF_NAME}"' in check
+    python = jobs["python"]
+    assert set(python["needs"]) == {"check", "images"}
+    assert python["permissions"]["id-token"] == "write"  # trusted publishing, no token
+    build = "\n".join(s.get("run", "") for s in python["steps"])
+    assert "python -m build --outdir dist clients/python" in build
+    assert "python -m build --outdir dist ." in build
+    assert "for name in clarion_client clarion; do" in build
+    (publish,) = [s for s in python["steps"] if "pypa/gh-action-pypi-publish" in s.get("uses", "")]
+    assert publish["with"]["packages-dir"] == "dist"
+    npm = jobs["npm"]
+    assert set(npm["needs"]) == {"check", "images"}
+    (step,) = [s for s in npm["steps"] if "npm publish" in s.get("run", "")]
+    assert step["working-directory"] == "clients/js"
+    assert step["env"]["NODE_AUTH_TOKEN"] == "${{ secrets.NPM_TOKEN }}"
+    assert "npm run test:unit" in step["run"]
 
 
 def test_docs_say_what_comes_before_helm_install() -> None:
