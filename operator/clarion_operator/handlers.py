@@ -106,6 +106,31 @@ def _closing(memo: kopf.Memo) -> bool:
     return closing is not None and closing.is_set()
 
 
+async def _rest(stopped: kopf.DaemonStopped, memo: kopf.Memo, seconds: float) -> None:
+    """A daemon's pause between ticks: ``seconds``, or until it is stopped or the operator
+    shuts down.
+
+    kopf stops the daemons before it drains its watch queues, and an event drained then
+    spawns them again with a stop flag it never sets. So the first daemon stopped for the
+    operator's exit marks the whole operator as closing: a respawned daemon then ends at
+    once instead of sleeping until kopf cancels it as a hung task (an error out of
+    ``kopf run``; tests/operator/test_e2e_shutdown.py).
+    """
+    closing: asyncio.Event = memo["closing"]
+    if not stopped and not closing.is_set():
+        waiters = [
+            asyncio.ensure_future(stopped.wait(seconds)),
+            asyncio.ensure_future(closing.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    if stopped.reason is not None and kopf.DaemonStoppingReason.OPERATOR_EXITING in stopped.reason:
+        closing.set()
+
+
 # -- indexes: what the handlers look up instead of listing ------------------
 
 
@@ -286,7 +311,7 @@ async def autoscale(
             await scaler.tick(body, gs, list(gateway_pods.get((namespace, name), [])))
         except Exception as exc:  # a bad tick must not end the daemon
             logger.warning(f"autoscaling tick failed: {exc!r}")
-        await stopped.wait(gs.scaling.interval_seconds)
+        await _rest(stopped, memo, gs.scaling.interval_seconds)
 
 
 # -- queue cleanup -------------------------------------------------------------
@@ -311,7 +336,7 @@ async def sweep(
             await sweeper.sweep(body, gs, gateway_pods)
         except Exception as exc:  # a failed sweep must not end the daemon
             logger.warning(f"queue sweep failed: {exc!r}")
-        await stopped.wait(gs.queue_cleanup.interval_seconds)
+        await _rest(stopped, memo, gs.queue_cleanup.interval_seconds)
 
 
 @kopf.on.event("pods", labels=GATEWAY_PODS)  # type: ignore[arg-type]
