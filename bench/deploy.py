@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.deploy --clarion-rev HEAD           # a committed revision
 
 P ``clarion serve`` pods on a vhost of their own; N clients (one user each,
-spread over the pods) that recover as the README says (``bench.deployclient``);
+spread over the pods) that recover as docs/failure-modes.md says (``bench.deployclient``);
 a publisher sending targeted messages through ``POST /api/publish`` on random
 live pods. At rest: RSS per socket and a broadcast to everyone. Then every pod
 is replaced in turn as a Deployment with ``maxSurge`` does it (start the new

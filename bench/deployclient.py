@@ -1,6 +1,6 @@
 """The deploy scenario's load: recovering clients, and the publisher, in worker processes.
 
-Each client is one user who behaves as the README's recovery recipe says: on
+Each client is one user who behaves as docs/failure-modes.md's recovery recipe says: on
 any close it reconnects to a random *live* pod after a random 0-1 s (after
 1011 or 1013: at least 2 s, randomised, doubling up to about 10 s), with
 ``?since=<greatest message id received>`` (or the welcome's ``position`` while
@@ -47,7 +47,7 @@ Addr = tuple[str, int]
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 #: ``Conn.code`` of a connection the client itself gave up on (no welcome in time).
 GAVE_UP = -1
-#: Close codes after which the recipe backs off (the README's close-code table).
+#: Close codes after which the recipe backs off (docs/protocol.md's close-code table).
 BACK_OFF = (1011, 1013)
 
 

@@ -1,4 +1,4 @@
-"""A user who keeps reconnecting on their own, as the README's recovery recipe says.
+"""A user who keeps reconnecting on their own, as docs/failure-modes.md's recovery recipe says.
 
 ``tests.wsclient.User`` is one user across reconnects that a test drives by
 hand; ``Recovering`` drives it itself, the way a browser tab does through a

@@ -2,7 +2,7 @@
 
 The suite's small version of ``python -m bench --only deploy`` (bench/deploy.py):
 300 users, one socket each, on three real pods on RabbitMQ, each reconnecting
-by the README's recipe (``tests/recovering.py``: a random live pod, ``since``,
+by docs/failure-modes.md's recipe (``tests/recovering.py``: a random live pod, ``since``,
 duplicates dropped by id); targeted messages through ``POST /api/publish`` on
 random live pods; then every pod is replaced surge-first, as a Deployment with
 ``maxSurge`` does it (the new pod ready, then SIGTERM the old one, which drains).

@@ -1,4 +1,4 @@
-"""The metrics an operator alerts on are there, by the names the README gives."""
+"""The metrics an operator alerts on are there, by the names docs/metrics.md gives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a token may do, decided on purpose and documented (README, "Auth").
+"""What a token may do, decided on purpose and documented (docs/auth.md).
 
 - A token without ``channels`` may subscribe to no channel (``--jwt-any-channel``: any).
 - A token with an ``aud`` is refused unless ``--jwt-audience`` names it.

@@ -430,7 +430,7 @@ async def test_join_and_leave_frames_once_per_user_in_the_cluster(
     d1 = await connect(pods[1], "dave", channel)
     frame = await carol.wait_reply("join")
     assert frame == {"type": "join", "channel": channel, "user": "dave"}
-    # A second socket: no second join. Pods' transitions race each other (README), so
+    # A second socket: no second join. Pods' transitions race each other (docs/server-api.md), so
     # wait until the owner has pod 2's: a channel it also owns, subscribed after, is seen.
     marker = owned_by(owner(("channel", channel), names), "channel", "mark", names)
     d2 = await connect(pods[2], "dave", channel, marker)

@@ -4,7 +4,7 @@ Which events exist and which pod sends each is occupancy.py's business; this
 module only delivers what it is given, in order, one request at a time (so a
 ``channel_occupied`` never overtakes the ``channel_vacated`` before it). A full
 queue drops the new event and counts it; a pod killed with events queued loses
-them (the README's Webhooks section says when that happens).
+them (docs/server-api.md, Webhooks, says when that happens).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What each kind of pod queue costs on a three-node cluster (the README's broker HA numbers).
+"""What each kind of pod queue costs on a three-node cluster (docs/broker-ha.md's numbers).
 
     .venv/bin/python -m tests.ha.measure_queues
 

@@ -10,7 +10,7 @@ publisher, one request at a time, so a stall on one pod does not hide the other.
 Each fault is checked the same way: every message that got a 202 reaches every
 socket it targets exactly once (and no other), no socket is closed, and both pods
 are publishing again within a bound; the longest time with no 202 on each pod is
-printed (``pytest -s``) as the figure the README reports.
+printed (``pytest -s``) as the figure docs/broker-ha.md reports.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ On a cluster of several nodes, what each piece does when a node dies:
   cannot be declared elsewhere ("home node is down") and copies routed to it
   are confirmed and dropped, which is why pod queues are not durable.
 - ``--pod-queue-type quorum``: a replicated pod queue that loses nothing and is
-  never cancelled, at the cost of Raft writes per pod per message (the README
+  never cancelled, at the cost of Raft writes per pod per message (docs/broker-ha.md
   has the measured numbers).
 """
 
