@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from .support import REPO
+from .test_docs import anchors, links
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -120,3 +122,22 @@ def test_an_empty_venv_gets_the_client_and_nothing_of_the_server(
     assert found["published"] == "m1"
     assert not set(found["modules"]) & set(SERVER_ONLY.values())
     assert not any(found["findable"].values()), found["findable"]
+
+
+def test_the_readme_pypi_shows_links_to_pages_that_exist() -> None:
+    """PyPI renders clients/python/README.md without the repository around it, so its links
+    are absolute; each names a file of this tree (and a heading of it) on the project's home."""
+    home = re.search(r"(?m)^home: (\S+)$", (REPO / "charts/clarion/Chart.yaml").read_text())
+    assert home
+    prefix = f"{home.group(1)}/blob/main/"
+    readme = CLIENT / "README.md"
+    checked = 0
+    for path, anchor in links(readme):
+        assert not path.startswith(("../", "./")), f"a relative link breaks on PyPI: {path}"
+        if not path.startswith(prefix):
+            continue
+        target = REPO / path.removeprefix(prefix)
+        assert target.exists(), path
+        assert not anchor or anchor in anchors(target), f"{path}#{anchor}"
+        checked += 1
+    assert checked >= 3
