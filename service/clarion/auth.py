@@ -82,6 +82,11 @@ class Authenticator(Protocol):
         one this connection may take (invalid, expired, another user's)."""
         ...
 
+    def subscription(self, token: str, user: str, channel: str) -> float | None:
+        """The expiry (unix seconds, or None) of a subscription token: a JWT naming this
+        connection's user (``sub``) and this ``channel``; AuthError if it is not one."""
+        ...
+
 
 def has_token(query: Mapping[str, str], headers: Mapping[str, str]) -> bool:
     """Whether the request carries a token (``?token=`` or ``Authorization: Bearer``)."""
@@ -107,6 +112,9 @@ class NoAuth:
 
     def refresh(self, token: str, current: Identity) -> Identity:
         raise AuthError("this gateway takes no tokens (--auth none): nothing to refresh")
+
+    def subscription(self, token: str, user: str, channel: str) -> float | None:
+        raise AuthError("this gateway takes no tokens (--auth none): no subscription tokens")
 
 
 class JwtAuth:
@@ -151,12 +159,28 @@ class JwtAuth:
             raise AuthError("token is for another user ('sub' differs from the connection's)")
         return ident
 
+    def subscription(self, token: str, user: str, channel: str) -> float | None:
+        """Signed with the gateway's key, unexpired, for this user and this channel: a
+        token for another user or channel is refused, and so is a connection's token."""
+        claims = self._decode(token)
+        if "channel" not in claims:
+            raise AuthError("not a subscription token (no 'channel' claim)")
+        if claims.get("sub") != user:
+            raise AuthError("subscription token is for another user ('sub' differs)")
+        if claims["channel"] != channel:
+            raise AuthError("subscription token is for another channel")
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) else None
+
     def check(self, token: str) -> Identity:
         """A token's identity and rights, or AuthError saying why not."""
         claims = self._decode(token)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_NAME_LENGTH:
             raise AuthError("token has no valid 'sub' claim")
+        if "channel" in claims:
+            # It would otherwise open a connection (with any channel, --jwt-any-channel).
+            raise AuthError("a subscription token (it has a 'channel' claim) is not a connection's")
         patterns = claims.get("channels")
         if patterns is not None and (
             not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns)

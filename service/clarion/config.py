@@ -198,6 +198,13 @@ class Settings:
         "0: no limit",
         float,
     )
+    max_connections_per_user: int = setting(
+        0,
+        "sockets one user may hold on one pod (counted per pod: no pod asks another, so the "
+        "limit costs nothing on the connect path; across N pods a user may hold N times it); "
+        "one more is closed 4504 and the client stops; 0: no limit",
+        int,
+    )
     max_subscriptions: int = setting(100, "channel subscriptions per socket", int)
     max_frame_bytes: int = setting(1024 * 1024, "largest client frame; larger closes 1009", int)
     max_body_bytes: int = setting(1024 * 1024, "largest publish body; larger is 413", int)
@@ -325,6 +332,16 @@ class Settings:
         doc_default="none: off",
         secret=True,
     )
+    subscribe_proxy: str | None = setting(
+        None,
+        "the backend URL that decides subscriptions the connection's rights do not cover "
+        "(and every one of a namespace with `subscribe=proxy`): the pod POSTs the user, the "
+        "channel and the connection info, signed; the answer allows or denies. Unset: such a "
+        "subscription needs a subscription token. See [auth](auth.md)",
+        _optional,
+        doc_default="none: off",
+        secret=True,
+    )
     proxy_secret: str | None = setting(
         None,
         "HMAC-SHA256 key of the proxies' `X-Clarion-Signature` (as webhooks'; required with "
@@ -358,6 +375,13 @@ class Settings:
         "proxy calls in flight from one pod at most (the rest wait, within `--proxy-timeout`): "
         "a reconnect storm cannot become a backend outage",
         int,
+    )
+    namespaces: str = setting(
+        "",
+        "channel namespaces (`<namespace>:<rest>`) and their options, a JSON object: "
+        '`{"orders": {"history": false, "subscribe": "proxy", "rate": 5}}`; the key `""` holds '
+        "plain names' options. See [namespaces](protocol.md#channel-namespaces)",
+        doc_default="none",
     )
     join_leave: bool = setting(
         False,
@@ -436,6 +460,9 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_connections_per_user < 0:
+            raise ValueError("--max-connections-per-user must be >= 0 (0: no limit)")
+        self._validate_namespaces()
         if self.max_connects_per_second < 0:
             raise ValueError("--max-connects-per-second must be >= 0 (0: no limit)")
         if self.drain_delay < 0 or self.drain_window < 0 or self.drain_rate < 0:
@@ -445,23 +472,35 @@ class Settings:
         self._validate_webhooks()
         self._validate_proxies()
 
+    def _validate_namespaces(self) -> None:
+        from .namespaces import Namespaces
+
+        namespaces = Namespaces.parse(self.namespaces)
+        if namespaces.any_subscribe("proxy") and self.subscribe_proxy is None:
+            raise ValueError(
+                "--namespaces: a namespace with subscribe=proxy needs --subscribe-proxy"
+            )
+        if namespaces.any_subscribe("token") and self.auth != "jwt":
+            raise ValueError("--namespaces: a namespace with subscribe=token needs --auth jwt")
+
     def _validate_proxies(self) -> None:
         if self.refresh_grace < 0:
             raise ValueError("--refresh-grace must be >= 0")
         for flag, url in (
             ("--connect-proxy", self.connect_proxy),
             ("--refresh-proxy", self.refresh_proxy),
+            ("--subscribe-proxy", self.subscribe_proxy),
         ):
             if url is not None:
                 check_url(url, flag)
+                if not self.proxy_secret:
+                    raise ValueError(
+                        f"{flag} needs --proxy-secret (the backend verifies the signature)"
+                    )
         if self.refresh_proxy is not None and self.connect_proxy is None:
             raise ValueError(
                 "--refresh-proxy renews connections the connect proxy let in: it needs "
                 "--connect-proxy"
-            )
-        if (self.connect_proxy or self.refresh_proxy) and not self.proxy_secret:
-            raise ValueError(
-                "--connect-proxy needs --proxy-secret (the backend verifies the signature)"
             )
         if any(h.strip().lower() == "cookie" for h in self.proxy_headers):
             raise ValueError(

@@ -158,6 +158,15 @@ DENIED = Disconnect(
     "the backend's)",
 )
 
+#: The user holds --max-connections-per-user sockets on this pod already.
+USER_FULL = Disconnect(
+    4504,
+    "too many connections for this user",
+    "user_limit",
+    "stop: do not reconnect in a loop (close another of the user's connections first)",
+    "the user already holds `--max-connections-per-user` sockets on this pod (counted per pod)",
+)
+
 #: The backend disconnected this user (POST /api/disconnect); it may choose another code.
 DISCONNECTED = Disconnect(
     4502,
@@ -187,6 +196,7 @@ ALL: tuple[Disconnect, ...] = (
     ORIGIN,
     DISCONNECTED,
     DENIED,
+    USER_FULL,
 )
 
 

@@ -21,9 +21,31 @@ from .transport import WriteCounts
 PUBLISH_STATUSES = (202, 400, 401, 413, 503)
 
 #: The proxies, and what a call to one can end in.
-PROXIES = ("connect", "refresh")
+PROXIES = ("connect", "refresh", "subscribe")
 PROXY_RESULTS = ("allow", "deny", "timeout", "error")
-REFRESH_RESULTS = ("ok", "invalid", "expired", "proxy_ok", "proxy_denied", "proxy_unavailable")
+REFRESH_RESULTS = (
+    "ok",
+    "invalid",
+    "expired",
+    "proxy_ok",
+    "proxy_denied",
+    "proxy_unavailable",
+    "subscription_ok",
+    "subscription_invalid",
+    "subscription_expired",
+)
+#: Why the server refused or ended a subscription.
+SUBSCRIPTION_REFUSALS = (
+    "forbidden",
+    "too_many_subscriptions",
+    "revoked",
+    "bad_token",
+    "token_expired",
+    "subscription_expired",
+    "proxy_denied",
+    "proxy_unavailable",
+    "bad_channel",
+)
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -47,7 +69,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.connections = Gauge(names.M_CONNECTIONS, "Open WebSocket connections", registry=r)
+        self.connections = Gauge(
+            names.M_CONNECTIONS,
+            "Open connections on every transport (WebSockets and HTTP streams)",
+            registry=r,
+        )
         self.opened = Counter(
             names.M_CONNECTIONS_OPENED, "WebSocket connections accepted", registry=r
         )
@@ -167,17 +193,20 @@ class Metrics:
         )
         self.limit_hits = Counter(
             names.M_LIMIT_HITS,
-            "Requests refused by a limit: connections (pod full), connect_rate (admission), "
-            "subscriptions, frame_size, frame_rate, body_size",
+            "Requests refused by a limit: connections (pod full), user_connections "
+            "(--max-connections-per-user), connect_rate (admission), subscriptions, frame_size, "
+            "frame_rate, namespace_rate (a namespace's rate), body_size",
             ["limit"],
             registry=r,
         )
         for limit in (
             "connections",
+            "user_connections",
             "connect_rate",
             "subscriptions",
             "frame_size",
             "frame_rate",
+            "namespace_rate",
             "body_size",
         ):
             self.limit_hits.labels(limit=limit)
@@ -244,8 +273,9 @@ class Metrics:
                 self.proxy_requests.labels(proxy=proxy, result=result)
         self.refreshes = Counter(
             names.M_REFRESHES,
-            "Connection renewals, by result: in band (refresh frames: ok, invalid, expired) "
-            "and by the refresh proxy (proxy_ok, proxy_denied, proxy_unavailable)",
+            "Connection renewals, by result: in band (refresh frames: ok, invalid, expired), "
+            "by the refresh proxy (proxy_ok, proxy_denied, proxy_unavailable), and of "
+            "subscription tokens (subscription_ok, subscription_invalid, subscription_expired)",
             ["result"],
             registry=r,
         )
@@ -254,11 +284,14 @@ class Metrics:
         self.subscriptions_refused = Counter(
             names.M_SUBSCRIPTIONS_REFUSED,
             "Subscriptions refused or ended by the server, by reason (forbidden, "
-            "too_many_subscriptions, revoked: a refresh took the right away)",
+            "too_many_subscriptions, revoked: a refresh took the right away, bad_token, "
+            "token_expired: a subscription token refused, subscription_expired: its expiry "
+            "passed unrefreshed, proxy_denied, proxy_unavailable: the subscribe proxy, "
+            "bad_channel: no namespace of this gateway)",
             ["reason"],
             registry=r,
         )
-        for reason in ("forbidden", "too_many_subscriptions", "revoked"):
+        for reason in SUBSCRIPTION_REFUSALS:
             self.subscriptions_refused.labels(reason=reason)
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()

@@ -183,7 +183,7 @@ CLIENT_TYPES = ("subscribe", "unsubscribe", "publish", "ping", "refresh")
 
 #: The longest token a ``refresh`` frame may carry (a JWT with many claims fits easily).
 MAX_TOKEN_LENGTH = 16 * 1024
-REFRESH_FIELDS = frozenset({"type", "token"})
+REFRESH_FIELDS = frozenset({"type", "token", "channel"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +194,7 @@ class ClientFrame:
     target: Target | None = None
     data: Any = None
     raw_text: str | None = None  # bare text (not JSON): chat demo
-    token: str | None = None  # a refresh frame's new token
+    token: str | None = None  # a refresh frame's new token; a subscribe frame's subscription token
 
 
 def parse_client_frame(text: str) -> ClientFrame:
@@ -224,27 +224,39 @@ def parse_client_frame(text: str) -> ClientFrame:
             raise ProtocolError("missing_field", "'channel' is required")
         channel = _check_name(obj["channel"], "channel")
         since = obj.get("since")
-        if since is not None:
-            try:
+        sub_token: str | None = None
+        try:
+            if since is not None:
                 since = parse_since(since)
-            except ProtocolError as exc:
-                raise ProtocolError(exc.code, exc.message, channel) from None
-        return ClientFrame(type=ftype, channel=channel, since=since)
+            if ftype == "subscribe" and "token" in obj:
+                sub_token = _check_token(obj["token"])
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, channel) from None
+        return ClientFrame(type=ftype, channel=channel, since=since, token=sub_token)
     if ftype == "publish":
         target, data, _ = parse_publish(obj, PUBLISH_FIELDS | {"type"})
         return ClientFrame(type="publish", target=target, data=data)
     if ftype == "refresh":
-        return ClientFrame(type="refresh", token=parse_refresh(obj))
+        token, of_channel = parse_refresh(obj)
+        return ClientFrame(type="refresh", token=token, channel=of_channel)
     raise ProtocolError("unknown_type", f"unknown frame type {ftype[:64]!r}")
 
 
-def parse_refresh(obj: dict[str, Any]) -> str:
-    """A ``refresh`` frame's token: a non-empty string of at most ``MAX_TOKEN_LENGTH``
-    characters, and no other field (a typo is refused, never ignored)."""
+def parse_refresh(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """A ``refresh`` frame's token (a non-empty string of at most ``MAX_TOKEN_LENGTH``
+    characters) and, for a subscription token, its ``channel``; no other field (a typo is
+    refused, never ignored)."""
     _refuse_unknown(obj, REFRESH_FIELDS, "a refresh frame")
+    channel = _check_name(obj["channel"], "channel") if "channel" in obj else None
     if "token" not in obj:
-        raise ProtocolError("missing_field", "'token' is required")
-    token = obj["token"]
+        raise ProtocolError("missing_field", "'token' is required", channel)
+    try:
+        return _check_token(obj["token"]), channel
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, channel) from None
+
+
+def _check_token(token: object) -> str:
     if not isinstance(token, str):
         raise ProtocolError("bad_field", "'token' must be a string")
     if not token.strip() or len(token) > MAX_TOKEN_LENGTH:

@@ -7,7 +7,9 @@ rest) and the client's ``?data=``, signed as webhooks are (webhooks.sign over
 ``<timestamp>.<body>``), and the answer names the user, the channel patterns
 it may subscribe to, the channels it is subscribed to at once, an expiry and
 opaque connection info. ``--refresh-proxy URL`` renews such a connection when
-that expiry comes.
+that expiry comes. ``--subscribe-proxy URL`` decides the subscriptions a
+connection's rights do not cover (or every one of a namespace configured so):
+the user, the channel and the connection info in, allow or deny out.
 
 Fail closed: no answer within ``--proxy-timeout``, a 5xx, a redirect, a body
 that is not a valid answer, or one too big, is ``Unavailable`` and the
@@ -123,6 +125,18 @@ def parse_answer(
         subscribe=refresh.subscribe if refresh is not None else _names(obj, "subscribe", False),
         info=obj.get("info"),
     )
+
+
+def parse_subscribe_answer(obj: object) -> bool:
+    """``{"allow": true}`` (True), or ``{"deny": true, "reason": TEXT}`` (Denied); anything
+    else is not an answer (ValueError: the caller fails closed)."""
+    if not isinstance(obj, dict):
+        raise ValueError("the answer is not a JSON object")
+    if "deny" in obj:
+        parse_answer(obj)  # raises Denied, or ValueError for a malformed deny
+    if set(obj) != {"allow"} or obj["allow"] is not True:  # 1 == True: not good enough
+        raise ValueError('a subscribe answer is {"allow": true} or {"deny": true, "reason": TEXT}')
+    return True
 
 
 def allowed_request(
@@ -261,6 +275,7 @@ class Proxies:
 
     connect: Proxy | None
     refresh: Proxy | None
+    subscribe: Proxy | None
     always: bool
     headers: frozenset[str]
     cookies: frozenset[str]
@@ -285,6 +300,7 @@ class Proxies:
         return cls(
             connect=proxy("connect", s.connect_proxy),
             refresh=proxy("refresh", s.refresh_proxy),
+            subscribe=proxy("subscribe", s.subscribe_proxy),
             always=s.connect_proxy_mode == "always",
             headers=frozenset(h.strip().lower() for h in s.proxy_headers if h.strip()),
             cookies=frozenset(c.strip() for c in s.proxy_cookies if c.strip()),
@@ -308,7 +324,19 @@ class Proxies:
         payload = {"user": ident.user, "conn": conn, "transport": transport, "info": ident.info}
         return await self.refresh.call(payload, lambda a: parse_answer(a, refresh=ident))
 
+    async def may_subscribe(self, ident: Identity, channel: str, conn: str, transport: str) -> None:
+        """The subscribe proxy's yes (returns), or Denied, or Unavailable."""
+        assert self.subscribe is not None
+        payload = {
+            "user": ident.user,
+            "channel": channel,
+            "conn": conn,
+            "transport": transport,
+            "info": ident.info,
+        }
+        await self.subscribe.call(payload, parse_subscribe_answer)
+
     def close(self) -> None:
-        for proxy in (self.connect, self.refresh):
+        for proxy in (self.connect, self.refresh, self.subscribe):
             if proxy is not None:
                 proxy.close()

@@ -26,6 +26,7 @@ from .disconnects import Disconnect
 from .frames import Kind, Outgoing, control
 from .gateway import Gateway
 from .hub import SKEW_MS, Connection
+from .namespaces import HISTORY_OFF, Namespaces
 from .protocol import (
     Envelope,
     ProtocolError,
@@ -34,13 +35,14 @@ from .protocol import (
     channel_of,
     encode,
     error_frame,
+    id_timestamp_ms,
     parse_client_frame,
     parse_since,
     position_id,
 )
 from .proxy import Denied, Unavailable
 from .ratelimit import RateLimiter
-from .replays import UNAVAILABLE, Replay
+from .replays import EXPIRED, UNAVAILABLE, Replay
 from .transport import transport_for
 from .writer import SocketWriter
 
@@ -84,6 +86,18 @@ async def admit(
     if gw.admission is not None and not gw.admission.allow():
         gw.metrics.limit_hits.labels(limit="connect_rate").inc()
         return disconnects.ADMISSION
+    ident = await identify(gw, headers, query, transport)
+    limit = gw.settings.max_connections_per_user
+    if isinstance(ident, Identity) and limit and len(gw.hub.by_user.get(ident.user, ())) >= limit:
+        gw.metrics.limit_hits.labels(limit="user_connections").inc()
+        return disconnects.USER_FULL
+    return ident
+
+
+async def identify(
+    gw: Gateway, headers: Headers, query: QueryParams, transport: str
+) -> Identity | Disconnect:
+    """Who the connection is: a token, or the connect proxy."""
     proxies = gw.proxies
     if proxies.connect is not None and (proxies.always or not has_token(query, headers)):
         return await by_proxy(gw, headers, query, transport)
@@ -160,6 +174,13 @@ class Session:
         #: Closes the connection (or asks the refresh proxy) when its rights expire.
         self._expiry: asyncio.TimerHandle | None = None
         self._renewal: asyncio.Task[None] | None = None
+        #: Channels joined with a subscription token or by the subscribe proxy, not by the
+        #: connection's rights: a refresh of those rights leaves them; each token's expiry
+        #: (its timer here) ends its own.
+        self.granted: dict[str, asyncio.TimerHandle | None] = {}
+        self.namespaces = Namespaces.of_setting(gw.settings.namespaces)
+        #: Per-namespace frame budgets (a namespace's ``rate``), made on first use.
+        self._ns_limiters: dict[str, RateLimiter] = {}
 
     def reply(self, text: str) -> None:
         self.conn.send(control(text))
@@ -247,7 +268,7 @@ class Session:
         if not joined:
             return [await self.replay("connect", since, user)]
         steps = [self.replay("connect", since, user)]
-        steps += [self.replay("subscribe", since, Target("channel", j["channel"])) for j in joined]
+        steps += [self.channel_replay(since, j["channel"]) for j in joined]
         return list(await asyncio.gather(*steps))
 
     async def routed(self, target: Target) -> bool:
@@ -290,6 +311,8 @@ class Session:
             # The client gets a close frame, not a silent drop.
             conn.close(disconnects.ERROR)
         finally:
+            for channel in list(self.granted):
+                self.ungrant(channel)
             if self._expiry is not None:
                 self._expiry.cancel()
             if self._renewal is not None:
@@ -334,16 +357,22 @@ class Session:
             return
         if frame.type == "ping":
             self.reply(encode({"type": "pong"}) if text.strip() != "ping" else "pong")
+        elif not self.namespace_allows(frame.channel or channel_of(text)):
+            return
         elif frame.type == "subscribe":
             assert frame.channel is not None
-            await self.subscribe(frame.channel, frame.since)
+            await self.subscribe(frame.channel, frame.since, frame.token)
         elif frame.type == "unsubscribe":
             assert frame.channel is not None
+            self.ungrant(frame.channel)
             self.gw.hub.unsubscribe(self.conn, frame.channel)
             self.reply(encode({"type": "unsubscribed", "channel": frame.channel}))
         elif frame.type == "refresh":
             assert frame.token is not None
-            self.refresh(frame.token)
+            if frame.channel is not None:
+                self.refresh_subscription(frame.channel, frame.token)
+            else:
+                self.refresh(frame.token)
         elif frame.type == "text":
             if not self.gw.settings.allow_client_publish:
                 # Bare text is a chat message only where clients may publish.
@@ -377,19 +406,29 @@ class Session:
     def set_rights(self, ident: Identity) -> None:
         """Replace the connection's rights: a channel they no longer allow is unsubscribed,
         with an ``unsubscribed`` frame that says why."""
-        gw, conn = self.gw, self.conn
+        conn = self.conn
         self.ident = ident
-        for channel in [c for c in conn.channels if not ident.may_subscribe(c)]:
-            gw.hub.unsubscribe(conn, channel)
-            gw.metrics.subscriptions_refused.labels(reason="revoked").inc()
-            frame = {
-                "type": "unsubscribed",
-                "channel": channel,
-                "reason": "revoked",
-                "message": "the connection's new rights do not allow this channel",
-            }
-            self.reply(encode(frame))
+        for channel in [c for c in conn.channels if not self.may_keep(c)]:
+            self.end_subscription(
+                channel, "revoked", "the connection's new rights do not allow this channel"
+            )
         self.schedule_expiry()
+
+    def may_keep(self, channel: str) -> bool:
+        """Whether the connection's rights still cover a channel it joined (one joined with
+        a subscription token or by the subscribe proxy is not theirs to take)."""
+        if channel in self.granted:
+            return True
+        rule = self.namespaces.of(channel).subscribe
+        return rule == "rights" and self.ident.may_subscribe(channel)
+
+    def end_subscription(self, channel: str, reason: str, message: str) -> None:
+        """The server ends a subscription: an ``unsubscribed`` frame says why."""
+        self.ungrant(channel)
+        self.gw.hub.unsubscribe(self.conn, channel)
+        self.gw.metrics.subscriptions_refused.labels(reason=reason).inc()
+        frame = {"type": "unsubscribed", "channel": channel, "reason": reason, "message": message}
+        self.reply(encode(frame))
 
     def schedule_expiry(self) -> None:
         """When the rights expire: a token's connection is closed 4001 at ``exp`` plus
@@ -449,13 +488,18 @@ class Session:
                 self.set_rights(renewed)
             return
 
-    async def join(self, channel: str) -> str | None:
+    async def join(self, channel: str, token: str | None = None) -> str | None:
         """Subscribe to ``channel`` once the broker routes it here; None, or the error frame
-        that refuses it (the token's ``channels``, ``--max-subscriptions``, the broker)."""
+        that refuses it (the rights, a subscription token, the subscribe proxy,
+        ``--max-subscriptions``, the broker)."""
         gw, conn, s = self.gw, self.conn, self.gw.settings
-        if not self.ident.may_subscribe(channel):
-            gw.metrics.subscriptions_refused.labels(reason="forbidden").inc()
-            return error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
+        refused = self.namespaces.refusal(channel)
+        if refused is not None:
+            gw.metrics.subscriptions_refused.labels(reason="bad_channel").inc()
+            return error_frame("bad_channel", refused, channel)
+        decided = await self.authorize(channel, token)
+        if isinstance(decided, str):
+            return decided
         if channel not in conn.channels and len(conn.channels) >= s.max_subscriptions:
             gw.metrics.limit_hits.labels(limit="subscriptions").inc()
             gw.metrics.subscriptions_refused.labels(reason="too_many_subscriptions").inc()
@@ -470,7 +514,136 @@ class Session:
         except BindTimeout:
             gw.hub.unsubscribe(conn, channel)
             return error_frame("unavailable", "broker did not confirm the subscription", channel)
+        if decided is True:
+            self.ungrant(channel)  # the rights hold it now
+        else:
+            self.grant(channel, decided)
         return None
+
+    async def authorize(self, channel: str, token: str | None) -> str | float | bool | None:
+        """Who lets this subscription in: True (the connection's rights), a subscription
+        token's expiry (a float, or None: no ``exp``), False (the subscribe proxy); or the
+        error frame that refuses it.
+
+        A token, when given, is checked (in a namespace whose rule is ``proxy`` only the
+        proxy decides); without one, the rights decide in a ``rights`` namespace, and what
+        they do not cover goes to the subscribe proxy, if there is one."""
+        gw = self.gw
+        rule = self.namespaces.of(channel).subscribe
+        refused = gw.metrics.subscriptions_refused
+        if token is not None and rule != "proxy":
+            try:
+                return gw.auth.subscription(token, self.ident.user, channel)
+            except AuthError as exc:
+                if exc.expired:
+                    refused.labels(reason="token_expired").inc()
+                    return error_frame("token_expired", "subscription token expired", channel)
+                refused.labels(reason="bad_token").inc()
+                return error_frame("forbidden", f"subscription token refused: {exc}", channel)
+        if rule == "rights" and self.ident.may_subscribe(channel):
+            return True
+        if rule == "token":
+            refused.labels(reason="forbidden").inc()
+            return error_frame(
+                "forbidden", f"subscribing to {channel!r} needs a subscription token", channel
+            )
+        if gw.proxies.subscribe is None:
+            refused.labels(reason="forbidden").inc()
+            return error_frame("forbidden", f"not allowed to subscribe to {channel!r}", channel)
+        try:
+            await gw.proxies.may_subscribe(self.ident, channel, self.conn.id, self.transport)
+        except Denied as exc:
+            refused.labels(reason="proxy_denied").inc()
+            message = f"refused: {exc}" if str(exc) else "refused by the backend"
+            return error_frame("forbidden", message, channel)
+        except Unavailable as exc:
+            log.warning("pod=%s conn=%s subscribe proxy: %s", gw.pod_name, self.conn.id, exc)
+            refused.labels(reason="proxy_unavailable").inc()
+            return error_frame(
+                "unavailable", "subscribe backend unavailable: try again later", channel
+            )
+        return False
+
+    # -- subscriptions granted by a token or the subscribe proxy ----------------------
+
+    def grant(self, channel: str, expires: float | bool | None) -> None:
+        """Remember who let ``channel`` in; a token's expiry (plus ``--refresh-grace``)
+        ends the subscription unless a ``refresh`` frame naming the channel came."""
+        self.ungrant(channel)
+        timer = None
+        if isinstance(expires, float) and not self.conn.closing:
+            delay = max(0.0, expires - time.time()) + self.gw.settings.refresh_grace
+            timer = asyncio.get_running_loop().call_later(delay, self._lapse, channel)
+        self.granted[channel] = timer
+
+    def ungrant(self, channel: str) -> None:
+        timer = self.granted.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _lapse(self, channel: str) -> None:
+        self.granted[channel] = None
+        if channel in self.conn.channels and not self.conn.closing:
+            self.end_subscription(
+                channel, "subscription_expired", "the subscription token expired: no refresh came"
+            )
+        else:
+            self.ungrant(channel)
+
+    def refresh_subscription(self, channel: str, token: str) -> None:
+        """A ``refresh`` frame naming a channel: its subscription token is replaced (the
+        same checks as at subscribe); a refused one changes nothing until it expires."""
+        metrics = self.gw.metrics.refreshes
+        if channel not in self.conn.channels:
+            self.reply(error_frame("not_subscribed", f"not subscribed to {channel!r}", channel))
+            return
+        try:
+            expires = self.gw.auth.subscription(token, self.ident.user, channel)
+        except AuthError as exc:
+            metrics.labels(
+                result="subscription_expired" if exc.expired else "subscription_invalid"
+            ).inc()
+            code = "token_expired" if exc.expired else "bad_token"
+            self.reply(error_frame(code, str(exc), channel))
+            return
+        metrics.labels(result="subscription_ok").inc()
+        self.grant(channel, expires)
+        self.reply(encode({"type": "refreshed", "channel": channel, "expire_at": expires}))
+
+    # -- namespaces -------------------------------------------------------------------
+
+    def namespace_allows(self, channel: str | None) -> bool:
+        """A frame about ``channel`` within its namespace's ``rate`` (else an error frame)."""
+        if channel is None:
+            return True
+        ns = self.namespaces.of(channel)
+        if not ns.rate:
+            return True
+        limiter = self._ns_limiters.get(ns.name)
+        if limiter is None:
+            limiter = self._ns_limiters[ns.name] = RateLimiter(ns.rate)
+        if limiter.allow():
+            return True
+        self.gw.metrics.limit_hits.labels(limit="namespace_rate").inc()
+        self.reply(
+            error_frame("rate_limited", f"too many frames about {ns.name!r} channels", channel)
+        )
+        return False
+
+    async def channel_replay(self, since: str, channel: str) -> Replay:
+        """What a channel missed since ``since``, as its namespace allows: none where it
+        keeps no history (and says so), none older than its ``history_seconds``."""
+        ns = self.namespaces.of(channel)
+        if not ns.history:
+            self.gw.metrics.replays.labels(scope="subscribe", result=HISTORY_OFF).inc()
+            return Replay(complete=False, reason=HISTORY_OFF)
+        if (
+            ns.history_seconds
+            and id_timestamp_ms(since) < (time.time() - ns.history_seconds) * 1000
+        ):
+            self.gw.metrics.replays.labels(scope="subscribe", result=EXPIRED).inc()
+            return Replay(complete=False, reason=EXPIRED)
+        return await self.replay("subscribe", since, Target("channel", channel))
 
     @staticmethod
     def subscribed(channel: str) -> dict[str, Any]:
@@ -480,20 +653,19 @@ class Session:
             "position": position_id(int(time.time() * 1000) - SKEW_MS),
         }
 
-    async def subscribe(self, channel: str, since: str | None) -> None:
+    async def subscribe(self, channel: str, since: str | None, token: str | None = None) -> None:
         gw, conn = self.gw, self.conn
-        error = await self.join(channel)
+        error = await self.join(channel, token)
         if error is not None:
             self.reply(error)
             return
-        target = Target("channel", channel)
         subscribed = self.subscribed(channel)
         if since is None:
             self.reply(encode(subscribed))
             return
         conn.hold()
         try:
-            replay = await self.replay("subscribe", since, target)
+            replay = await self.channel_replay(since, channel)
         except Exception:
             conn.release([])
             raise
@@ -504,6 +676,7 @@ class Session:
             self.reply(
                 error_frame("unavailable", "history busy: subscribe again with since", channel)
             )
+            self.ungrant(channel)
             return
         self.reply(encode({**subscribed, **recovery_fields(replay)}))
         conn.release(replay_frames(replay.messages))
@@ -515,7 +688,16 @@ class Session:
         return replay
 
     async def publish(self, target: Target, data: Any) -> None:
-        if not self.gw.settings.allow_client_publish:
+        allowed = self.gw.settings.allow_client_publish
+        if target.kind == "channel" and target.name is not None:
+            refused = self.namespaces.refusal(target.name)
+            if refused is not None:
+                self.reply(error_frame("bad_channel", refused, target.name))
+                return
+            ns = self.namespaces.of(target.name)
+            if ns.publish is not None:
+                allowed = ns.publish
+        if not allowed:
             self.reply(error_frame("forbidden", "client publishing is disabled on this gateway"))
             return
         try:

@@ -13,6 +13,7 @@ import type {
   Message,
   State,
   StorageLike,
+  SubscribeOptions,
   Transport,
   WebSocketConstructor,
   WebSocketLike,
@@ -193,13 +194,16 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
 
   /**
    * The subscription of `channel`: the same object until its unsubscribe().
-   * It is (re-)subscribed on every connection.
+   * It is (re-)subscribed on every connection. `options.token` or `options.getToken`: a
+   * subscription token, for a channel the connection's own token does not cover.
    */
-  subscribe(channel: string): Subscription {
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
     if (typeof channel !== "string" || channel === "") throw new TypeError("clarion: a channel is a non-empty string");
     let sub = this.subs.get(channel);
     if (sub) return sub;
     sub = new Subscription(channel, this);
+    sub.getToken = options.getToken;
+    if (options.token) this.setSubToken(sub, options.token);
     this.subs.set(channel, sub);
     if (this.welcomed) this.sendSubscribe(sub);
     return sub;
@@ -209,6 +213,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   unsubscribe(sub: Subscription): void {
     if (this.subs.get(sub.channel) !== sub) return;
     this.subs.delete(sub.channel);
+    this.clearTimer("sub:" + sub.channel);
     if (this.welcomed) this.request({ type: "unsubscribe", channel: sub.channel }, "unsubscribed", ignore, ignore);
     sub._setState("unsubscribed", "unsubscribe");
   }
@@ -412,17 +417,31 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.scheduleRefresh();
   }
 
-  private sendSubscribe(sub: Subscription): void {
+  private sendSubscribe(sub: Subscription, retried = false): void {
+    const channel = sub.channel;
+    if (sub.getToken && (sub.token === undefined || Date.now() >= sub.refreshAt!)) {
+      // A subscription token first; the frame goes once it is here (if still wanted).
+      const epoch = this.epoch;
+      this.subToken(sub).then(
+        () => epoch === this.epoch && this.welcomed && this.subs.get(channel) === sub && this.sendSubscribe(sub, retried),
+        (error) => this.subTokenFailed(sub, error),
+      );
+      return;
+    }
     const since = sub.lastId;
     const recovery = this.resubscribing.has(sub);
     this.resubscribing.add(sub);
+    const frame: Record<string, unknown> = { type: "subscribe", channel };
+    if (since) frame.since = since;
+    if (sub.token) frame.token = sub.token;
     this.request(
-      since ? { type: "subscribe", channel: sub.channel, since } : { type: "subscribe", channel: sub.channel },
+      frame,
       "subscribed",
       (frame) => {
         if (this.subs.get(sub.channel) !== sub) return;
         sub.lastId = advance(sub.lastId, frame);
         sub._setState("subscribed", "subscribed");
+        this.scheduleSubRefresh(sub);
         if (typeof frame.recovered === "boolean") {
           sub._recovery({ recovered: frame.recovered, missed: Number(frame.missed ?? 0), since });
         } else if (recovery) {
@@ -431,6 +450,10 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       },
       (error: ClarionError) => {
         if (error.code === "disconnected" || this.subs.get(sub.channel) !== sub) return;
+        if (error.code === "token_expired" && sub.getToken && !retried) {
+          sub.token = undefined; // a new subscription token, once
+          return this.sendSubscribe(sub, true);
+        }
         const failed = new ClarionError(error.code, error.message, { channel: sub.channel });
         sub._error(failed);
         this.emitError(failed);
@@ -448,6 +471,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     const sub = this.subs.get(channel);
     if (!sub) return;
     this.subs.delete(channel);
+    this.clearTimer("sub:" + channel);
     const error = new ClarionError(String(frame.reason), String(frame.message ?? "unsubscribed by the server"), {
       channel,
     });
@@ -589,9 +613,53 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
    */
   private setToken(token: string): void {
     this.token = token;
+    this.refreshAt = this.dueAt(token);
+  }
+
+  private dueAt(token: string): number | undefined {
     const exp = tokenExpiry(token);
     const now = Date.now();
-    this.refreshAt = exp === undefined ? undefined : now + Math.max((exp - now) / 2, exp - now - this.refreshMargin);
+    return exp === undefined ? undefined : now + Math.max((exp - now) / 2, exp - now - this.refreshMargin);
+  }
+
+  private setSubToken(sub: Subscription, token: string): void {
+    sub.token = token;
+    sub.refreshAt = this.dueAt(token);
+  }
+
+  /** A new subscription token from the subscription's getToken. */
+  private async subToken(sub: Subscription): Promise<string> {
+    const token = await sub.getToken!(sub.channel);
+    if (typeof token !== "string" || token === "") throw new ClarionError("token", "getToken() returned no token");
+    this.setSubToken(sub, token);
+    return token;
+  }
+
+  private subTokenFailed(sub: Subscription, error: unknown): void {
+    const failed = new ClarionError("token", `subscription getToken() failed: ${error}`, { channel: sub.channel, cause: error });
+    sub._error(failed);
+    this.emitError(failed);
+  }
+
+  /**
+   * A subscription token from getToken is renewed as the connection's is: before its `exp`,
+   * in a `refresh` frame naming the channel.
+   */
+  private scheduleSubRefresh(sub: Subscription): void {
+    if (!sub.getToken || sub.refreshAt === undefined) return;
+    const channel = sub.channel;
+    const epoch = this.epoch;
+    this.setTimer("sub:" + channel, Math.min(MAX_TIMER, Math.max(0, sub.refreshAt - Date.now())), () =>
+      this.subToken(sub).then((token) => {
+        if (epoch !== this.epoch || this.subs.get(channel) !== sub) return;
+        this.request({ type: "refresh", channel, token }, "refreshed", () => this.scheduleSubRefresh(sub), (error: ClarionError) => {
+          if (error.code === "disconnected") return;
+          this.subTokenFailed(sub, error.message);
+          sub.refreshAt = Date.now() + Math.min(5_000, this.refreshMargin / 4);
+          this.scheduleSubRefresh(sub);
+        });
+      }, (error) => this.subTokenFailed(sub, error)),
+    );
   }
 
   private tokenStale(): boolean {
@@ -703,6 +771,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
 
   private clearSocketTimers(): void {
     for (const name of ["welcome", "ping", "pong", "refresh", "reconnect"]) this.clearTimer(name);
+    for (const name of Object.keys(this.timers)) if (name.startsWith("sub:")) this.clearTimer(name);
   }
 }
 

@@ -32,6 +32,7 @@ export const CloseCodes: Readonly<Record<number, CloseCodeInfo>> = {
   4501: { name: "origin not allowed", action: "fatal" },
   4502: { name: "disconnected by the server", action: "fatal" },
   4503: { name: "refused by the backend (connect proxy)", action: "fatal" },
+  4504: { name: "too many connections for this user", action: "fatal" },
 };
 
 /** The action for any code: the table, then the 4000-4499 / 4500-4999 ranges, else `backoff`. */

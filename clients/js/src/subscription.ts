@@ -16,6 +16,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private _state: SubscriptionState = "subscribing";
   /** The id of the last message seen on this channel; `since` of the next re-subscribe. */
   lastId: string | null = null;
+  /** @internal The subscription token, its source and when it is due for a refresh. */
+  token?: string;
+  /** @internal */
+  getToken?: (channel: string) => Promise<string> | string;
+  /** @internal */
+  refreshAt?: number;
 
   constructor(
     readonly channel: string,

@@ -36,6 +36,18 @@ export interface StorageLike {
   setItem(key: string, value: string): void;
 }
 
+/** `client.subscribe(channel, options)`: for a channel the connection's token does not cover. */
+export interface SubscribeOptions {
+  /** A subscription token (a JWT naming the user and this channel), sent in the `subscribe` frame. */
+  token?: string;
+  /**
+   * Returns a subscription token for `channel`: called before subscribing when there is
+   * none, and before the token's `exp` (the new one goes over the open socket in a
+   * `refresh` frame naming the channel).
+   */
+  getToken?: (channel: string) => Promise<string> | string;
+}
+
 export interface ClarionOptions {
   /** A JWT, sent as `?token=`. */
   token?: string;

@@ -21,7 +21,10 @@ function minGzip(file: string): number {
 // Raised by 1100 bytes for the HTTP-stream transports and the fallback to them (issue 20, item 3:
 // src/stream.ts reads SSE and NDJSON from fetch or an EventSource and posts frames to
 // /emulation; the client picks, falls back and remembers the transport): measured 5683 and 5795.
-const BUDGET = { esm: 5750, iife: 5850 };
+// Raised by 400 bytes for subscription tokens (issue 21, item 3: the token in the subscribe frame,
+// getToken(channel) before subscribing and before exp, the in-band refresh naming the channel, one
+// retry after token_expired, their timers cleared with the socket's): measured 6066 and 6175.
+const BUDGET = { esm: 6150, iife: 6250 };
 
 describe("package", () => {
   it(`the ESM bundle is at most ${BUDGET.esm} bytes min+gzip`, () => {

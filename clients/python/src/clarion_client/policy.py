@@ -53,6 +53,7 @@ CLOSE_CODES: dict[int, CloseCode] = {
     4501: CloseCode("origin not allowed", Action.FATAL),
     4502: CloseCode("disconnected by the server", Action.FATAL),
     4503: CloseCode("refused by the backend (connect proxy)", Action.FATAL),
+    4504: CloseCode("too many connections for this user", Action.FATAL),
 }
 
 
