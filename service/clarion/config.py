@@ -2,7 +2,7 @@
 
 Each field of ``Settings`` carries its flag, its ``CLARION_*`` environment
 variable, its type (the parser), its default and its help. The command line
-(``cli.py``), the environment reading, the README's configuration table and the
+(``cli.py``), the environment reading, docs/configuration.md's settings table and the
 operator's pod environment are all generated from these declarations.
 """
 
@@ -579,7 +579,7 @@ def drain_seconds(sockets: int, window: float, rate: float) -> float:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, as the declarations say it."""
+    """docs/configuration.md's settings table, as the declarations say it."""
     rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
     for opt, f in _declared():
         flag = f"`{opt.flag}`" + (" (repeatable)" if opt.repeat_flag else "")

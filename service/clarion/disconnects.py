@@ -1,7 +1,7 @@
 """Every way the server closes a socket: code, text sent on the wire, metric label.
 
 One table, used by every call site; the metrics pre-create every label from
-it, and the README's close-code table is generated from it (a test checks).
+it, and docs/protocol.md's close-code table is generated from it (a test checks).
 Codes 4000-4499 mean "reconnect", 4500-4999 "do not reconnect" (as
 Centrifugo's); 1008 stays for policy violations a client cannot fix.
 """
@@ -217,7 +217,7 @@ LABELS: tuple[str, ...] = tuple(dict.fromkeys(d.label for d in ALL))
 
 
 def markdown_table() -> str:
-    """The README's close-code table, as the code says it."""
+    """docs/protocol.md's close-code table, as the code says it."""
     rows = [
         "| code | reason sent | when | metric `reason` | what a client does |",
         "|---|---|---|---|---|",

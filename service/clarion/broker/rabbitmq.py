@@ -5,7 +5,7 @@ that readiness reflects exactly "connected and consuming", and so a publish
 during an outage fails with BrokerUnavailable within its timeout instead of
 hanging. ``--amqp-url`` may list several addresses (the nodes of a cluster):
 the loop tries them in turn, moving to the next one after losing a connection,
-and backs off only once all of them failed in a row (README, broker HA). The
+and backs off only once all of them failed in a row (docs/broker-ha.md). The
 parts live beside it: the topology (topology.py), reading history
 (history.py), catching up after an outage (catchup.py), batched acks
 (acks.py) and the message codec (codec.py).
