@@ -8,17 +8,47 @@ These tests run a real ``clarion serve`` process and fail if it does.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from .support import GatewayProcess, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
+
+
+#: The packages whose private parts a fast path reads, and where.
+SEAMS = {"uvicorn": "transport.py", "aiormq": "broker/fastconsume.py"}
+
+
+@pytest.mark.parametrize("package", sorted(SEAMS))
+def test_the_installed_version_is_one_the_fast_path_was_tested_with(package: str) -> None:
+    """The range is clarion's declared dependency (pyproject.toml, read from the installed
+    metadata); a version outside it has not been run through these tests."""
+    declared = [
+        req
+        for raw in importlib.metadata.requires("clarion") or []
+        if (req := Requirement(raw)).name == package and req.marker is None
+    ]
+    assert len(declared) == 1, f"clarion declares no single requirement on {package}"
+    spec = declared[0].specifier
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in spec), (
+        f"{package}{spec} has no ceiling: {SEAMS[package]} reads its private parts, so only "
+        "the versions it was tested with may be installed"
+    )
+    installed = importlib.metadata.version(package)
+    assert spec.contains(installed, prereleases=True), (
+        f"{package} {installed} is installed but {SEAMS[package]}'s fast path was tested with "
+        f"{package}{spec} only (pyproject.toml): run tests/test_fast_path.py and "
+        "tests/test_fast_consume.py on it, then widen the range"
+    )
+
 
 SOCKETS = 5
 MESSAGES = 20
