@@ -158,3 +158,118 @@ def test_long_names_are_routed_by_a_digest_that_fits(name: str) -> None:
     key = routing_key(Target("user", name))
     assert key.startswith("u#") and len(key.encode()) <= 255
     assert routing_key(Target("channel", name)) != key
+
+
+FANOUT = "bindings-test.fanout"
+ROUTED = "bindings-test.wide-routed"
+WIDE_QUEUE = "bindings-test.wide-q"
+
+
+@pytest.fixture
+async def wide_setup(vhost: Vhost) -> AsyncIterator[tuple[Any, Any, Vhost]]:
+    """The gateway's topology in small: fanout → direct → queue by key (routing.py)."""
+    conn = await aio_pika.connect(vhost.amqp_url)
+    ch = await conn.channel()
+    fanout = await ch.declare_exchange(FANOUT, aio_pika.ExchangeType.FANOUT)
+    routed = await ch.declare_exchange(ROUTED, aio_pika.ExchangeType.DIRECT)
+    await routed.bind(fanout)
+    queue = await ch.declare_queue(WIDE_QUEUE, exclusive=True)
+    try:
+        yield conn, fanout, queue
+    finally:
+        await conn.close()
+
+
+def wide_bound(vhost: Vhost) -> set[str]:
+    path = f"/api/bindings/{{vhost}}/e/{ROUTED}/q/{quote(WIDE_QUEUE, safe='')}"
+    return {b["routing_key"] for b in vhost.api(path)}
+
+
+def fanout_bound(vhost: Vhost) -> bool:
+    path = f"/api/bindings/{{vhost}}/e/{FANOUT}/q/{quote(WIDE_QUEUE, safe='')}"
+    return bool(vhost.api(path))
+
+
+async def received(queue: Any, fanout: Any, keys: list[str]) -> set[str]:
+    """Publish one message per key to the fanout exchange; the keys that reached the queue."""
+    for key in keys:
+        await fanout.publish(aio_pika.Message(key.encode()), routing_key=key)
+    got: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while asyncio.get_running_loop().time() < deadline and got != set(keys):
+        msg = await queue.get(fail=False)
+        if msg is None:
+            await asyncio.sleep(0.05)
+            continue
+        await msg.ack()
+        got.add(msg.body.decode())
+    return got
+
+
+async def test_a_pod_whose_keys_bind_slowly_opens_wide_then_closes_with_every_key_bound(
+    wide_setup: Any, vhost: Vhost
+) -> None:
+    conn, fanout, queue = wide_setup
+    bindings = Bindings(
+        WIDE_QUEUE, ROUTED, linger=0.2, batch=50, wide=FANOUT, open_after=0.2, wide_for=0.5
+    )
+    await bindings.restore(conn)
+    try:
+        # The broker is slow to confirm binds (a reconnect storm): the runner's real
+        # binds are held back until released.
+        release = asyncio.Event()
+        channel = bindings._channel
+        assert channel is not None
+        bind = channel.queue_bind
+
+        async def held(*args: Any, **kw: Any) -> Any:
+            await release.wait()
+            return await bind(*args, **kw)
+
+        channel.queue_bind = held  # type: ignore[method-assign]
+        keys = [f"u.slow{i}" for i in range(120)]
+        for key in keys:
+            bindings.add(key)
+        # Released by the wide binding, long before the bind timeout.
+        await asyncio.wait_for(bindings.wait(keys), 3)
+        assert bindings.is_wide and fanout_bound(vhost)
+        assert not wide_bound(vhost) & set(keys)
+        # Every message reaches the queue now, wanted or not (the hub filters).
+        assert await received(queue, fanout, ["u.slow3", "u.nobody"]) == {"u.slow3", "u.nobody"}
+
+        release.set()
+        await wait_for(lambda: not bindings.is_wide, 10, 0.05, message="closed again")
+        assert set(keys) <= wide_bound(vhost)
+        await wait_for(lambda: not fanout_bound(vhost), 5, 0.1, message="fanout unbound")
+        # Keys only again: a wanted key's message arrives, another one does not.
+        assert await received(queue, fanout, ["u.slow7", "u.nobody"]) == {"u.slow7"}
+        # A socket arriving now waits for its own key (nothing wide releases it).
+        bindings.add("u.late")
+        await asyncio.wait_for(bindings.wait(["u.late"]), 5)
+        assert "u.late" in wide_bound(vhost)
+    finally:
+        bindings.stop()
+
+
+async def test_restoring_more_keys_than_a_batch_consumes_at_once_wide(
+    wide_setup: Any, vhost: Vhost
+) -> None:
+    """After a reconnect a pod with thousands of keys does not bind them all first."""
+    conn, fanout, queue = wide_setup
+    bindings = Bindings(
+        WIDE_QUEUE, ROUTED, linger=0.2, batch=64, wide=FANOUT, open_after=0.2, wide_for=0.5
+    )
+    keys = [f"u.r{i}" for i in range(500)]
+    for key in keys:
+        bindings.add(key)
+    await bindings.restore(conn)
+    try:
+        # Consuming before the keys are bound: they are bound in the background.
+        assert bindings.is_wide and fanout_bound(vhost)
+        assert await received(queue, fanout, ["u.r499"]) == {"u.r499"}
+        await wait_for(lambda: not bindings.is_wide, 15, 0.05, message="closed again")
+        assert wide_bound(vhost) == set(keys)
+        await wait_for(lambda: not fanout_bound(vhost), 5, 0.1, message="fanout unbound")
+        assert await received(queue, fanout, ["u.r1", "u.other"]) == {"u.r1"}
+    finally:
+        bindings.stop()

@@ -185,6 +185,11 @@ class Broker(abc.ABC):
         return 0
 
     @property
+    def routing_wide(self) -> bool:
+        """The pod's queue takes every message while its keys are bound (routing.py)."""
+        return False
+
+    @property
     @abc.abstractmethod
     def ready(self) -> bool:
         """Connected and consuming this pod's queue."""

@@ -109,6 +109,8 @@ class RabbitBroker(Broker):
                 timeout=options.bind_timeout,
                 on_confirmed=self._on_bound,
                 on_error=self._on_bind_error,
+                # Under a storm of binds, every message comes in meanwhile.
+                wide=options.exchange,
             )
             if options.routing == "direct"
             else None
@@ -133,6 +135,10 @@ class RabbitBroker(Broker):
     @property
     def bindings(self) -> int:
         return 0 if self._bindings is None else len(self._bindings)
+
+    @property
+    def routing_wide(self) -> bool:
+        return self._bindings is not None and self._bindings.is_wide
 
     def _on_bound(self, seconds: float) -> None:
         if self._listener is not None:

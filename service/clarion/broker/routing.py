@@ -23,6 +23,21 @@ A key no longer needed is unbound after ``linger`` seconds, so a page reload
 does not unbind and bind again. After a reconnect ``restore`` binds every key
 before the pod consumes its queue again (and the catch-up from history covers
 the outage, catchup.py).
+
+Under a reconnect storm the broker confirms binds slowly (each is a
+transaction): thousands of sockets waited for their keys, were closed 1013
+after ``timeout`` and came back for the same keys (issue 19). So a pod whose
+sockets wait longer than ``open_after`` for their keys *opens wide*: it binds
+its queue to the fanout exchange itself (``wide``: one bind, sent at once on a
+channel of its own), receives every message, and its hub delivers what its
+sockets hold and drops the rest (a message that also comes through a bound key
+is dropped by id, hub.py). Every waiter is released once that bind is
+confirmed. The keys are still bound in the background; once none is left to
+bind (and at least ``wide_for`` seconds later) the pod closes again: no waiter
+is released by the wide binding from the moment it is asked to close, so every
+socket is either covered by its key or waits for it. A restore of more keys
+than one batch opens wide first, so a pod that lost its broker consumes again
+at once instead of after binding tens of thousands of keys.
 """
 
 from __future__ import annotations
@@ -82,9 +97,25 @@ class Bindings:
         timeout: float = 10.0,
         on_confirmed: Callable[[float], None] | None = None,
         on_error: Callable[[int], None] | None = None,
+        wide: str | None = None,
+        open_after: float = 0.5,
+        wide_for: float = 5.0,
+        on_wide: Callable[[bool], None] | None = None,
     ) -> None:
         self.queue = queue
         self.exchange = exchange
+        #: The fanout exchange the queue binds to when it opens wide (None: never).
+        self.wide = wide
+        self.open_after = open_after
+        self.wide_for = wide_for
+        self.on_wide = on_wide
+        #: The wide binding is confirmed (and not being closed): waiters need no key.
+        self.is_wide = False
+        #: When it was confirmed (monotonic); the task binding it.
+        self._wide_since = 0.0
+        self._opening: asyncio.Task[None] | None = None
+        #: A wide binding may outlive a connection (a queue that is not exclusive).
+        self._maybe_wide = False
         self.linger = linger
         self.batch = batch
         self.timeout = timeout
@@ -104,6 +135,7 @@ class Bindings:
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._pika_channel: AbstractChannel | None = None
         self._live = False
+        self._conn: AbstractConnection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -140,7 +172,7 @@ class Bindings:
         the pod consumes (``restore``) and the catch-up covers what was missed.
         Raises BindTimeout if the broker does not confirm within ``timeout``.
         """
-        if not self._live:
+        if not self._live or self.is_wide:
             return
         loop = asyncio.get_running_loop()
         futures = []
@@ -152,10 +184,16 @@ class Bindings:
             futures.append(fut)
         if not futures:
             return
+        gathered = asyncio.gather(*futures)
         try:
             async with asyncio.timeout(self.timeout):
-                await asyncio.gather(*futures)
+                if self.wide is not None:
+                    done, _ = await asyncio.wait({gathered}, timeout=self.open_after)
+                    if not done:
+                        self._open_wide()
+                await gathered
         except TimeoutError:
+            gathered.cancel()
             raise BindTimeout(
                 f"the broker did not confirm a binding within {self.timeout}s"
             ) from None
@@ -172,9 +210,16 @@ class Bindings:
         self.bound = set()
         self._to_bind = dict.fromkeys(self.wanted)
         began = time.monotonic()
-        # Until nothing is missing: a key added while this ran must be bound too
-        # before the pod consumes (the sockets asking for it were not made to wait).
-        while self._to_bind:
+        if self.wide is not None and len(self._to_bind) > self.batch:
+            # Too many to bind before consuming: everything comes in meanwhile.
+            await self._bind_wide(channel)
+        elif self._maybe_wide and self.wide is not None:
+            await channel.queue_unbind(self.queue, self.wide, routing_key="")
+            self._maybe_wide = False
+        # Until nothing is missing (unless wide): a key added while this ran must be
+        # bound too before the pod consumes (the sockets asking for it were not made
+        # to wait).
+        while self._to_bind and not self.is_wide:
             await self._bind(channel, self._take(), observe=False)
         self.bound |= stale
         self._unwanted_at = dict.fromkeys(stale, began - self.linger)
@@ -204,8 +249,81 @@ class Bindings:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+        self._set_wide(False)
+
+    # -- opening wide ------------------------------------------------------------
+
+    def _set_wide(self, wide: bool) -> None:
+        if wide == self.is_wide:
+            return
+        self.is_wide = wide
+        if wide:
+            self._wide_since = time.monotonic()
+            self._maybe_wide = True
+            # Every socket waiting for a key is covered now.
+            waiters, self._waiters = self._waiters, {}
+            for futures in waiters.values():
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(None)
+            self._wake.set()  # the runner closes it again once every key is bound
+        log.info(
+            "%s %s: %d routing keys still to bind",
+            self.queue,
+            "opened wide (bound to every message)" if wide else "closed again (keys only)",
+            len(self._to_bind),
+        )
+        if self.on_wide is not None:
+            self.on_wide(wide)
+
+    def _open_wide(self) -> None:
+        """Bind the queue to the fanout exchange now, beside the queue of key binds."""
+        if self.is_wide or not self._live or self._opening is not None:
+            return
+        conn = self._conn
+        if conn is None:
+            return
+
+        async def open_wide() -> None:
+            try:
+                channel = await conn.channel(publisher_confirms=False)
+                try:
+                    await self._bind_wide(await channel.get_underlay_channel())
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("opening %s wide failed: %r", self.queue, exc)
+            finally:
+                self._opening = None
+
+        self._opening = asyncio.create_task(open_wide(), name=f"wide-{self.queue}")
+
+    async def _bind_wide(self, channel: aiormq.abc.AbstractChannel) -> None:
+        assert self.wide is not None
+        async with asyncio.timeout(self.timeout):
+            await channel.queue_bind(self.queue, self.wide, routing_key="")
+        self._set_wide(True)
+
+    async def _close_wide(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Every wanted key is bound: unbind the fanout exchange (keys only again)."""
+        assert self.wide is not None
+        # From here on a waiter waits for its own key (none is left to bind now).
+        self._set_wide(False)
+        try:
+            await channel.queue_unbind(self.queue, self.wide, routing_key="")
+        except BaseException:
+            self._maybe_wide = True  # still bound: unbound at the next restore
+            raise
+        self._maybe_wide = False
 
     async def _open(self, conn: AbstractConnection) -> aiormq.abc.AbstractChannel:
+        self._conn = conn
         self._pika_channel = await conn.channel(publisher_confirms=False)
         self._channel = await self._pika_channel.get_underlay_channel()
         return self._channel
@@ -214,6 +332,11 @@ class Bindings:
         """Bind what is wanted and unbind what lingered out, in batches, until stopped."""
         while True:
             wait = self._next_unbind_in()
+            if self._maybe_wide and not self._to_bind:
+                # Wide, or a wide binding whose unbind failed: close it when due.
+                close_in = self._wide_since + self.wide_for - time.monotonic()
+                close_in = max(0.0, close_in) if self.is_wide else 0.0
+                wait = close_in if wait is None else min(wait, close_in)
             if not self._to_bind and wait != 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -228,6 +351,10 @@ class Bindings:
                     await self._bind(channel, self._take())
                     # Binds come first; unbinds, which nobody waits for, a few at a time.
                     await self._unbind_due(channel, max(1, self.batch // 10))
+                elif self._maybe_wide and (
+                    not self.is_wide or time.monotonic() - self._wide_since >= self.wide_for
+                ):
+                    await self._close_wide(channel)
                 else:
                     await self._unbind_due(channel, self.batch)
             except asyncio.CancelledError:
