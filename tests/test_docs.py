@@ -93,12 +93,15 @@ def test_the_readme_links_every_docs_page() -> None:
     assert not missing, f"README.md does not link {missing}"
 
 
-def test_the_site_nav_has_every_docs_page() -> None:
+def test_the_site_nav_and_home_list_every_docs_page() -> None:
     nav = (REPO / "mkdocs.yml").read_text()
     missing = [
         p.name for p in DOCS.glob("*.md") if not re.search(rf":\s*{re.escape(p.name)}$", nav, re.M)
     ]
     assert not missing, f"mkdocs.yml's nav leaves out {missing}"
+    home = {path for path, _ in links(DOCS / "index.md")}
+    unlisted = [p.name for p in DOCS.glob("*.md") if p.name != "index.md" and p.name not in home]
+    assert not unlisted, f"docs/index.md's table of pages leaves out {unlisted}"
 
 
 def test_the_code_map_names_every_module_of_the_service() -> None:
