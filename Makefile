@@ -1,4 +1,4 @@
-.PHONY: run test lint fmt bench services setup clean
+.PHONY: run test lint fmt bench docs services setup clean
 
 run:        ## run two pods with the embedded broker: http://localhost:8080 and :8081
 	@scripts/setup.sh
@@ -23,6 +23,10 @@ services:
 bench:      ## the benchmark (not part of the tests); see bench/README.md
 	@scripts/setup.sh dev,bench
 	.venv/bin/python -m bench
+
+docs:       ## the docs site from docs/ (mkdocs.yml), served at http://127.0.0.1:8000
+	@scripts/setup.sh dev
+	.venv/bin/mkdocs serve
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
