@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from clarion.broker.base import BrokerOptions
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
+from clarion.gateway import broker_options
 from clarion.protocol import Envelope, Target
 from testkit.net import TcpProxy
 
@@ -50,7 +50,7 @@ async def through_proxy(
 ) -> AsyncIterator[tuple[RabbitBroker, Counting, TcpProxy]]:
     proxy = await TcpProxy([5672]).start()
     name = f"probe-{uuid.uuid4().hex[:6]}"
-    options = BrokerOptions.from_settings(Settings(auth="none", pod_name=name, routing="fanout"))
+    options = broker_options(Settings(auth="none", pod_name=name, routing="fanout"))
     url = vhost.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
     assert str(proxy.port) in url
     broker = RabbitBroker(url, name, options)

@@ -20,10 +20,11 @@ import aiormq
 import pytest
 
 from clarion.broker import fastconsume
-from clarion.broker.base import At, BrokerOptions
+from clarion.broker.base import At
 from clarion.broker.codec import envelope_to_message, marker_message
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
+from clarion.gateway import broker_options
 from clarion.protocol import Envelope, Target
 
 from .support import Vhost, wait_for
@@ -59,7 +60,7 @@ class Listener:
 async def consuming(vhost: Vhost) -> AsyncIterator[tuple[RabbitBroker, Listener]]:
     """A pod's broker (``--routing fanout``: everything reaches it), consuming."""
     name = f"fast-{uuid.uuid4().hex[:6]}"
-    options = BrokerOptions.from_settings(Settings(auth="none", pod_name=name, routing="fanout"))
+    options = broker_options(Settings(auth="none", pod_name=name, routing="fanout"))
     broker = RabbitBroker(vhost.amqp_url, name, options)
     listener = Listener()
     await broker.start(listener)
