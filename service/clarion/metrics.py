@@ -225,6 +225,12 @@ class Metrics:
             "Routing keys (users and channels) bound to this pod's queue (--routing direct)",
             registry=r,
         )
+        self.routing_wide = Gauge(
+            names.M_ROUTING_WIDE,
+            "1 while this pod's queue takes every message because its sockets waited for "
+            "their keys' binds (--routing direct, a reconnect storm)",
+            registry=r,
+        )
         self.bind_seconds = Histogram(
             names.M_BIND_SECONDS,
             "Time from the first socket of a user or channel to the broker's confirm of its "

@@ -75,6 +75,7 @@ M_WEBHOOK_QUEUE = "clarion_webhook_queue_length"
 #: Routing keys bound to the pod's queue (``--routing direct``), how long a bind takes to be
 #: confirmed, and the bind/unbind operations that failed.
 M_BINDINGS = "clarion_bindings"
+M_ROUTING_WIDE = "clarion_routing_wide"
 M_BIND_SECONDS = "clarion_bind_seconds"
 M_BIND_ERRORS = "clarion_bind_errors"
 #: Frames written to sockets, by transport path (fast or asgi).
