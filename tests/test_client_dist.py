@@ -99,14 +99,20 @@ def test_the_wheel_holds_the_client_and_declares_only_its_three_dependencies(
     assert sorted(r.split(">")[0] for r in required) == ["httpx", "orjson", "websockets"]
 
 
-def test_an_empty_venv_gets_the_client_and_nothing_of_the_server(
-    wheel: Path, tmp_path: Path
-) -> None:
-    venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
-    python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--no-cache-dir", wheel, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty venv with the wheel installed (its dependencies from the index)."""
+    venv = tmp_path_factory.mktemp("client") / "venv"
+    run(sys.executable, "-m", "venv", venv, cwd=venv.parent)
+    run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-cache-dir", wheel,
+        cwd=venv.parent)  # fmt: skip
+    return venv
 
+
+def test_an_empty_venv_gets_the_client_and_nothing_of_the_server(
+    venv: Path, tmp_path: Path
+) -> None:
+    python = venv / "bin" / "python"
     listed = json.loads(run(python, "-m", "pip", "list", "--format", "json", cwd=tmp_path))
     installed = {p["name"].lower().replace("_", "-") for p in listed}
     assert {"clarion-client", "httpx", "websockets", "orjson"} <= installed
@@ -122,6 +128,17 @@ def test_an_empty_venv_gets_the_client_and_nothing_of_the_server(
     assert found["published"] == "m1"
     assert not set(found["modules"]) & set(SERVER_ONLY.values())
     assert not any(found["findable"].values()), found["findable"]
+
+
+def test_the_clients_own_tests_pass_on_the_installed_wheel(venv: Path, wheel: Path) -> None:
+    """clients/python/tests need the client and pytest, nothing of the server or the repo's
+    test helpers; run from clients/python, they import the wheel (src/ is not on the path)."""
+    python = venv / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", "--no-cache-dir", f"{wheel}[test]", cwd=venv.parent)
+    where = run(python, "-c", "import clarion_client; print(clarion_client.__file__)", cwd=CLIENT)
+    assert Path(where.strip()).is_relative_to(venv)
+    out = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=CLIENT)
+    assert re.search(r"^\d+ passed in ", out.splitlines()[-1]), out[-2000:]
 
 
 def test_the_readme_pypi_shows_links_to_pages_that_exist() -> None:
