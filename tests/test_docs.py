@@ -217,3 +217,5 @@ def test_the_docs_site_builds_strict(tmp_path: Path) -> None:
     assert (site / "protocol" / "index.html").exists()
     page = (site / "configuration" / "index.html").read_text()
     assert "CLARION_ROUTING" in page  # the generated settings table made it into the site
+    home = (site / "index.html").read_text()  # a link out of docs/ leads to the repository
+    assert 'href="https://github.com/clarion-dev/clarion/blob/main/README.md"' in home
