@@ -10,6 +10,7 @@ proxy fails closed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -359,3 +360,58 @@ def test_a_subscribe_answer_is_exactly_allow_or_deny() -> None:
     for bad in ({"allow": 1}, {"allow": True, "x": 1}, {}, [], "allow", None, {"deny": 1}):
         with pytest.raises(ValueError):
             parse_subscribe_answer(orjson.loads(orjson.dumps(bad)))
+
+
+# -- the Python Subscriber ----------------------------------------------------------
+
+
+async def test_the_python_subscriber_renews_a_subscription_token_in_band(
+    pod: InProcessPod,
+) -> None:
+    from clarion_client import Message, Subscriber
+
+    ch = channel()
+    asked: list[str] = []
+
+    def get_token(name: str) -> str:
+        asked.append(name)
+        return sub_token("zoe", name, ttl=3)
+
+    got: list[Message] = []
+    sub = Subscriber(pod.ws_url, token=token("zoe", channels=["public.*"]), refresh_margin=1.0)
+
+    async def read() -> None:
+        async for m in sub:
+            got.append(m)
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_for(lambda: sub.state == "connected", 10)
+        await sub.subscribe(ch, get_token=get_token)
+        await wait_for(lambda: sub.subscribed == [ch], 5)
+        # Three 3-second tokens later the subscription is the same one on the same socket.
+        await wait_for(lambda: len(asked) >= 4, 10)
+        await publish(pod, ch, "after three renewals")
+        await wait_for(lambda: any(m.data == "after three renewals" for m in got), 5)
+        assert sub.stats.connections == 1 and asked == [ch] * len(asked)
+        assert pod.metric("clarion_refreshes_total", {"result": "subscription_ok"}) >= 3
+        assert sub.subscribed == [ch]
+    finally:
+        await sub.close()
+        reader.cancel()
+
+
+async def test_the_python_subscriber_sends_a_given_subscription_token(pod: InProcessPod) -> None:
+    from clarion_client import Subscriber
+
+    ch = channel()
+    errors: list[tuple[str, str]] = []
+    async with Subscriber(
+        pod.ws_url, token=token("yan", channels=[]), on_error=lambda *e: errors.append(e)
+    ) as sub:
+        await wait_for(lambda: sub.state == "connected", 10)
+        await sub.subscribe(ch, token=sub_token("yan", ch))
+        await sub.subscribe(ch + "x", token=sub_token("yan", ch))  # another channel's
+        await wait_for(lambda: sub.subscribed == [ch], 5)
+        await wait_for(lambda: errors, 5)
+        assert errors[0][0] == "forbidden" and "another channel" in errors[0][1]

@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -158,6 +159,9 @@ class Subscriber:
         #: The token of the refresh frame waiting for its answer.
         self._refreshing: str | None = None
         self._refresh_wake = asyncio.Event()
+        #: Wakes the subscription tokens' refresh loop (a refused refresh moved one's time).
+        self._sub_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         #: The greatest message id received: the next connection's ``since``.
         self.last_id: str | None = since
         #: The welcome frame's pod, conn and user.
@@ -228,13 +232,25 @@ class Subscriber:
                     raise item.error
                 return
 
-    async def subscribe(self, channel: str) -> None:
-        """Subscribes to ``channel`` now and on every later connection."""
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        token: str | None = None,
+        get_token: Callable[[str], str | Awaitable[str]] | None = None,
+    ) -> None:
+        """Subscribes to ``channel`` now and on every later connection. ``token`` or
+        ``get_token(channel)``: a subscription token, for a channel the connection's own
+        token does not cover; one from ``get_token`` is renewed before its ``exp`` over
+        the open socket (a ``refresh`` frame naming the channel)."""
         if not isinstance(channel, str) or not channel:
             raise ValueError("a channel is a non-empty string")
         if channel in self._channels:
             return
         self._channels[channel] = ch = _Channel()
+        if token is not None or get_token is not None:
+            get = functools.partial(get_token, channel) if get_token is not None else None
+            ch.tokens = Tokens(token, get, self.refresh_margin, self.stats)
         if self.state == "connected" and self._ws is not None:
             await self._send_subscribe(self._ws, channel, ch)
 
@@ -409,11 +425,13 @@ class Subscriber:
                 link.session = welcome["session"]
             await self._welcome(link, welcome)
             refresher = asyncio.create_task(self._refresh_loop(link))
+            sub_refresher = asyncio.create_task(self._sub_refresh_loop(link))
             try:
                 async for raw in link:
                     await self._frame(link, raw)
             finally:
                 refresher.cancel()
+                sub_refresher.cancel()
         finally:
             self._ws = None
 
@@ -437,6 +455,15 @@ class Subscriber:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if ch.since:
             frame["since"] = ch.since
+        if ch.tokens is not None:
+            if ch.tokens.get is not None and ch.tokens.stale():
+                try:
+                    await ch.tokens.refresh()
+                except Exception as exc:
+                    self._error("token", f"{channel}: get_token failed: {exc!r}")
+                    return
+            frame["token"] = ch.tokens.token
+            self._sub_wake.set()  # its refresh time may be the next one
         ch.pending = True
         await ws.send(orjson.dumps(frame).decode())
 
@@ -452,6 +479,8 @@ class Subscriber:
             self._message(frame)
         elif kind == "subscribed":
             self._subscribed(frame)
+        elif kind == "refreshed" and isinstance(frame.get("channel"), str):
+            self.stats.refreshes += 1  # a subscription token's
         elif kind == "refreshed":
             if self._refreshing is not None:
                 self._socket_token, self._refreshing = self._refreshing, None
@@ -507,6 +536,11 @@ class Subscriber:
 
     def _server_error(self, frame: dict[str, Any]) -> None:
         code, text = str(frame.get("code", "error")), str(frame.get("message", ""))
+        named = frame.get("channel")
+        ch = self._channels.get(named) if isinstance(named, str) else None
+        if ch is not None and ch.tokens is not None and self._sub_token_error(str(named), ch, code):
+            self._error("token", f"{named}: {code}: {text}")
+            return
         if self._refreshing is not None and code in REFRESH_ERRORS:
             self._refreshing = None
             if code == "unknown_type":  # an older server: reconnect after its 4001
@@ -526,6 +560,54 @@ class Subscriber:
         elif channel is not None and channel in self._channels:
             self._channels[channel].pending = False
         self._error(code, text)
+
+    def _sub_token_error(self, channel: str, ch: _Channel, code: str) -> bool:
+        """A subscription token's error: a refused refresh is asked again soon; a subscribe
+        refused as expired gets one new token and is sent again. False: not the token's."""
+        if not ch.pending and code in ("bad_token", "token_expired"):
+            ch.tokens.refresh_at = time.time() + min(5.0, self.refresh_margin / 4)
+            self._sub_wake.set()
+            return True
+        if ch.pending and code == "token_expired" and ch.tokens.get is not None and not ch.retried:
+            ch.retried = True
+            ch.tokens.token = None
+            if self._ws is not None:
+                ws = self._ws
+                self._spawn(self._send_subscribe(ws, channel, ch))
+            return True
+        return False
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(step)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sub_refresh_loop(self, ws: _Link) -> None:
+        """Renews each subscription token from ``get_token`` before its ``exp`` and sends it in
+        a ``refresh`` frame naming the channel."""
+        while True:
+            due = [
+                (ch.tokens.refresh_at, c)
+                for c, ch in self._channels.items()
+                if ch.tokens is not None and ch.tokens.get is not None and ch.tokens.refresh_at
+            ]
+            self._sub_wake.clear()
+            wait = max(0.0, min(due)[0] - time.time()) if due else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sub_wake.wait(), wait)
+            for _, channel in due:
+                ch = self._channels.get(channel)
+                if ch is None or ch.tokens is None or time.time() < ch.tokens.refresh_at:
+                    continue
+                try:
+                    token = await ch.tokens.refresh()
+                except Exception as exc:
+                    self._error("token", f"{channel}: get_token failed: {exc!r}")
+                    ch.tokens.refresh_at = time.time() + self.backoff.base
+                    continue
+                frame = {"type": "refresh", "channel": channel, "token": token}
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.send(orjson.dumps(frame).decode())
 
     async def _refresh_loop(self, ws: _Link) -> None:
         """Refreshes the token before its ``exp`` and sends it in a ``refresh`` frame, so

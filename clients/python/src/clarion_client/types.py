@@ -92,6 +92,10 @@ class _Channel:
     since: str | None = None  # the greatest id seen on it
     subscribed_once: bool = False
     pending: bool = False
+    #: Its subscription token (tokens.Tokens), when the connection's rights do not cover it.
+    tokens: Any = None
+    #: A subscribe refused with token_expired was tried again with a new token.
+    retried: bool = False
 
 
 class _Overflow(Exception):
