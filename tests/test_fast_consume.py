@@ -25,6 +25,7 @@ from clarion.broker.codec import envelope_to_message, marker_message
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
 from clarion.gateway import broker_options
+from clarion.metrics import Metrics
 from clarion.protocol import Envelope, Target
 
 from .support import Vhost, wait_for
@@ -38,6 +39,16 @@ class Listener:
         #: The task each message was handed over in.
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.up = False
+        #: The pod's metrics, counting the broker's deliveries by path as a pod's do.
+        self.metrics = Metrics()
+
+    def consumed(self, path: str) -> float:
+        """``clarion_broker_consume_total{path}`` as /metrics shows it."""
+        value = self.metrics.registry.get_sample_value(
+            "clarion_broker_consume_total", {"path": path}
+        )
+        assert value is not None, f"no clarion_broker_consume_total{{path={path!r}}}"
+        return value
 
     def on_message(self, env: Envelope, caught_up: bool = False) -> object:
         self.envelopes.append(env)
@@ -63,6 +74,7 @@ async def consuming(vhost: Vhost) -> AsyncIterator[tuple[RabbitBroker, Listener]
     options = broker_options(Settings(auth="none", pod_name=name, routing="fanout"))
     broker = RabbitBroker(vhost.amqp_url, name, options)
     listener = Listener()
+    broker.consume_counts = listener.metrics.consumes  # as the gateway does
     await broker.start(listener)
     try:
         await wait_for(lambda: broker.ready, 10, message="consuming")
@@ -84,6 +96,7 @@ async def test_deliveries_reach_the_pod_without_a_task_each(
     # All in aiormq's channel reader: one task for every delivery, not one each.
     assert len({id(t) for t in listener.tasks}) == 1
     assert "_reader" in repr(listener.tasks[0])
+    assert (listener.consumed("fast"), listener.consumed("fallback")) == (len(envs), 0)
 
 
 async def test_markers_and_malformed_messages_are_dropped_and_acked(
@@ -130,6 +143,8 @@ async def test_without_the_fast_path_deliveries_still_arrive(
     await broker.publish(envs)
     await wait_for(lambda: listener.envelopes == envs, 10, message="all consumed")
     assert len({id(t) for t in listener.tasks}) > 1  # tasks of their own: the fallback
+    # ... and counted, so the dashboard shows it (a log line alone goes unseen).
+    assert (listener.consumed("fast"), listener.consumed("fallback")) == (0, len(envs))
 
 
 async def test_history_reads_leave_the_pods_connection_alone(
@@ -142,6 +157,7 @@ async def test_history_reads_leave_the_pods_connection_alone(
     envs = [Envelope.create(Target("user", f"u{i % 7}"), {"n": i}) for i in range(1200)]
     await broker.publish(envs)
     connected = broker._conn
+    live = listener.consumed("fast")
     for _ in range(12):
         seen: list[str] = []
         nxt = await broker.read_stream(At(envs[0].ts), lambda e, _o, s=seen: s.append(e.id), 10)
@@ -152,5 +168,8 @@ async def test_history_reads_leave_the_pods_connection_alone(
         assert first == 5
     await asyncio.sleep(0.1)  # a bad frame would have cost the connection by now
     assert broker._conn is connected and broker.ready
+    # The reads' deliveries count as the pod queue's do: twelve full reads at least.
+    assert listener.consumed("fast") - live >= 12 * len(envs)
+    assert listener.consumed("fallback") == 0
     await broker.publish([Envelope.create(Target("user", "after"), 1)])
     await wait_for(lambda: listener.envelopes[-1].target.name == "after", 10, message="live")

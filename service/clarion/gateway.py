@@ -76,6 +76,7 @@ class Gateway:
         # The first socket of a user or channel binds its key, the last one unbinds it.
         self.hub.on_route = self.broker.route
         self.metrics.bindings.set_function(lambda: self.broker.bindings)
+        self.broker.consume_counts = self.metrics.consumes
         self.metrics.routing_wide.set_function(lambda: int(self.broker.routing_wide))
         self.replays = Replays(
             self.broker.read_stream,

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import disconnects, names
+from .broker.base import ConsumeCounts
 from .transport import WriteCounts
 
 #: The answers of the publish API, pre-created at zero.
@@ -302,6 +303,9 @@ class Metrics:
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
         r.register(_WritesCollector(self.writes))
+        #: Broker deliveries per consume path (broker/fastconsume.py), counted as plain ints.
+        self.consumes = ConsumeCounts()
+        r.register(_ConsumeCollector(self.consumes))
         # Pre-create the label sets the dashboard queries, so they exist at 0.
         for scope in ("connect", "subscribe"):
             for result in ("recovered", "expired", "unknown", "unavailable"):
@@ -316,6 +320,25 @@ class Metrics:
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):
                 self.published.labels(source=source, target=target)
+
+
+class _ConsumeCollector(Collector):
+    """``clarion_broker_consume_total{path}``: both paths at 0 from the start."""
+
+    def __init__(self, counts: ConsumeCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            names.M_BROKER_CONSUME,
+            "Deliveries consumed from the broker, by path: fast (in aiormq's channel reader) "
+            "or fallback (a task per delivery: the installed aiormq lacks what the fast path "
+            "replaces; see broker/fastconsume.py)",
+            labels=["path"],
+        )
+        family.add_metric(["fast"], self.counts.fast)
+        family.add_metric(["fallback"], self.counts.fallback)
+        yield family
 
 
 class Deliveries:

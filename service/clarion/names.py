@@ -80,6 +80,8 @@ M_BIND_SECONDS = "clarion_bind_seconds"
 M_BIND_ERRORS = "clarion_bind_errors"
 #: Frames written to sockets, by transport path (fast or asgi).
 M_SOCKET_WRITES = "clarion_socket_writes"
+#: Deliveries the broker consumed, by path (fast, or fallback: aiormq's task per delivery).
+M_BROKER_CONSUME = "clarion_broker_consume"
 M_STREAM_CONNECTIONS = "clarion_stream_connections"
 M_EMULATION_POSTS = "clarion_emulation_posts"
 #: Connect/refresh proxy calls by result and their latency; refreshes by result; refused

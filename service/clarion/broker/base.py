@@ -92,6 +92,21 @@ class BrokerOptions:
     queue_check_interval: float = 5.0
 
 
+class ConsumeCounts:
+    """Deliveries consumed per path (fastconsume.py), read by the metrics at scrape time.
+
+    ``fast``: handed over in aiormq's channel reader (no object or task per
+    delivery); ``fallback``: through aiormq's own task per delivery, where the
+    installed aiormq lacks what the fast path replaces.
+    """
+
+    __slots__ = ("fallback", "fast")
+
+    def __init__(self) -> None:
+        self.fast = 0
+        self.fallback = 0
+
+
 #: A place in the history stream: the offset of a message (where a read continues).
 Position = int
 
@@ -120,6 +135,9 @@ class Broker(abc.ABC):
     """
 
     pod_name: str
+    #: Where the broker counts its deliveries by consume path (None: not counted). The pod
+    #: sets it to its metrics' counts; a broker with no consume paths leaves it alone.
+    consume_counts: ConsumeCounts | None = None
 
     @abc.abstractmethod
     async def start(self, listener: BrokerListener) -> None:

@@ -13,7 +13,9 @@ the content frames that follow with ``self._get_frame()``; ``consume`` puts
 its own ``_on_deliver_frame`` on the channel instance. pyproject pins the
 aiormq versions this was written against; if a version lacks these names,
 ``consume`` falls back to aiormq's own per-delivery task (still without
-aio-pika's objects) and logs a warning; tests/test_fast_consume.py fails then.
+aio-pika's objects), logs a warning and counts every delivery it takes as a
+``fallback`` (``clarion_broker_consume_total{path}``, on the dashboard);
+tests/test_fast_consume.py fails then.
 
 The broker's liveness check reads one more private name here: when the
 connection last received any frame (``last_frame_age``), so that a busy but
@@ -32,6 +34,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
+
+from .base import ConsumeCounts
 
 log = logging.getLogger("clarion.broker")
 
@@ -65,16 +69,20 @@ async def consume(
     queue: str,
     on_delivery: OnDelivery,
     arguments: dict[str, Any] | None = None,
+    counts: ConsumeCounts | None = None,
 ) -> str:
     """Consume ``queue`` (acks by the caller; ``arguments`` as basic.consume takes them,
-    e.g. a stream's ``x-stream-offset``); returns the consumer tag."""
+    e.g. a stream's ``x-stream-offset``); returns the consumer tag. Each delivery is
+    counted in ``counts`` by the path it took."""
+    tally = ConsumeCounts() if counts is None else counts
 
     async def slow(message: DeliveredMessage) -> None:
         assert isinstance(message.delivery, Basic.Deliver)
+        tally.fallback += 1
         on_delivery(channel, message.delivery, message.header, message.body)
 
     if _supported(channel):
-        _install(channel, on_delivery)
+        _install(channel, on_delivery, tally)
     else:
         log.warning(
             "aiormq %s: consuming without the fast path", importlib.metadata.version("aiormq")
@@ -84,7 +92,7 @@ async def consume(
     return ok.consumer_tag
 
 
-def _install(channel: Any, on_delivery: OnDelivery) -> None:
+def _install(channel: Any, on_delivery: OnDelivery, tally: ConsumeCounts) -> None:
     get_frame = channel._get_frame
     original = channel._on_deliver_frame
 
@@ -114,6 +122,7 @@ def _install(channel: Any, on_delivery: OnDelivery) -> None:
                     parts.append(content.value)
                     got += len(content.value)
                 body = b"".join(parts)
+        tally.fast += 1
         try:
             on_delivery(channel, frame, header, body)
         except Exception:  # pragma: no cover - on_delivery catches its own; the reader must live

@@ -23,7 +23,7 @@ from pamqp.header import ContentHeader
 
 from ..message import Envelope, new_message_id
 from . import fastconsume
-from .base import At, Position
+from .base import At, ConsumeCounts, Position
 from .codec import Marker, marker_message, message_to_envelope
 from .routing import MARKER_KEY
 
@@ -60,6 +60,7 @@ async def read_stream(
     timeout: float,
     publish_timeout: float,
     until: Position | None = None,
+    counts: ConsumeCounts | None = None,
 ) -> Position | None:
     """Hand every message of ``stream`` from ``start`` on to ``each``, with its offset;
     ``start`` is an offset or a time (read from just before it).
@@ -126,7 +127,7 @@ async def read_stream(
         channel = await ch.get_underlay_channel()
         assert isinstance(channel, aiormq.Channel)
         await fastconsume.consume(
-            channel, stream, on_delivery, arguments={"x-stream-offset": offset}
+            channel, stream, on_delivery, arguments={"x-stream-offset": offset}, counts=counts
         )
         if marker_id is not None:
             await exchange.publish(

@@ -307,7 +307,7 @@ class RabbitBroker(Broker):
         self._set_state(True)
         channel = await sub.get_underlay_channel()
         assert isinstance(channel, aiormq.Channel)
-        await fastconsume.consume(channel, queue.name, self._on_message)
+        await fastconsume.consume(channel, queue.name, self._on_message, counts=self.consume_counts)
 
     async def read_stream(
         self,
@@ -328,6 +328,7 @@ class RabbitBroker(Broker):
             timeout,
             self.options.publish_timeout,
             until,
+            self.consume_counts,
         )
 
     async def history_start(self) -> int | None:
@@ -479,6 +480,9 @@ class RabbitBroker(Broker):
                 if done:
                     await (await opening).close()
                     return
+                # A pod busy for a while (a connect storm) has not read what came
+                # meanwhile: let its reader take it before judging the node by it.
+                await asyncio.sleep(0.05)
                 underlay = getattr(conn, "transport", None)
                 age = fastconsume.last_frame_age(getattr(underlay, "connection", None))
                 if age is None or age >= max(self.options.probe_timeout, self.options.heartbeat):
