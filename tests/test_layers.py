@@ -22,7 +22,8 @@ import pytest
 #: Lowest first. A module belongs to the first layer naming it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("names and parsers", ("clarion.names", "clarion.envvars")),
-    ("settings", ("clarion.config",)),
+    # namespaces.py parses and answers the --namespaces setting (config validates it).
+    ("settings", ("clarion.config", "clarion.namespaces")),
     ("message model", ("clarion.message",)),
     ("broker", ("clarion.broker",)),
 ]
@@ -35,6 +36,7 @@ CHECKED = [
     "clarion.names",
     "clarion.envvars",
     "clarion.config",
+    "clarion.namespaces",
     "clarion.message",
     "clarion.broker",
     "clarion.broker.base",

@@ -26,6 +26,11 @@ WEBHOOK_EVENTS = {
     "user_offline": "user",
 }
 
+#: Maximum length of a user id or channel name.
+MAX_NAME_LENGTH = 256
+#: Characters of channel patterns (the token's ``channels`` claim), never of a channel name.
+PATTERN_CHARS = frozenset("*?[]")
+
 #: Kubernetes label keys put on everything the operator makes, pods included.
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

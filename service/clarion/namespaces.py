@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .protocol import MAX_NAME_LENGTH, PATTERN_CHARS
+from .names import MAX_NAME_LENGTH, PATTERN_CHARS
 
 SEPARATOR = ":"
 #: How a subscription is decided: the connection's rights (then a subscription token or

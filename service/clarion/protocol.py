@@ -24,9 +24,7 @@ from .message import is_message_id as is_message_id
 from .message import is_position as is_position
 from .message import new_message_id as new_message_id
 from .message import position_id as position_id
-
-#: Maximum length of a user id or channel name.
-MAX_NAME_LENGTH = 256
+from .names import MAX_NAME_LENGTH, PATTERN_CHARS
 
 
 class ProtocolError(ValueError):
@@ -58,8 +56,6 @@ def parse_since(value: object, now_ms: int | None = None) -> str:
     return value
 
 
-#: Characters of channel patterns (the token's ``channels`` claim), never of a channel name.
-PATTERN_CHARS = frozenset("*?[]")
 
 
 def _check_name(value: object, field: str) -> str:
