@@ -147,6 +147,7 @@ def test_dashboard_shape() -> None:
         "Replays by result",
         "New sockets refused (admission)",
         "History read p99",
+        "Fast paths: consumed and written by path",
     }
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
