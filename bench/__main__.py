@@ -6,6 +6,7 @@
     python -m bench --only s1api --ab HEAD   # S1 through POST /api/publish, raw beside it
     python -m bench --only consume  # a pod's CPU per consumed message, a plain consumer beside it
     python -m bench --only deploy --sockets 2000 --pods 4   # rolling restart + crash under load
+    python -m bench --only streams --sockets 1000   # WebSocket, SSE, NDJSON: CPU/delivery, KiB/conn
     python -m bench --profile       # also py-spy the first Clarion pod during S1 and S2
     python -m bench --clarion-rev HEAD~1   # measure another revision of the gateway
     python -m bench --ab 56673a0    # and that revision beside the working tree, same run
@@ -46,6 +47,7 @@ ALL = (
     "scale",
     "consume",
     "deploy",
+    "streams",
 )
 #: Clarion under the bench launcher: uvicorn's other WebSocket implementations, a tuned GC.
 VARIANTS = ("clarion[ws=websockets]", "clarion[ws=wsproto]", "clarion[gc]")
@@ -95,7 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pods", default="", help="scale: pod counts (default 2,4,8,16); deploy: pods")
     p.add_argument("--routing", default="fanout,direct", help="scale: routing modes")
     p.add_argument("--rate", type=float, default=None, help="scale (150), deploy (200): msgs/s")
-    p.add_argument("--sockets", type=int, default=None, help="deploy: sockets (default 2000)")
+    p.add_argument(
+        "--sockets", type=int, default=None, help="deploy (2000), streams (1000): connections"
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="scale: seconds per window")
     return p.parse_args(argv)
 
@@ -247,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             print("consume: a pod's CPU per consumed message, aio-pika alone beside it", flush=True)
             n = 5_000 if quick else 20_000
             print(consume.run(log_dir, reps, n, args.pad, env, emit, ab=envs))
+        if "streams" in only:
+            from . import streams
+
+            print("streams: WebSocket, SSE, NDJSON on one pod each, in turn", flush=True)
+            streams.run(bench, args.sockets or (300 if quick else 1000), deliveries)
         if "deploy" in only:
             from . import deploy
 

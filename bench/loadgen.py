@@ -19,6 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .streamclient import STREAM_DIALECTS, StreamClient
 from .wsclient import Stats, WSClient, extract_ts
 
 
@@ -36,7 +37,7 @@ class Worker:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.stats = Stats()
-        self.clients: list[WSClient] = []
+        self.clients: list[WSClient | StreamClient] = []
         self.amqp: Any = None
         self.loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
@@ -89,6 +90,8 @@ class Worker:
         ok = 0
         failed = 0
         started = time.time()
+        # A WebSocket, or an HTTP stream (``clarion-sse``, ``clarion-stream``).
+        client_class = StreamClient if dialect in STREAM_DIALECTS else WSClient
 
         async def one(i: int) -> None:
             nonlocal ok, failed
@@ -96,13 +99,13 @@ class Worker:
             async with sem:
                 fut: asyncio.Future[bool] = loop.create_future()
 
-                def on_ready(client: WSClient, good: bool) -> None:
+                def on_ready(client: Any, good: bool) -> None:
                     if not fut.done():
                         fut.set_result(good)
 
                 try:
                     _, client = await loop.create_connection(
-                        lambda: WSClient(
+                        lambda: client_class(
                             f"{host}:{port}",
                             path.format(i=i),
                             dialect,

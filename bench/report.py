@@ -89,6 +89,15 @@ COLUMNS = {
         ("connects_per_s", "connects/s", "{:.1f}"),
         ("drain_max_s", "drain max s", "{:.1f}"),
     ],
+    "streams": [
+        ("cpu_us_per_delivery", "CPU us/deliv", "{:.1f}"),
+        ("rss_kib_per_connection", "RSS KiB/conn", "{:.1f}"),
+        ("deliveries_per_s", "deliv/s", "{:.0f}"),
+        ("lat_p50_ms", "p50 ms", "{:.1f}"),
+        ("lat_p99_ms", "p99 ms", "{:.1f}"),
+        ("lost", "lost", "{:.0f}"),
+        ("connect_failed", "failed", "{:.0f}"),
+    ],
     "S5": [
         ("delivered", "delivered", "{:.0f}"),
         ("lost", "lost", "{:.0f}"),
@@ -175,6 +184,7 @@ def ratios(rows: list[Row]) -> str:
             f"S2: p99 clarion/sio = {_ratio(c2.get('lat_p99_ms'), s2.get('lat_p99_ms'))} "
             f"(target <= 1), lost clarion = {c2.get('lost')}"
         )
+    out += _stream_ratios(rows)
     c3 = next((v for k, v in med.items() if k[0] == "S3/S4" and k[1] == "clarion"), None)
     if c3:
         out.append(
@@ -182,6 +192,31 @@ def ratios(rows: list[Row]) -> str:
             f"S4: clarion {c3.get('connects_per_s')} connects/s (target >= 1000)"
         )
     return "\n".join(out)
+
+
+def _stream_ratios(rows: list[Row]) -> list[str]:
+    """Each HTTP stream over WebSocket: the median of the ratios of each repetition (the
+    three transports of a repetition ran one after the other, under the same load)."""
+    reps: dict[tuple[Any, Any], dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if r["scenario"] == "streams":
+            reps[(r.get("run_id"), r["run"])][r["transport"]] = r
+    out = []
+    for transport in ("sse", "http_stream"):
+        cpu, mem = [], []
+        for rep in reps.values():
+            ws, other = rep.get("websocket"), rep.get(transport)
+            if ws and other and ws["cpu_us_per_delivery"]:
+                cpu.append(other["cpu_us_per_delivery"] / ws["cpu_us_per_delivery"])
+                mem.append(other["rss_kib_per_connection"])
+        if cpu:
+            out.append(
+                f"streams: {transport} CPU/delivery / WebSocket's = "
+                f"{statistics.median(cpu):.2f} (target <= 1.5), "
+                f"{statistics.median(mem):.1f} KiB per idle stream (target <= 25); "
+                f"{len(cpu)} repetitions"
+            )
+    return out
 
 
 def plot(rows: list[Row], path: Path) -> None:

@@ -76,7 +76,47 @@ class Stats:
         self.latencies = array("d")
 
 
-class WSClient(asyncio.Protocol):
+class Client(asyncio.Protocol):
+    """What every load-generator connection shares: readiness and the delivery count."""
+
+    __slots__ = ("_on_ready", "host", "is_ready", "path", "stats", "transport")
+
+    def __init__(
+        self, host: str, path: str, stats: Stats, on_ready: Callable[[Any, bool], None]
+    ) -> None:
+        self.host = host
+        self.path = path
+        self.stats = stats
+        self._on_ready = on_ready
+        self.transport: Any = None  # uvloop's transport is no asyncio.Transport subclass
+        self.is_ready = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.closed += 1
+        if not self.is_ready:
+            self._ready(False)
+
+    def _delivered(self, text: str) -> None:
+        """One pushed message: counted, with its latency from its ``"t"``."""
+        now = time.time()
+        stats = self.stats
+        stats.received += 1
+        stats.last_recv = now
+        if stats.record_latency:
+            ts = extract_ts(text)
+            if ts is not None:
+                stats.latencies.append(now - ts)
+
+    def _ready(self, ok: bool) -> None:
+        if self.is_ready:
+            return
+        self.is_ready = ok
+        cb = self._on_ready
+        self._on_ready = _noop
+        cb(self, ok)
+
+
+class WSClient(Client):
     """One socket; ``dialect`` is ``clarion``, ``sio`` or ``raw``."""
 
     __slots__ = (
@@ -85,15 +125,9 @@ class WSClient(asyncio.Protocol):
         "_frag_op",
         "_frag_rsv1",
         "_inflate",
-        "_on_ready",
         "deflate",
         "dialect",
-        "host",
-        "is_ready",
         "offer_deflate",
-        "path",
-        "stats",
-        "transport",
         "upgraded",
     )
 
@@ -106,16 +140,11 @@ class WSClient(asyncio.Protocol):
         on_ready: Callable[[WSClient, bool], None],
         offer_deflate: bool = False,
     ) -> None:
-        self.host = host
-        self.path = path
+        super().__init__(host, path, stats, on_ready)
         self.dialect = dialect
-        self.stats = stats
-        self._on_ready = on_ready
         self.offer_deflate = offer_deflate
-        self.transport: Any = None
         self._buf = bytearray()
         self.upgraded = False
-        self.is_ready = False
         self.deflate = False
         self._inflate: zlib._Decompress | None = None
         self._frag: bytearray | None = None
@@ -125,18 +154,13 @@ class WSClient(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # uvloop's transport is no asyncio.Transport subclass
+        self.transport = transport
         ext = (
             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
             if self.offer_deflate
             else ""
         )
         self.transport.write(upgrade_request(self.host, self.path, extra=ext))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.closed += 1
-        if not self.is_ready:
-            self._ready(False)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -228,14 +252,7 @@ class WSClient(asyncio.Protocol):
                     return
                 if not text.startswith("42"):
                     return
-            now = time.time()
-            stats = self.stats
-            stats.received += 1
-            stats.last_recv = now
-            if stats.record_latency:
-                ts = extract_ts(text)
-                if ts is not None:
-                    stats.latencies.append(now - ts)
+            self._delivered(text)
             return
         if self.dialect == "clarion":
             if '"welcome"' in text:
@@ -249,14 +266,6 @@ class WSClient(asyncio.Protocol):
                 self.send_text("3")
         elif text == "hi":
             self._ready(True)
-
-    def _ready(self, ok: bool) -> None:
-        if self.is_ready:
-            return
-        self.is_ready = ok
-        cb = self._on_ready
-        self._on_ready = _noop
-        cb(self, ok)
 
     # -- sending -----------------------------------------------------------
 
@@ -277,5 +286,5 @@ class WSClient(asyncio.Protocol):
         t.close()
 
 
-def _noop(client: WSClient, ok: bool) -> None:
+def _noop(client: Any, ok: bool) -> None:
     pass
