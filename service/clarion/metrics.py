@@ -302,10 +302,25 @@ class Metrics:
             self.subscriptions_refused.labels(reason=reason)
         #: Socket writes per transport path (transport.py), counted as plain ints.
         self.writes = WriteCounts()
-        r.register(_WritesCollector(self.writes))
+        r.register(
+            _PathCollector(
+                names.M_SOCKET_WRITES,
+                "Frames written to sockets, by path: frame (pre-built, uvicorn fast path), "
+                "direct (ASGI send completed at once) or asgi (awaited)",
+                self.writes,
+            )
+        )
         #: Broker deliveries per consume path (broker/fastconsume.py), counted as plain ints.
         self.consumes = ConsumeCounts()
-        r.register(_ConsumeCollector(self.consumes))
+        r.register(
+            _PathCollector(
+                names.M_BROKER_CONSUME,
+                "Deliveries consumed from the broker, by path: fast (in aiormq's channel reader) "
+                "or fallback (a task per delivery: the installed aiormq lacks what the fast path "
+                "replaces; see broker/fastconsume.py)",
+                self.consumes,
+            )
+        )
         # Pre-create the label sets the dashboard queries, so they exist at 0.
         for scope in ("connect", "subscribe"):
             for result in ("recovered", "expired", "unknown", "unavailable"):
@@ -320,25 +335,6 @@ class Metrics:
         for source in ("api", "client"):
             for target in ("user", "channel", "broadcast"):
                 self.published.labels(source=source, target=target)
-
-
-class _ConsumeCollector(Collector):
-    """``clarion_broker_consume_total{path}``: both paths at 0 from the start."""
-
-    def __init__(self, counts: ConsumeCounts) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            names.M_BROKER_CONSUME,
-            "Deliveries consumed from the broker, by path: fast (in aiormq's channel reader) "
-            "or fallback (a task per delivery: the installed aiormq lacks what the fast path "
-            "replaces; see broker/fastconsume.py)",
-            labels=["path"],
-        )
-        family.add_metric(["fast"], self.counts.fast)
-        family.add_metric(["fallback"], self.counts.fallback)
-        yield family
 
 
 class Deliveries:
@@ -402,20 +398,17 @@ class _ScrapedCounter(Collector):
         yield family
 
 
-class _WritesCollector(Collector):
-    """``clarion_socket_writes_total{path}``: read at scrape time, free on the hot path."""
+class _PathCollector(Collector):
+    """A counter by ``path`` whose values are plain ints on the hot path (``counts``' slots,
+    one per path), read at scrape time; every path is there at 0 from the start."""
 
-    def __init__(self, counts: WriteCounts) -> None:
+    def __init__(self, name: str, documentation: str, counts: WriteCounts | ConsumeCounts) -> None:
+        self.name = name
+        self.documentation = documentation
         self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            names.M_SOCKET_WRITES,
-            "Frames written to sockets, by path: frame (pre-built, uvicorn fast path), "
-            "direct (ASGI send completed at once) or asgi (awaited)",
-            labels=["path"],
-        )
-        family.add_metric(["frame"], self.counts.frame)
-        family.add_metric(["direct"], self.counts.direct)
-        family.add_metric(["asgi"], self.counts.asgi)
+        family = CounterMetricFamily(self.name, self.documentation, labels=["path"])
+        for path in self.counts.__slots__:
+            family.add_metric([path], getattr(self.counts, path))
         yield family
