@@ -13,6 +13,7 @@ frozen node).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -80,6 +81,26 @@ async def test_a_slow_broker_keeps_its_connection(
     proxy.to_server.set()
     await asyncio.wait_for(publish, o.publish_timeout)  # confirmed: nothing refused
     await wait_for(lambda: len(listener.envelopes) == 1, 10, message="the message consumed")
+    assert (listener.connects, listener.downs) == (1, 0)
+    assert broker.ready
+
+
+async def test_a_pod_busy_longer_than_the_probe_keeps_its_connection(
+    through_proxy: tuple[RabbitBroker, Counting, TcpProxy],
+) -> None:
+    """The pod's own loop was busy (a connect storm on a saturated core) while the probe
+    waited: the broker's frames came meanwhile, unread; the node is not judged silent."""
+    broker, listener, proxy = through_proxy
+    o = broker.options
+    proxy.to_server.clear()  # the confirm is slow to come: the probe starts
+    publish = asyncio.ensure_future(broker.publish([Envelope.create(Target("user", "u"), 1)]))
+    await asyncio.sleep(o.probe_after + 0.2)
+    assert broker._probing
+    # Blocked past the probe's wait, and longer than it lets a node be silent: the
+    # heartbeats that came meanwhile are unread (within the publish's timeout).
+    time.sleep(max(o.probe_timeout, o.heartbeat) + 0.2)
+    proxy.to_server.set()
+    await asyncio.wait_for(publish, o.publish_timeout)
     assert (listener.connects, listener.downs) == (1, 0)
     assert broker.ready
 
