@@ -86,6 +86,8 @@ def container_env(name: str, namespace: str, spec: GatewaySpec) -> list[dict[str
         _value("drain_rate", DRAIN_RATE),
     ]
     env.append(_value("api_port", API_PORT))
+    if spec.namespaces:
+        env.append(_value("namespaces", spec.namespaces))
     if spec.auth.mode == "jwt":
         env.append(_secret("jwt_secret", spec.auth.jwt_secret_ref, optional=False))
     # Fail closed: a missing API key stops the pod (CreateContainerConfigError)

@@ -7,12 +7,14 @@ which fills in what is missing. A test checks these defaults against the CRD.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from clarion import names
 from clarion.config import default_of, option
+from clarion.namespaces import Namespaces
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class GatewaySpec:
     #: Off only for development (Tilt's live update writes into the container).
     read_only_root_filesystem: bool = True
     pod: PodSpec = PodSpec()
+    #: ``spec.namespaces`` as the gateway's ``--namespaces`` JSON ("": none declared).
+    namespaces: str = ""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> GatewaySpec:
@@ -241,6 +245,7 @@ class GatewaySpec:
             else dict(DEFAULT_RESOURCES),
             read_only_root_filesystem=bool(spec.get("readOnlyRootFilesystem", True)),
             pod=_parse_pod(spec, pr, st, mo),
+            namespaces=_namespaces(spec.get("namespaces")),
         )
 
 
@@ -250,6 +255,21 @@ def _setting(field_path: str, setting: str, raw: Any) -> str:
         return str(option(setting).parse(str(raw)))
     except ValueError as exc:
         raise ValueError(f"spec.{field_path}: {exc}") from None
+
+
+def _namespaces(raw: Any) -> str:
+    """``spec.namespaces`` (namespace name -> options) as ``--namespaces`` JSON, checked by the
+    gateway's own parser: a bad one names the namespace and the option, as the pod would."""
+    if not raw:
+        return ""
+    if not isinstance(raw, Mapping):
+        raise ValueError("spec.namespaces: must be an object (namespace name -> options)")
+    value = json.dumps(_plain(raw), sort_keys=True, separators=(",", ":"))
+    try:
+        Namespaces.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"spec.namespaces: {str(exc).removeprefix('--namespaces: ')}") from None
+    return value
 
 
 def _strings(raw: Any) -> dict[str, str]:
