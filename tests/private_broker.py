@@ -37,8 +37,25 @@ log = logging.getLogger("tests.private_broker")
 RABBIT_BIN = Path(os.environ.get("CLARION_TEST_RABBIT_BIN", "/usr/lib/rabbitmq/bin"))
 
 
-def _port_is_free(port: int) -> bool:
+#: A node's CLI tools take distribution ports from its DIST_PORT + 10000 to + 10010.
+CLI_PORTS = 10010
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _port_is_free(port: int, *, reuse: bool = False) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound; ``reuse`` binds as a RabbitMQ listener does
+    (SO_REUSEADDR: a closed connection's TIME_WAIT does not count, a live one does)."""
     with socket.socket() as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -46,12 +63,18 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _free_ports(count: int, low: int = 20000, high: int = 44000) -> list[int]:
-    """Free, distinct loopback ports below 45000.
+def _free_ports(count: int, low: int = 10000) -> list[int]:
+    """Free, distinct loopback ports below the kernel's ephemeral range.
 
-    The CLI tools of a node use distribution ports ``DIST_PORT + 10000`` and up,
-    so the node's own ports stay well below 55535.
+    A restarted node binds the same ports again. One inside the ephemeral range can
+    meanwhile be handed to any process on the machine as the source port of an
+    outgoing connection (a pod's AMQP connection to the shared broker lives for
+    minutes); the node then cannot listen, dies while booting, and does so again on
+    every relaunch. Ports below the range are only ever taken by an explicit bind.
+    The node's CLI ports (up to ``CLI_PORTS`` above its own) stay below it too.
     """
+    high = _ephemeral_range()[0] - CLI_PORTS
+    assert high - low > 1000, f"no room below the ephemeral ports for a node: {low}..{high}"
     rng = random.Random()
     chosen: list[int] = []
     while len(chosen) < count:
@@ -165,6 +188,7 @@ class PrivateBroker:
             return self
         t0 = time.monotonic()
         deadline = t0 + timeout
+        self._wait_ports_free(deadline)
         launches = 0
         launched_at = 0.0
         next_check = 0.0
@@ -209,6 +233,21 @@ class PrivateBroker:
                 timeout=30,
                 check=False,
             )
+
+    def _wait_ports_free(self, deadline: float) -> None:
+        """Wait until the node can listen on its ports; fail, naming the port, at ``deadline``.
+
+        A node launched while another socket holds one of its ports dies while booting
+        (``eaddrinuse`` in its log), and so would every relaunch.
+        """
+        ports = {"amqp": self.amqp_port, "management": self.mgmt_port, "dist": self.dist_port}
+        while held := [f"{p} ({n})" for n, p in ports.items() if not _port_is_free(p, reuse=True)]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"private RabbitMQ {self.node} cannot start: port {', '.join(held)} "
+                    "is held by another socket (`ss -tanp` names it)"
+                )
+            time.sleep(0.1)
 
     def _wait_epmd_forgets(self, timeout: float) -> None:
         """Wait until epmd no longer lists this node's name (a node of that name just stopped)."""
