@@ -437,11 +437,11 @@ class RabbitBroker(Broker):
             while not lost.is_set():
                 await asyncio.sleep(interval)
                 try:
+                    # No timeout: a call aiormq cancels closes its channel (or frees its
+                    # number before the broker has), and a dead node ends the connection.
                     if channel is None or channel.is_closed:
-                        channel = await asyncio.wait_for(conn.channel(), interval)
-                    await asyncio.wait_for(
-                        channel.declare_queue(self.queue_name, passive=True), interval
-                    )
+                        channel = await conn.channel()
+                    await channel.declare_queue(self.queue_name, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:
                     if conn is self._conn and not lost.is_set():
                         why.append(f"the broker no longer has the queue {self.queue_name}")

@@ -306,8 +306,7 @@ class Bindings:
 
     async def _bind_wide(self, channel: aiormq.abc.AbstractChannel) -> None:
         assert self.wide is not None
-        async with asyncio.timeout(self.timeout):
-            await channel.queue_bind(self.queue, self.wide, routing_key="")
+        await channel.queue_bind(self.queue, self.wide, routing_key="")
         self._set_wide(True)
 
     async def _close_wide(self, channel: aiormq.abc.AbstractChannel) -> None:
@@ -393,15 +392,15 @@ class Bindings:
     ) -> None:
         """Bind a batch: all but the last without waiting, the last confirms them all.
 
-        On failure the keys still wanted go back to be bound again.
+        On failure the keys still wanted go back to be bound again. No timeout: a
+        slow broker is waited for (the sockets are covered meanwhile by opening wide),
+        since a call aiormq cancels closes its channel and the batch would be sent
+        again to a broker already behind; a dead node ends the connection instead.
         """
         try:
-            async with asyncio.timeout(self.timeout):
-                for key in keys[:-1]:
-                    await channel.queue_bind(
-                        self.queue, self.exchange, routing_key=key, nowait=True
-                    )
-                await channel.queue_bind(self.queue, self.exchange, routing_key=keys[-1])
+            for key in keys[:-1]:
+                await channel.queue_bind(self.queue, self.exchange, routing_key=key, nowait=True)
+            await channel.queue_bind(self.queue, self.exchange, routing_key=keys[-1])
         except BaseException:
             if self.on_error is not None:
                 self.on_error(len(keys))
