@@ -34,6 +34,7 @@ NAMESPACES = {
     "short": {"history_seconds": 1},
     "chat": {"publish": True, "rate": 2},
     "doc": {"subscribe": "token"},
+    "quiet": {"presence": False},
 }
 
 
@@ -263,3 +264,55 @@ async def test_a_channel_of_no_namespace_is_refused_on_subscribe_and_publish(
     await c.send({"type": "ping"})
     await c.wait_reply("pong")
     await c.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/presence?channel=quiet:room", "/api/presence/stats?channel=quiet:room"]
+)
+async def test_a_namespace_without_presence_answers_no_presence_query(
+    pod: InProcessPod, path: str
+) -> None:
+    c = await connect(pod)
+    await c.send({"type": "subscribe", "channel": "quiet:room"})
+    await c.wait_reply("subscribed")
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(f"{pod.http_url}{path}")
+        assert r.status_code == 403 and r.json()["error"] == "presence_off"
+        assert "'quiet'" in r.json()["message"]
+        r = await http.get(f"{pod.http_url}/api/presence?channel=nosuch:room")
+        assert r.status_code == 400 and r.json()["error"] == "bad_channel"
+        r = await http.get(f"{pod.http_url}/api/presence?channel=news")
+        assert r.status_code == 200
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    "global_on,namespaces,heard,unheard",
+    [
+        (False, {"room": {"join_leave": True}}, "room:1", "news"),
+        (True, {"muted": {"join_leave": False}}, "news", "muted:1"),
+    ],
+    ids=["on-in-a-namespace", "off-in-a-namespace"],
+)
+async def test_join_and_leave_frames_per_namespace(
+    module_vhost: Vhost, global_on: bool, namespaces: dict[str, Any], heard: str, unheard: str
+) -> None:
+    async with InProcessPod(
+        amqp_url=module_vhost.amqp_url,
+        auth="none",
+        join_leave=global_on,
+        namespaces=orjson.dumps(namespaces).decode(),
+    ) as p:
+        carol = await Client.connect(f"{p.ws_url}?user=carol")
+        dave = await Client.connect(f"{p.ws_url}?user=dave")
+        for c in (carol, dave):
+            await c.wait_welcome()
+            for channel in (unheard, heard):  # the unheard one first: its join would come first
+                await c.send({"type": "subscribe", "channel": channel})
+            await c.wait_reply("subscribed", 2)
+        frame = await carol.wait_reply("join")
+        assert frame == {"type": "join", "channel": heard, "user": "dave"}
+        await dave.close()
+        assert (await carol.wait_reply("leave"))["channel"] == heard
+        assert all(f["channel"] == heard for f in carol.of_type("join") + carol.of_type("leave"))
+        await carol.close()

@@ -21,6 +21,7 @@ from . import history_api
 from .auth import api_key_ok, token_ok
 from .broker import BrokerUnavailable
 from .gateway import Gateway
+from .namespaces import Namespaces
 from .protocol import ProtocolError, Target, parse_publish_body, parse_target
 
 
@@ -116,6 +117,14 @@ async def _presence(request: Request, allowed: tuple[str, ...], stats: bool) -> 
         target = _presence_target(request, allowed)
     except ProtocolError as exc:
         return _json(*_error(400, exc.code, exc.message))
+    if target.kind == "channel" and target.name is not None:
+        namespaces = Namespaces.of_setting(gw.settings.namespaces)
+        refused = namespaces.refusal(target.name)
+        if refused is not None:
+            return _json(*_error(400, "bad_channel", refused))
+        if not namespaces.of(target.name).presence:
+            message = f"namespace {namespaces.of(target.name).name!r} keeps no presence"
+            return _json(*_error(403, "presence_off", message))
     try:
         answer = await gw.presence.query(target)
     except BrokerUnavailable as exc:

@@ -25,6 +25,7 @@ from .idempotency import Idempotency
 from .kick import COMMANDS as KICK_COMMANDS
 from .kick import Kick
 from .metrics import Metrics
+from .namespaces import Namespaces
 from .occupancy import COMMANDS as OCCUPANCY_COMMANDS
 from .occupancy import Key, Occupancy, event_name
 from .presence import COMMANDS as PRESENCE_COMMANDS
@@ -97,7 +98,9 @@ class Gateway:
         #: The HTTP streams' sessions, and their posted frames (streams.py, emulation.py).
         self.emulation = Emulation(self.pod_name, self._publish_command, self.presence.alive)
         self.webhooks: Webhooks | None = None
-        kinds = {"member"} if settings.join_leave else set()
+        namespaces = Namespaces.of_setting(settings.namespaces)
+        join_leave = settings.join_leave or namespaces.any_join_leave()
+        kinds = {"member"} if join_leave else set()
         if settings.webhook_url is not None:
             assert settings.webhook_secret is not None  # validate() says so
             self.webhooks = Webhooks(
@@ -114,7 +117,14 @@ class Gateway:
             kinds |= {e.split("_")[0] for e in settings.webhook_events}
         #: Cluster-wide transitions, each decided by one pod (None: nothing asks for them).
         self.occupancy = (
-            Occupancy(self.hub, self.presence, self._publish_command, self._fired, frozenset(kinds))
+            Occupancy(
+                self.hub,
+                self.presence,
+                self._publish_command,
+                self._fired,
+                frozenset(kinds),
+                members=lambda channel: namespaces.join_leave(channel, settings.join_leave),
+            )
             if kinds
             else None
         )

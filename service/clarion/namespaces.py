@@ -138,5 +138,13 @@ class Namespaces:
         change; ``Settings.validate`` refused a bad value at start)."""
         return Namespaces.parse(raw)
 
+    def join_leave(self, channel: str, default: bool) -> bool:
+        """Whether ``channel``'s members get join/leave frames (``default``: ``--join-leave``)."""
+        value = self.of(channel).join_leave
+        return default if value is None else value
+
+    def any_join_leave(self) -> bool:
+        return any(ns.join_leave for ns in (self.plain, *self.declared.values()))
+
     def any_subscribe(self, rule: str) -> bool:
         return any(ns.subscribe == rule for ns in (self.plain, *self.declared.values()))

@@ -128,6 +128,7 @@ class Occupancy:
         publish: Publish,
         fire: Fire,
         kinds: frozenset[str],
+        members: Callable[[str], bool] | None = None,
     ) -> None:
         self.hub = hub
         self.presence = presence
@@ -136,6 +137,9 @@ class Occupancy:
         self._fire = fire
         #: Which keys are tracked: "channel", "user", "member" (only what is asked for).
         self.kinds = kinds
+        #: The channels whose members are tracked (join/leave: a namespace's ``join_leave``);
+        #: None: every channel.
+        self.members = members
         self.tally = Tally()
         self.view: tuple[str, ...] = (self.pod_name,)
         #: This pod's sockets per (channel, user), for member keys.
@@ -206,7 +210,7 @@ class Occupancy:
         if "channel" in self.kinds and (channel in hub.by_channel) == up:
             if not up or len(hub.by_channel[channel]) == 1:
                 self._local(("channel", channel), up)
-        if "member" in self.kinds:
+        if "member" in self.kinds and (self.members is None or self.members(channel)):
             pair = (channel, user)
             n = self._members.get(pair, 0) + (1 if up else -1)
             if n > 0:
