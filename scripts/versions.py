@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Every version a release publishes agrees: the server (pyproject.toml) and the client it
-pins, the Python client (clients/python), the npm package (clients/js) and the chart
-(version and appVersion, which name the images' tag).
+"""Every version a release publishes agrees: the server (pyproject.toml, and the
+``__version__`` it reports) and the client it pins, the Python client (clients/python), the
+npm package (clients/js), the chart (version and appVersion, which name the images' tag),
+and the chart version of the README's install command.
 
     scripts/versions.py               # prints the version, or what disagrees (exit 1)
     scripts/versions.py --tag v0.2.0  # ... and the git tag (the release workflow's check)
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = "pyproject.toml"
+SERVER_INIT = "service/clarion/__init__.py"
+README = "README.md"
 CLIENT = "clients/python/pyproject.toml"
 NPM = "clients/js/package.json"
 NPM_LOCK = "clients/js/package-lock.json"
@@ -47,6 +50,18 @@ def _pin(path: Path) -> str:
     return pins[0]
 
 
+def _search(pattern: str) -> Callable[[Path], str]:
+    """The first group of ``pattern``'s first match."""
+
+    def read(path: Path) -> str:
+        m = re.search(pattern, path.read_text())
+        if m is None:
+            raise ValueError(f"{path}: {pattern} not found")
+        return m.group(1)
+
+    return read
+
+
 def _json(*keys: str) -> Callable[[Path], str]:
     def read(path: Path) -> str:
         value = json.loads(path.read_text())
@@ -58,13 +73,7 @@ def _json(*keys: str) -> Callable[[Path], str]:
 
 
 def _chart(key: str) -> Callable[[Path], str]:
-    def read(path: Path) -> str:
-        m = re.search(CHART_KEY.format(key=key), path.read_text())
-        if m is None:
-            raise ValueError(f"{path}: no top-level {key}")
-        return m.group(1)
-
-    return read
+    return _search(CHART_KEY.format(key=key))
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,12 @@ class Place:
 PLACES = [
     Place(SERVER, "version (clarion)", _project, r'(?m)^(version = ")[^"]+(")'),
     Place(SERVER, "clarion-client==", _pin, r'("clarion-client==)[^"]+(")'),
+    Place(
+        SERVER_INIT,
+        "__version__",
+        _search(r'(?m)^__version__ = "([^"]+)"'),
+        r'(?m)^(__version__ = ")[^"]+(")',
+    ),
     Place(CLIENT, "version (clarion-client)", _project, r'(?m)^(version = ")[^"]+(")'),
     Place(NPM, "version", _json("version"), r'(?m)^(  "version": ")[^"]+(")'),
     Place(NPM_LOCK, "version", _json("version"), r'(?m)^(  "version": ")[^"]+(")'),
@@ -104,6 +119,12 @@ PLACES = [
         "appVersion (the images' tag)",
         _chart("appVersion"),
         r'(?m)^(appVersion:[ \t]*"?)[^"\s#]+("?)',
+    ),
+    Place(
+        README,
+        "helm install ... --version",
+        _search(r"helm install \S+ oci://\S+ --version (\S+)"),
+        r"(helm install \S+ oci://\S+ --version )\S+()",
     ),
 ]
 
