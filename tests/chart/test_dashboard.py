@@ -148,6 +148,11 @@ def test_dashboard_shape() -> None:
         "New sockets refused (admission)",
         "History read p99",
         "Fast paths: consumed and written by path",
+        "Proxy calls by proxy and result",
+        "Proxy call mean latency",
+        "Refreshes by result",
+        "Subscriptions refused by reason",
+        "Per-user and namespace limits",
     }
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
