@@ -332,3 +332,28 @@ def test_a_stream_that_stops_reading_hits_the_bounded_buffer() -> None:
         s.close()
         assert b'"code":1013' in tail and b"slow consumer" in tail, tail[-300:]
         assert pod.metric("clarion_stream_connections", {"transport": "sse"}) == 0
+
+
+@pytest.mark.parametrize("path", ["/sse", "/stream"])
+async def test_sigint_ends_open_streams_with_their_close_frame(tmp_path: Path, path: str) -> None:
+    """SIGINT stops at once, without a drain: an open stream gets its last close frame
+    (1001, server shutting down) instead of being cancelled by uvicorn's graceful-shutdown
+    timeout (an ASGI error with a traceback), and the process exits 0 soon."""
+    pod = GatewayProcess(f"sse-int-{uuid.uuid4().hex[:6]}", log_dir=tmp_path)
+    try:
+        await asyncio.to_thread(pod.start().wait_ready, 20)
+        s = await Stream.open(f"{pod.http_url}{path}?user=i")
+        await s.wait_welcome()
+        stopped = time.monotonic()
+        pod.signal(signal.SIGINT)
+        close = await s.wait_type("close")
+        assert close["code"] == 1001 and close["reason"] == "server shutting down"
+        await s.wait_ended()
+        await s.close()
+        assert pod.proc is not None
+        assert await asyncio.to_thread(pod.proc.wait, 10) == 0
+        assert time.monotonic() - stopped < 3  # uvicorn's graceful timeout is 3 s
+        assert "Traceback" not in pod.log(), pod.log()
+    finally:
+        pod.kill()
+        pod.stop()

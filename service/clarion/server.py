@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from . import logs
+from . import disconnects, logs
 from .app import Surface, create_app
 from .gateway import Gateway
 from .transport import websocket_protocol
@@ -71,6 +71,11 @@ async def run_pods(gateways: list[Gateway]) -> None:
     async def shutdown(drain: bool) -> None:
         if drain:
             await asyncio.gather(*(gw.drain() for gw in gateways))
+        else:
+            # Close frames now (1001): uvicorn would wait on an HTTP stream until its
+            # graceful-shutdown timeout, then cancel it (an ASGI error, no close frame).
+            for gw in gateways:
+                gw.hub.close_all(disconnects.SHUTDOWN)
         for server in servers:
             server.should_exit = True
 
