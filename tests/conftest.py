@@ -7,6 +7,7 @@ import pytest
 
 from clarion.config import Settings, option
 
+from .private_broker import PrivateBroker
 from .support import MGMT_AUTH, MGMT_URL, PodFactory, Vhost
 
 #: Both delivery designs (``--routing``), for the tests marked ``both_routings``.
@@ -45,6 +46,14 @@ def module_vhost(rabbit_mgmt: str) -> Iterator[Vhost]:
     v = Vhost().create()
     yield v
     v.delete()
+
+
+@pytest.fixture
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of the test's own (tests/private_broker.py), for a test that stops,
+    kills or restarts it; killed and removed after the test."""
+    with PrivateBroker(tmp_path_factory.mktemp("rabbit")) as node:
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 from clarion.protocol import new_message_id
 
 from .private_broker import PrivateBroker
-from .support import GatewayProcess, Vhost, started, wait_for_sync
+from .support import GatewayProcess, PodFactory, Vhost, wait_for_sync
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,19 +20,9 @@ AUTH = {"Authorization": "Bearer k"}
 ARGS = ["--auth", "none", "--api-key", "k"]
 
 
-def pods_on(amqp_url: str, tmp_path: Path, n: int = 2) -> list[GatewayProcess]:
-    return [
-        GatewayProcess(
-            f"hist-{i}-{uuid.uuid4().hex[:6]}", amqp_url=amqp_url, args=ARGS, log_dir=tmp_path
-        )
-        for i in range(n)
-    ]
-
-
 @pytest.fixture(scope="module")
-def pods(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with started(pods_on(module_vhost.amqp_url, tmp_path_factory.mktemp("logs"))) as pods:
-        yield pods
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> list[GatewayProcess]:
+    return module_pod_factory(2, "hist", amqp_url=module_vhost.amqp_url, args=ARGS)
 
 
 def publish(pod: GatewayProcess, *bodies: dict[str, Any]) -> list[str]:
@@ -127,14 +115,15 @@ def test_an_unknown_since_inside_the_window_says_so(pods: Any) -> None:
     assert r["complete"] is False and r["reason"] == "unknown"
 
 
-def test_history_survives_a_broker_restart(tmp_path: Path) -> None:
-    with PrivateBroker(tmp_path) as broker:
-        broker.start()
-        with started(pods_on(broker.amqp_url, tmp_path)) as (a, b):
-            ids = publish(a, *({"channel": "kept", "data": i} for i in range(5)))
-            broker.stop()
-            broker.start()
-            wait_for_sync(lambda: a.ready() and b.ready(), 60, 0.2, "pods ready again")
-            r = history(b, channel="kept")
-            assert r.status_code == 200, r.text
-            assert [m["id"] for m in r.json()["messages"]] == ids
+def test_history_survives_a_broker_restart(
+    private_broker: PrivateBroker, pod_factory: PodFactory
+) -> None:
+    broker = private_broker
+    a, b = pod_factory(2, "hist", amqp_url=broker.amqp_url, args=ARGS)
+    ids = publish(a, *({"channel": "kept", "data": i} for i in range(5)))
+    broker.stop()
+    broker.start()
+    wait_for_sync(lambda: a.ready() and b.ready(), 60, 0.2, "pods ready again")
+    r = history(b, channel="kept")
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["messages"]] == ids

@@ -24,7 +24,7 @@ from .wsclient import Client
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["memory", "rabbitmq"])
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.broker)])
 async def pod(request: pytest.FixtureRequest) -> AsyncIterator[InProcessPod]:
     settings = (
         {} if request.param == "memory" else {"amqp_url": request.getfixturevalue("vhost").amqp_url}
