@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -74,8 +75,14 @@ def run(*args: str | Path, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # From a clean copy: setuptools builds in the source folder and packs whatever its
+    # build/lib holds, so a stale build/ there could ship modules the tree no longer has.
+    src = tmp_path_factory.mktemp("src") / "python"
+    shutil.copytree(
+        CLIENT, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, CLIENT, cwd=out)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, src, cwd=out)
     (built,) = out.glob("clarion_client-*.whl")
     return built
 
