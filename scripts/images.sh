@@ -2,7 +2,7 @@
 # Build the gateway and operator images locally with podman (tests/images runs them).
 #   scripts/images.sh    # install podman if missing, build the base image once, build both
 # No registry can be pulled from here, so the Python base image is made with debootstrap
-# and cached as localhost/pybase:3.11-bookworm; the Dockerfiles take it as PYTHON_IMAGE.
+# and cached as localhost/pybase:3.11-bookworm; the Dockerfile takes it as PYTHON_IMAGE.
 # Tags: localhost/clarion:test and localhost/clarion-operator:test (override with
 # CLARION_IMAGE / CLARION_OPERATOR_IMAGE). The build context is the working tree, or
 # CLARION_BUILD_CONTEXT (e.g. a `git archive` of one commit).
@@ -70,19 +70,20 @@ if ! podman image exists "$BASE"; then
   trap - EXIT
 fi
 
-# --- the two images (podman's layer cache makes a re-run with no change quick) ---
-build() {  # build DOCKERFILE TAG
-  echo "==> podman build -f $1 -t $2"
+# --- the two images: two targets of one Dockerfile, sharing its builder stage ---
+# (podman's layer cache makes a re-run with no change quick)
+build() {  # build TARGET TAG
+  echo "==> podman build --target $1 -t $2"
   local log
   log=$(mktemp)
   if ! podman build --network host --build-arg "PYTHON_IMAGE=$BASE" \
-      -f "$CONTEXT/$1" -t "$2" "$CONTEXT" >"$log" 2>&1; then
+      -f "$CONTEXT/Dockerfile" --target "$1" -t "$2" "$CONTEXT" >"$log" 2>&1; then
     tail -40 "$log" >&2
     rm -f "$log"
     exit 1
   fi
   rm -f "$log"
 }
-build service/Dockerfile "$GATEWAY"
-build operator/Dockerfile "$OPERATOR"
+build gateway "$GATEWAY"
+build operator "$OPERATOR"
 echo "==> images ready: $GATEWAY $OPERATOR"

@@ -300,7 +300,7 @@ def test_operator_deployment() -> None:
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     # The image has no ENTRYPOINT, so args alone would replace its CMD.
-    dockerfile = (CHART.parent.parent / "operator" / "Dockerfile").read_text()
+    dockerfile = (CHART.parent.parent / "Dockerfile").read_text()
     assert 'CMD ["clarion-operator"]' in dockerfile and "ENTRYPOINT" not in dockerfile
     assert c["command"] == ["clarion-operator"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

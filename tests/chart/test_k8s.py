@@ -38,6 +38,8 @@ from .helpers import (
 
 KIND_CONFIG = REPO / "k8s" / "kind" / "cluster.yaml"
 TILTFILE = REPO / "Tiltfile"
+#: One Dockerfile, two images: its targets gateway and operator.
+DOCKERFILE = REPO / "Dockerfile"
 
 
 @cache
@@ -268,14 +270,15 @@ def test_tiltfile_names_only_paths_that_exist() -> None:
     } - optional
     # Dotted names that are not files (API groups, CRD names, domains) are not paths.
     paths = {p for p in paths if "/" in p or (REPO / p).suffix in {".toml", ".yaml", ".json"}}
+    paths |= literals & {"Dockerfile"}  # a file name without a suffix
     missing = sorted(p for p in paths if not (REPO / p).exists())
     assert missing == []
     assert paths >= {
         "charts/clarion",
         "k8s/dev",
         "k8s/dev/values-dev.yaml",
-        "service/Dockerfile",
-        "operator/Dockerfile",
+        "Dockerfile",
+        "scripts/dev-reload.sh",
         "service/clarion",
         "operator/clarion_operator",
         "pyproject.toml",
@@ -287,19 +290,23 @@ def test_tiltfile_live_update_targets_the_images_site_packages() -> None:
     site = _constants(tree)["SITE"]
     pyver = re.search(r"python(3\.\d+)", site)
     assert pyver
-    for dockerfile in ("service/Dockerfile", "operator/Dockerfile"):
-        text = (REPO / dockerfile).read_text()
-        assert re.search(rf"python:{re.escape(pyver.group(1))}\.\d+-slim", text), dockerfile
-        assert "/opt/venv" in text and site.startswith("/opt/venv/")
+    text = DOCKERFILE.read_text()
+    assert re.search(rf"python:{re.escape(pyver.group(1))}\.\d+-slim", text)
+    assert "/opt/venv" in text and site.startswith("/opt/venv/")
+    assert f"site={site}\n" in (REPO / "scripts/dev-reload.sh").read_text()
     builds = _calls(tree, "docker_build")
     refs = {ast.literal_eval(b.args[0]) for b in builds}
     dev = yaml.safe_load(DEV_VALUES.read_text())
     assert refs == {dev["image"]["repository"], dev["operator"]["image"]["repository"]}
+    stages = dockerfile_stages()
+    targets = set()
     for b in builds:
         kw = {k.arg: k.value for k in b.keywords}
-        assert ast.literal_eval(kw["target"]) == "dev"
-        dockerfile = ast.literal_eval(kw["dockerfile"])
-        assert re.search(r"^FROM base AS dev$", (REPO / dockerfile).read_text(), re.M)
+        assert ast.literal_eval(kw["dockerfile"]) == "Dockerfile"
+        target = ast.literal_eval(kw["target"])
+        assert target.endswith("-dev") and "dev-reload.sh" in stages[target][1]
+        targets.add(target)
+    assert targets == {"gateway-dev", "operator-dev"}
 
 
 def test_tiltfile_resources_exist_in_the_manifests() -> None:
@@ -369,44 +376,64 @@ def test_tiltfile_renders_the_chart_without_its_hooks() -> None:
 # -- images --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("dockerfile", "package", "cmd"),
-    [
-        ("service/Dockerfile", "clarion", '["clarion", "serve"]'),
-        ("operator/Dockerfile", '"clarion[operator]"', '["clarion-operator"]'),
-    ],
-)
-def test_dockerfile(dockerfile: str, package: str, cmd: str) -> None:
-    text = (REPO / dockerfile).read_text()
-    stages: dict[str, str] = {}
+def dockerfile_stages() -> dict[str, tuple[str, str]]:
+    """The Dockerfile's stages: name -> (what it is built FROM, its lines)."""
+    stages: dict[str, tuple[str, str]] = {}
     current = ""
-    for line in text.splitlines():
+    for line in DOCKERFILE.read_text().splitlines():
         m = re.match(r"^FROM\s+(\S+)\s+AS\s+(\S+)", line)
         if m:
             current = m.group(2)
-            stages[current] = ""
+            stages[current] = (m.group(1), "")
         elif current:
-            stages[current] += line + "\n"
-    assert list(stages) == ["builder", "base", "dev", "runtime"]
-    # The default (last) stage is the runtime image, built on base.
-    assert re.search(r"^FROM base AS runtime$", text, re.M)
+            stages[current] = (stages[current][0], stages[current][1] + line + "\n")
+    return stages
+
+
+def test_one_dockerfile_builds_both_images_on_one_base() -> None:
+    text = DOCKERFILE.read_text()
+    stages = dockerfile_stages()
+    assert list(stages) == [
+        "builder",
+        "base",
+        "operator",
+        "operator-dev",
+        "gateway-base",
+        "gateway-dev",
+        "gateway",
+    ]
+    # The default (last) stage is the gateway; every image is built on base.
+    assert stages["gateway"] == ("gateway-base", "")
+    assert stages["operator"][0] == stages["gateway-base"][0] == "base"
+    assert stages["operator-dev"][0] == "operator" and stages["gateway-dev"][0] == "gateway-base"
     image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert image and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image.group(1)), "pin the base"
-    assert "build-essential" in stages["builder"]
-    assert "apt-get" not in stages["base"], "no build tools in the final image"
-    assert f"--find-links /wheels {package}" in stages["base"]
-    user = re.search(r"^USER (\d+):(\d+)$", stages["base"], re.M)
-    assert user and int(user.group(1)) > 0
+    assert "build-essential" in stages["builder"][1]
+    assert "apt-get" not in text.split("AS base", 1)[1], "no build tools in an image"
+    user = re.search(r"^RUN groupadd --system --gid (\d+)", stages["base"][1], re.M)
     chart_values = yaml.safe_load((REPO / "charts/clarion/values.yaml").read_text())
-    assert int(user.group(1)) == chart_values["operator"]["securityContext"]["runAsUser"]
-    assert f"CMD {cmd}" in stages["base"]
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert json.loads(cmd)[0] in scripts
-    if dockerfile.startswith("service"):
-        assert "EXPOSE 8080" in stages["base"]
+    assert user and int(user.group(1)) == chart_values["operator"]["securityContext"]["runAsUser"]
     for src in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         if "[" not in src:
-            assert (REPO / src).exists(), f"{dockerfile} copies {src}, which does not exist"
+            assert (REPO / src).exists(), f"the Dockerfile copies {src}, which does not exist"
+
+
+@pytest.mark.parametrize(
+    ("stage", "package", "cmd", "ports"),
+    [
+        ("gateway-base", "clarion", '["clarion", "serve"]', "8080"),
+        ("operator", '"clarion[operator]"', '["clarion-operator"]', "8080 9090"),
+    ],
+)
+def test_dockerfile_image(stage: str, package: str, cmd: str, ports: str) -> None:
+    body = dockerfile_stages()[stage][1]
+    assert f"--find-links /wheels {package}\n" in body
+    user = re.search(r"^USER (\d+):(\d+)$", body, re.M)
+    assert user and int(user.group(1)) > 0
+    assert f"CMD {cmd}" in body and "ENTRYPOINT" not in body
+    assert f"EXPOSE {ports}\n" in body
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert json.loads(cmd)[0] in scripts
 
 
 def test_dockerignore_keeps_only_what_the_images_need() -> None:

@@ -56,8 +56,8 @@ def test_the_release_pushes_the_images_the_chart_pulls() -> None:
     assert doc["permissions"]["packages"] == "write"
     registry = doc["env"]["REGISTRY"]
     images = doc["jobs"]["images"]
-    matrix = {m["image"]: m["dockerfile"] for m in images["strategy"]["matrix"]["include"]}
-    assert matrix == {"clarion": "service/Dockerfile", "clarion-operator": "operator/Dockerfile"}
+    matrix = {m["image"]: m["target"] for m in images["strategy"]["matrix"]["include"]}
+    assert matrix == {"clarion": "gateway", "clarion-operator": "operator"}
     build = next(
         s for s in images["steps"] if str(s.get("uses", "")).startswith("docker/build-push")
     )
