@@ -14,7 +14,7 @@ import pytest
 
 from clarion.protocol import new_message_id
 
-from .support import GatewayProcess, Vhost, started, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,21 +23,11 @@ AUTH = {"Authorization": "Bearer k"}
 
 
 @pytest.fixture(scope="module")
-def env(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory, routing: str
-) -> Iterator[Any]:
-    logs = tmp_path_factory.mktemp("logs")
-    made = [
-        GatewayProcess(
-            f"idem-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=module_vhost.amqp_url,
-            args=["--auth", "none", "--api-key", "k", "--idempotency-window", "3"],
-            log_dir=logs,
-            routing=routing,
-        )
-        for i in range(2)
-    ]
-    with started(made) as pods:
+def env(module_vhost: Vhost, module_pod_factory: PodFactory, routing: str) -> Iterator[Any]:
+    args = ["--auth", "none", "--api-key", "k", "--idempotency-window", "3"]
+    with module_pod_factory(
+        2, "idem", amqp_url=module_vhost.amqp_url, args=args, routing=routing
+    ) as pods:
         yield pods, module_vhost
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost, started, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -20,19 +18,9 @@ AUTH = {"Authorization": "Bearer k"}
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Any, routing: str) -> Iterator[list[GatewayProcess]]:
-    made = [
-        GatewayProcess(
-            f"pres-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=vhost.amqp_url,
-            args=["--auth", "none", "--api-key", "k", "--presence-interval", "1"],
-            log_dir=tmp_path,
-            routing=routing,
-        )
-        for i in range(3)
-    ]
-    with started(made, kill=True) as pods:
-        yield pods
+def pods(vhost: Vhost, pod_factory: PodFactory, routing: str) -> list[GatewayProcess]:
+    args = ["--auth", "none", "--api-key", "k", "--presence-interval", "1"]
+    return pod_factory(3, "pres", amqp_url=vhost.amqp_url, args=args, routing=routing)
 
 
 def get(pod: GatewayProcess, path: str, **params: str) -> httpx.Response:

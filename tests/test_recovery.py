@@ -7,23 +7,20 @@ import asyncio
 import random
 import signal
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost, running_pods, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client, User
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[list[GatewayProcess]]:
-    with running_pods("rec", 3, 10, vhost.amqp_url, tmp_path, routing=routing) as procs:
-        yield procs
+def pods(vhost: Vhost, pod_factory: PodFactory, routing: str) -> list[GatewayProcess]:
+    hosts = [f"127.0.0.{10 + i}" for i in range(3)]
+    return pod_factory(3, "rec", amqp_url=vhost.amqp_url, hosts=hosts, routing=routing)
 
 
 @pytest.mark.both_routings
@@ -133,7 +130,7 @@ async def test_channel_recovery_via_subscribe_since(pods: list[GatewayProcess]) 
 
 
 async def test_clarion_listen_reconnects_with_since(
-    pods: list[GatewayProcess], vhost: Vhost, tmp_path: Path, routing: str
+    pods: list[GatewayProcess], vhost: Vhost, pod_factory: PodFactory, routing: str
 ) -> None:
     import json
     import sys
@@ -151,7 +148,6 @@ async def test_clarion_listen_reconnects_with_since(
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert listen.stdout is not None
-    reborn: GatewayProcess | None = None
     try:
         await wait_for(
             lambda: victim.metric("clarion_connections") >= 1, 15, message="listener connected"
@@ -170,16 +166,14 @@ async def test_clarion_listen_reconnects_with_since(
             assert first["data"] == "one"
             victim.kill()
             ids.append(await publish("two (while its pod is gone)"))
-            reborn = GatewayProcess(
-                f"rec-reborn-{uuid.uuid4().hex[:6]}",
-                host=victim.host,
+            pod_factory(
+                1,
+                "rec-reborn",
+                hosts=[victim.host],
                 port=victim.port,
                 amqp_url=vhost.amqp_url,
-                args=["--auth", "none"],
-                log_dir=tmp_path,
                 routing=routing,
-            ).start()
-            reborn.wait_ready()
+            )
             second = json.loads(await asyncio.wait_for(listen.stdout.readline(), 30))
             ids.append(await publish("three"))
             third = json.loads(await asyncio.wait_for(listen.stdout.readline(), 15))
@@ -187,5 +181,3 @@ async def test_clarion_listen_reconnects_with_since(
     finally:
         listen.kill()
         await listen.wait()
-        if reborn is not None:
-            reborn.kill()

@@ -12,13 +12,11 @@ interleaved while the client hops between two pods on RabbitMQ.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from .support import GatewayProcess, Vhost, running_pods, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client, User
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.both_routings]  # hops between pods
@@ -28,17 +26,15 @@ PER_ROUND = 9  # three of each target kind, interleaved
 
 
 @pytest.fixture
-def pods(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[list[GatewayProcess]]:
-    with running_pods(
-        "recipe",
+def pods(vhost: Vhost, pod_factory: PodFactory, routing: str) -> list[GatewayProcess]:
+    return pod_factory(
         2,
-        60,
-        vhost.amqp_url,
-        tmp_path,
+        "recipe",
+        amqp_url=vhost.amqp_url,
         args=["--auth", "none", "--api-key", "k"],
+        hosts=["127.0.0.60", "127.0.0.61"],
         routing=routing,
-    ) as pods:
-        yield pods
+    )
 
 
 async def test_reconnect_after_reconnect_no_gap_no_duplicate(pods: list[GatewayProcess]) -> None:

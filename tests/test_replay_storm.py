@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from .support import GatewayProcess, Vhost
+from .support import GatewayProcess, PodFactory, Vhost
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,19 +24,15 @@ CLIENTS = 60
 
 
 @pytest.fixture
-def pod(vhost: Vhost, tmp_path: Path, routing: str) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"storm-{uuid.uuid4().hex[:6]}",
-        routing=routing,
+def pod(vhost: Vhost, pod_factory: PodFactory, routing: str) -> GatewayProcess:
+    (p,) = pod_factory(
+        1,
+        "storm",
         amqp_url=vhost.amqp_url,
         args=["--auth", "none", "--api-key", "k"],
-        log_dir=tmp_path,
-    ).start()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
+        routing=routing,
+    )
+    return p
 
 
 def rss_mib(pid: int) -> float:
