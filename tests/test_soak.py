@@ -11,14 +11,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .private_broker import PrivateBroker
-from .support import running_pods, wait_for
+from .support import PodFactory, wait_for
 from .wsclient import User
 
 # bench/soak.py runs this same test bigger and longer through these variables.
@@ -37,21 +36,14 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    b = PrivateBroker().start()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 async def test_soak_broker_restart_and_pod_kill_lose_nothing(
-    broker: PrivateBroker, tmp_path: Path, routing: str
+    private_broker: PrivateBroker, pod_factory: PodFactory, routing: str
 ) -> None:
+    broker = private_broker
     args = ["--auth", "none", "--max-frames-per-second", "1000"]
-    with running_pods(
-        "soak", 3, 30, broker.amqp_url, tmp_path, args, timeout=30, routing=routing
+    hosts = [f"127.0.0.{30 + i}" for i in range(3)]
+    with pod_factory(
+        3, "soak", amqp_url=broker.amqp_url, args=args, hosts=hosts, routing=routing, timeout=30
     ) as pods:
         a, b, victim = pods
         users = [User(f"s{i}") for i in range(SOCKETS)]
