@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from .support import GatewayProcess, wait_for
+from .support import GatewayProcess, PodFactory, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,16 +52,12 @@ MESSAGES = 20
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "compression"])
-def pod(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProcess]:
+def pod(request: pytest.FixtureRequest, pod_factory: PodFactory) -> GatewayProcess:
     args = ["--auth", "none", "--api-key", "k"]
     if request.param:
         args.append("--compression")
-    p = GatewayProcess(f"fast-{uuid.uuid4().hex[:6]}", args=args, log_dir=tmp_path).start()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
+    (p,) = pod_factory(1, "fast", args=args)
+    return p
 
 
 async def test_a_real_uvicorn_pod_writes_through_the_fast_path(pod: GatewayProcess) -> None:

@@ -27,7 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from clarion.protocol import ProtocolError, new_message_id, parse_client_frame, parse_publish_body
 
-from .support import GatewayProcess, Vhost, wait_for_sync
+from .support import GatewayProcess, PodFactory, Vhost, wait_for_sync
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -168,27 +168,20 @@ def test_parse_publish_body_raises_only_protocol_errors(raw: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def pod(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"fuzz-{uuid.uuid4().hex[:6]}",
-        amqp_url=module_vhost.amqp_url,
-        args=[
-            "--auth",
-            "none",
-            "--allow-client-publish",
-            "--max-frames-per-second",
-            "100000",  # fuzz the parser, not the rate limiter
-            "--max-frame-bytes",
-            str(MAX_FRAME_BYTES),
-            "--max-body-bytes",
-            str(MAX_BODY_BYTES),
-        ],
-        log_dir=tmp_path_factory.mktemp("fuzz"),
-    )
-    try:
-        yield p.start().wait_ready(30)
-    finally:
-        p.stop()
+def pod(module_vhost: Vhost, module_pod_factory: PodFactory) -> GatewayProcess:
+    args = [
+        "--auth",
+        "none",
+        "--allow-client-publish",
+        "--max-frames-per-second",
+        "100000",  # fuzz the parser, not the rate limiter
+        "--max-frame-bytes",
+        str(MAX_FRAME_BYTES),
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+    ]
+    (p,) = module_pod_factory(1, "fuzz", amqp_url=module_vhost.amqp_url, args=args, timeout=30)
+    return p
 
 
 class Innocent(threading.Thread):

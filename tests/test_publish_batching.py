@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ import pytest
 
 from clarion_client import AsyncPublisher, Backoff, Publisher, PublishError
 
-from .support import GatewayProcess, Vhost, started
+from .support import GatewayProcess, PodFactory, Vhost
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,19 +24,8 @@ FAST = Backoff(base=0.01, max=0.05)
 
 
 @pytest.fixture(scope="module")
-def pods(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    logs: Path = tmp_path_factory.mktemp("logs")
-    made = [
-        GatewayProcess(
-            f"batching-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=module_vhost.amqp_url,
-            args=["--auth", "none"],
-            log_dir=logs,
-        )
-        for i in range(2)
-    ]
-    with started(made) as ready:
-        yield ready
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> list[GatewayProcess]:
+    return module_pod_factory(2, "batching", amqp_url=module_vhost.amqp_url)
 
 
 def requests(pod: GatewayProcess) -> float:

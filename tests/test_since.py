@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 
 from clarion.protocol import new_message_id
 
-from .support import GatewayProcess, Vhost, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -52,19 +51,12 @@ PLAUSIBLE = [
 
 
 @pytest.fixture(scope="module")
-def pod(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"since-{uuid.uuid4().hex[:6]}",
-        amqp_url=module_vhost.amqp_url,
-        args=["--auth", "none", "--api-key", "k"],
-        log_dir=Path(tmp_path_factory.mktemp("logs")),
-    ).start()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
-        assert "Traceback" not in p.log(), p.log()
+def pod(module_vhost: Vhost, module_pod_factory: PodFactory) -> Iterator[GatewayProcess]:
+    args = ["--auth", "none", "--api-key", "k"]
+    (p,) = module_pod_factory(1, "since", amqp_url=module_vhost.amqp_url, args=args)
+    yield p
+    p.stop()
+    assert "Traceback" not in p.log(), p.log()
 
 
 def connections(pod: GatewayProcess) -> int:
