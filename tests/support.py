@@ -383,12 +383,16 @@ class PodFactory:
             for i in range(count)
         )
         self.pods += made
-        if start:
-            for p in made:
-                p.start()
-            for p in made:
-                p.wait_ready(timeout)
-        return made
+        return self.start(made, timeout) if start else made
+
+    @staticmethod
+    def start(pods: Pods, timeout: float = 20.0) -> Pods:
+        """Start pods made with ``start=False`` together; return once every one is ready."""
+        for p in pods:
+            p.start()
+        for p in pods:
+            p.wait_ready(timeout)
+        return pods
 
     def logs(self) -> list[tuple[str, str]]:
         """(title, last lines of the log) of every pod this factory started."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -19,9 +18,9 @@ from .support import (
     MGMT_AUTH,
     MGMT_URL,
     GatewayProcess,
+    PodFactory,
     Vhost,
     free_port,
-    started,
     wait_for,
     wait_for_sync,
 )
@@ -69,9 +68,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory, routing: str
-) -> Iterator[Cluster]:
+def cluster(module_vhost: Vhost, module_pod_factory: PodFactory, routing: str) -> Iterator[Cluster]:
     # Pod b connects as its own RabbitMQ user, so the blip test can keep it out.
     with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
         mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
@@ -79,27 +76,20 @@ def cluster(
             f"/api/permissions/{module_vhost.quoted}/clarion-test-podb",
             json={"configure": ".*", "write": ".*", "read": ".*"},
         ).raise_for_status()
-    port = _common_port()
-    logs = Path(tmp_path_factory.mktemp("logs"))
     args = ["--auth", "none", "--allow-client-publish"]
-    pods = []
-    for i, host in enumerate(HOSTS):
-        url = module_vhost.amqp_url
-        if i == 1:
-            url = url.replace("guest:guest@", "clarion-test-podb:podb@")
-        pods.append(
-            GatewayProcess(
-                f"pod-{'abc'[i]}-{uuid.uuid4().hex[:6]}",
-                host=host,
-                port=port,
-                amqp_url=url,
-                args=args,
-                log_dir=logs,
-                routing=routing,
-            )
-        )
+    pods = module_pod_factory(
+        len(HOSTS),
+        "pod",
+        amqp_url=module_vhost.amqp_url,
+        args=args,
+        hosts=HOSTS,
+        port=_common_port(),
+        routing=routing,
+        start=False,
+    )
+    pods[1].amqp_url = module_vhost.amqp_url.replace("guest:guest@", "clarion-test-podb:podb@")
     try:
-        with started(pods):
+        with module_pod_factory.start(pods):
             yield Cluster(module_vhost, pods)
     finally:
         httpx.delete(f"{MGMT_URL}/api/users/clarion-test-podb", auth=MGMT_AUTH, timeout=10)
