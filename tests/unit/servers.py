@@ -7,26 +7,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from clarion.transport import websocket_protocol
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
 class Connection:
     """One connection the server accepted: its ASGI ``send``, and ``done`` to end its app."""
 
-    scope: dict[str, Any]
+    scope: Scope
     send: Send
     done: asyncio.Event = field(default_factory=asyncio.Event)
     #: What the app received until it ended (``websocket.disconnect``, ``http.disconnect``).
-    received: list[dict[str, Any]] = field(default_factory=list)
+    received: list[Any] = field(default_factory=list)
 
 
 class App:
@@ -35,7 +34,7 @@ class App:
     def __init__(self) -> None:
         self.connections: asyncio.Queue[Connection] = asyncio.Queue()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return
         conn = Connection(scope, send)
