@@ -24,6 +24,7 @@ from pamqp.header import ContentHeader
 from ..message import Envelope, new_message_id
 from . import fastconsume
 from .base import At, ConsumeCounts, Position
+from .channels import close_channel
 from .codec import Marker, marker_message, message_to_envelope
 from .routing import MARKER_KEY
 
@@ -153,9 +154,7 @@ async def read_stream(
     finally:
         if acking:
             await asyncio.gather(*acking, return_exceptions=True)
-        if not ch.is_closed:
-            with contextlib.suppress(Exception):
-                await ch.close()
+        await close_channel(ch)
 
 
 async def first_timestamp(
@@ -185,6 +184,4 @@ async def first_timestamp(
                 except (Marker, ValueError):
                     await msg.ack()
     finally:
-        if not ch.is_closed:
-            with contextlib.suppress(Exception):
-                await ch.close()
+        await close_channel(ch)

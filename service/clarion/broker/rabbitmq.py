@@ -34,6 +34,7 @@ from . import fastconsume, history, topology
 from .acks import AckBatcher
 from .base import At, Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Position
 from .catchup import CatchUp
+from .channels import close_channel
 from .codec import Marker, envelope_to_message, message_to_envelope
 from .routing import Bindings, routing_key
 
@@ -451,9 +452,7 @@ class RabbitBroker(Broker):
                     log.debug("queue check of %s: %s", self.queue_name, reason(exc))
                     channel = None
         finally:
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(), 1.0)
+            await close_channel(channel, wait=1.0)
 
     def _probe_soon(self, conn: AbstractConnection | None) -> None:
         if conn is not None and not self._probing:
@@ -478,7 +477,7 @@ class RabbitBroker(Broker):
             while True:
                 done, _ = await asyncio.wait({opening}, timeout=self.options.probe_timeout)
                 if done:
-                    await (await opening).close()
+                    await close_channel(await opening)
                     return
                 # A pod busy for a while (a connect storm) has not read what came
                 # meanwhile: let its reader take it before judging the node by it.

@@ -54,6 +54,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from ..message import Target
 from .base import BindTimeout
+from .channels import close_channel
 
 log = logging.getLogger("clarion.broker")
 
@@ -293,8 +294,7 @@ class Bindings:
                 try:
                     await self._bind_wide(await channel.get_underlay_channel())
                 finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
+                    await close_channel(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -366,9 +366,8 @@ class Bindings:
                     # aiormq closes a channel whose call timed out (the close takes a
                     # round trip): the next batch goes on a new one, not into that one.
                     self._channel = None
-                    if not channel.is_closed:
-                        closing = asyncio.ensure_future(channel.close())
-                        closing.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    closing = asyncio.ensure_future(close_channel(channel))
+                    closing.add_done_callback(lambda f: f.cancelled() or f.exception())
                 await asyncio.sleep(0.5)
 
     def _take(self) -> list[str]:

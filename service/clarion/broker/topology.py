@@ -35,6 +35,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from ..names import history_queue, routed_exchange
 from .base import BrokerOptions
+from .channels import close_channel
 from .routing import EVERYONE
 
 log = logging.getLogger("clarion.broker")
@@ -144,5 +145,4 @@ async def declare_history(conn: AbstractConnection, o: BrokerOptions) -> None:
         # Still down: no publish may be accepted without it; the connect loop retries.
         raise RuntimeError(f"the history stream {stream} is not available yet")
     finally:
-        if not ch.is_closed:
-            await ch.close()
+        await close_channel(ch)
