@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.seconds,
             )
             sc.run(pods or ([2, 4] if quick else [2, 4, 8, 16]), args.routing.split(","))
-            print(scale.summarize(sc.rows, HERE / "scale.png"))
+            print(report.summarize_scale(sc.rows, HERE / "scale.png"))
         if "consume" in only:
             from . import consume
 

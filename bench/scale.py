@@ -20,8 +20,8 @@ Then what a connect + disconnect costs: sockets of distinct users connecting
 to pod 1 (a bounded number of handshakes in flight), then closing, until the
 pod counts none of them and the vhost's bindings are back where they were.
 
-Rows go out through ``emit`` (one JSON line each); ``summarize`` prints the
-medians, fits the scaling model and draws ``bench/scale.png``.
+Rows go out through ``emit`` (one JSON line each); report.py's ``summarize_scale``
+prints their medians, fits the scaling model and draws ``bench/scale.png``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import orjson
 from . import loadgen
 from .loadgen import LoadGen, Worker
 from .publish import _HttpConn
+from .report import FOREIGN_LIMIT, RABBIT_IDLE_MAX, summarize_scale
 from .scenarios import Bench
 from .servers import System, machine, rss_bytes, start_system
 from .wsclient import WSClient
@@ -51,12 +52,6 @@ from .wsclient import WSClient
 HERE = Path(__file__).resolve().parent
 _TICK = os.sysconf("SC_CLK_TCK")
 USERS_PER_POD = 5
-#: A window where other people's processes used more than this share of the machine
-#: (busy % minus the pods, RabbitMQ and the bench) is measured again, and not "clean".
-FOREIGN_LIMIT = 10.0
-#: RabbitMQ CPU (share of a core) above which an idle window is someone else's burst:
-#: 16 idle pods cost it about 2%.
-RABBIT_IDLE_MAX = 0.06
 
 
 # -- CPU from /proc ---------------------------------------------------------------
@@ -564,201 +559,6 @@ class Scale(Bench):
         self.emit(row)
 
 
-# -- the table, the model, the plot ------------------------------------------------
-
-Row = dict[str, Any]
-
-MSG_COLUMNS = (
-    ("rate_achieved", "msg/s", "{:.0f}"),
-    ("publisher_us", "publisher µs", "{:.0f}"),
-    ("holder_us", "holder µs", "{:.0f}"),
-    ("none_us", "pod holding none µs", "{:.0f}"),
-    ("per_pod_us", "per other pod µs", "{:.0f}"),
-    ("rabbit_us", "RabbitMQ µs", "{:.0f}"),
-    ("cluster_us", "cluster µs", "{:.0f}"),
-    ("lost", "lost", "{:.0f}"),
-    ("extra", "extra", "{:.0f}"),
-    ("busy_pct", "machine busy %", "{:.0f}"),
-)
-CONNECT_COLUMNS = (
-    ("sockets", "sockets", "{:.0f}"),
-    ("connects_per_s", "connects/s", "{:.0f}"),
-    ("holder_us", "pod µs/cycle", "{:.0f}"),
-    ("other_us", "other pod µs/cycle", "{:.0f}"),
-    ("rabbit_us", "RabbitMQ µs/cycle", "{:.0f}"),
-    ("cluster_us", "cluster µs/cycle", "{:.0f}"),
-    ("close_settled_s", "close settled s", "{:.1f}"),
-    ("bindings_peak", "bindings peak", "{:.0f}"),
-    ("busy_pct", "machine busy %", "{:.0f}"),
-)
-KINDS = ("user", "absent", "broadcast", "connect")
-MODE_COLORS = {"fanout": "tab:red", "direct": "tab:blue"}
-
-
-def clean(row: Row) -> bool:
-    """No burst of other people's work in the window or its idle baseline."""
-    return (
-        (row.get("foreign_pct") or 0.0) <= FOREIGN_LIMIT
-        and (row.get("idle_foreign_pct") or 0.0) <= FOREIGN_LIMIT
-        and (row.get("idle_rabbit_us_per_s") or 0.0) <= RABBIT_IDLE_MAX * 1e6
-    )
-
-
-def medians(rows: list[Row]) -> dict[tuple[str, int, str], Row]:
-    """Median of every numeric field per (routing, pods, kind), over the clean runs.
-
-    Runs with other people's bursts in them (``clean``) count only where a group
-    has no clean run; ``runs`` says "clean/all".
-    """
-    groups: dict[tuple[str, int, str], list[Row]] = {}
-    for r in rows:
-        if r.get("scenario") in ("scale", "scale-connect"):
-            groups.setdefault((r["routing"], int(r["pods"]), r["kind"]), []).append(r)
-    out = {}
-    for key, every in groups.items():
-        rs = [r for r in every if clean(r)] or every
-        m: Row = {"runs": f"{sum(map(clean, every))}/{len(every)}"}
-        for k in rs[0]:
-            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
-            if vals and not isinstance(rs[0][k], bool):
-                m[k] = statistics.median(vals)
-        out[key] = m
-    return out
-
-
-def _fmt(v: Any, f: str) -> str:
-    return "-" if v is None else f.format(v)
-
-
-def table(rows: list[Row]) -> str:
-    """Markdown tables of the medians (messages, then connects)."""
-    med = medians(rows)
-    order = sorted(med, key=lambda k: (KINDS.index(k[2]), k[0], k[1]))
-    out = []
-    for cols, kinds in ((MSG_COLUMNS, KINDS[:3]), (CONNECT_COLUMNS, KINDS[3:])):
-        keys = [k for k in order if k[2] in kinds]
-        if not keys:
-            continue
-        head = ["kind", "routing", "pods", "runs", *(c[1] for c in cols)]
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
-        for k in keys:
-            m = med[k]
-            cells = [k[2], k[0], str(k[1]), str(m["runs"])]
-            out.append("| " + " | ".join(cells + [_fmt(m.get(c[0]), c[2]) for c in cols]) + " |")
-        out.append("")
-    return "\n".join(out)
-
-
-def linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least squares y = a + b x."""
-    n = len(xs)
-    if n < 2:
-        return (ys[0] if ys else 0.0), 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    return my - b * mx, b
-
-
-def model(rows: list[Row]) -> dict[str, dict[str, float]]:
-    """Constants of: cluster = publish + H x consume + (P - H - 1) x idle copy + RabbitMQ a + b P.
-
-    Fitted per routing mode from the ``user`` rows (one holder, H = 1):
-    ``publish`` the median publishing pod, ``consume`` the holder's, ``copy``
-    a pod holding none of the recipients, RabbitMQ a line in P.
-    """
-    med = medians(rows)
-    out: dict[str, dict[str, float]] = {}
-    for mode in sorted({k[0] for k in med}):
-        user = sorted((k[1], v) for k, v in med.items() if k[0] == mode and k[2] == "user")
-        if not user:
-            continue
-        ps = [float(p) for p, _ in user]
-        a, b = linfit(ps, [v.get("rabbit_us", 0.0) for _, v in user])
-        ca, cb = linfit(ps, [v.get("cluster_us", 0.0) for _, v in user])
-        copies = [v["none_us"] for _, v in user if v.get("none_us") is not None]
-        out[mode] = {
-            "publish_us": statistics.median(v.get("publisher_us", 0.0) for _, v in user),
-            "consume_us": statistics.median(v.get("holder_us", 0.0) for _, v in user),
-            "copy_us": statistics.median(copies) if copies else 0.0,
-            "rabbit_a_us": a,
-            "rabbit_b_us": b,
-            "cluster_a_us": ca,
-            "cluster_b_us": cb,
-        }
-    return out
-
-
-def model_text(rows: list[Row]) -> str:
-    lines = []
-    for mode, m in model(rows).items():
-        lines.append(
-            f"{mode}: per targeted message (one holder) = publish {m['publish_us']:.0f} µs"
-            f" + holder {m['consume_us']:.0f} µs + (P-2) x {m['copy_us']:.0f} µs per pod holding"
-            f" none + RabbitMQ ({m['rabbit_a_us']:.0f} + {m['rabbit_b_us']:.0f} x P) µs;"
-            f" cluster fit {m['cluster_a_us']:.0f} + {m['cluster_b_us']:.0f} x P µs"
-        )
-    return "\n".join(lines)
-
-
-def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    med = medians(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for mode in sorted({k[0] for k in med}):
-        pts = sorted((k[1], v) for k, v in med.items() if k[0] == mode and k[2] == "user")
-        if not pts:
-            continue
-        xs = [p for p, _ in pts]
-        color = MODE_COLORS.get(mode, "tab:gray")
-        ax.plot(
-            xs,
-            [v.get("cluster_us") for _, v in pts],
-            "o-",
-            color=color,
-            label=f"{mode}: cluster (pods + RabbitMQ)",
-        )
-        ax.plot(
-            xs, [v.get("rabbit_us") for _, v in pts], "s--", color=color, label=f"{mode}: RabbitMQ"
-        )
-    ax.set_title("CPU per targeted message (one recipient on one pod) vs pods")
-    ax.set_xlabel("pods")
-    ax.set_ylabel("CPU µs per message (idle subtracted)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([2, 4, 8, 16], ["2", "4", "8", "16"])
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def summarize(rows: list[Row], png: Path) -> str:
-    if not rows:
-        return "scale: no rows"
-    plot(rows, png)
-    # The connect storm is flat out by design; the message windows must not saturate.
-    msgs = [r for r in rows if r.get("kind") != "connect" and r.get("busy_pct") is not None]
-    note = ""
-    if msgs:
-        ours = max(r["busy_pct"] - r.get("foreign_pct", 0.0) for r in msgs)
-        busy = max(r["busy_pct"] for r in msgs)
-        note = (
-            f"\nmachine CPU in the message windows: at most {busy:.0f}% busy, of which the"
-            f" bench's own (pods, RabbitMQ, clients) at most {ours:.0f}%"
-        )
-        if ours > 70:
-            note += " -- SATURATED (> 70%): lower --rate"
-    return f"{table(rows)}\n{model_text(rows)}{note}\nplot: {png}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.scale FILE [--tag T]``: the tables, the model and the plot again."""
     import argparse
@@ -772,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line]
     tags = set(filter(None, args.tag.split(",")))
     rows = [r for r in rows if not tags or r.get("tag") in tags]
-    print(summarize(rows, Path(args.plot)))
+    print(summarize_scale(rows, Path(args.plot)))
     return 0
 
 
