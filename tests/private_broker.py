@@ -9,10 +9,12 @@ persistent messages survive a restart as they would on a real broker;
 ``close()`` always kills the node and removes the directory.
 
 Timings measured on the project's 2-core machine (3.10.8): a boot to "AMQP and
-management answer" takes about 6.5 s when the machine is quiet (up to 12 s under
-load), a graceful ``stop()`` about 6 s (the AMQP listener closes at once; the
-node then takes ~5 s to stop its apps), ``kill()`` is instant. So fault tests
-share one node per module and restart it once per test.
+management answer" takes about 6.5 s when the machine is quiet, 10-20 s with two
+CPU hogs on a machine already at load 8-11 (2026-12-06); a graceful ``stop()``
+about 6 s (the AMQP listener closes at once; the node then takes ~5 s to stop its
+apps); ``kill()`` is instant. So fault tests share one node per module and restart
+it once per test. Its ports lie below the kernel's ephemeral range
+(``_free_ports``), so no other process's connection can take one while it is down.
 """
 
 from __future__ import annotations
