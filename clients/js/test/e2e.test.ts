@@ -258,6 +258,37 @@ describe("in-band token refresh against a real pod (clarion serve --auth jwt)", 
     expect(a.state).toBe("subscribed");
     client.close();
   }, 30_000);
+
+  it("a channel outside the token's rights on 2 s subscription tokens from getToken: renewed in band, every message once", async () => {
+    const user = `js-${rand()}`;
+    const channel = `doc:${rand()}`;
+    const token = sign({ sub: user, exp: Math.floor(Date.now() / 1000) + 600, channels: [] });
+    const asked: string[] = [];
+    const getToken = async (name: string) => {
+      asked.push(name);
+      return sign({ sub: user, channel: name, exp: Math.floor(Date.now() / 1000) + 2 });
+    };
+    const client = new Clarion(`ws://127.0.0.1:${port}/ws`, { token, WebSocket: WS, backoff: fast, refreshMargin: 1000 });
+    const errors: string[] = [];
+    client.on("error", (e) => errors.push(`${e.code}:${e.channel ?? ""}`));
+    const doc = client.subscribe(channel, { getToken });
+    const seen = received(doc);
+    const forged = client.subscribe(`${channel}x`, { token: sign({ sub: user, channel, exp: Math.floor(Date.now() / 1000) + 60 }) });
+    client.connect();
+    await waitFor(() => doc.state === "subscribed" && forged.state === "unsubscribed", "subscribed, and the other refused");
+    const sent: string[] = [];
+    const until = Date.now() + 6000;
+    while (Date.now() < until) {
+      sent.push(await publish(port, { channel, data: sent.length }));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await waitFor(() => seen.length >= sent.length, `${sent.length} messages`);
+    expect(exactlyOnce(seen, sent)).toBe(true);
+    expect(asked.length).toBeGreaterThanOrEqual(4); // three 2 s tokens renewed in band
+    expect(doc.state).toBe("subscribed");
+    expect(errors).toEqual([`forbidden:${channel}x`]);
+    client.close();
+  }, 30_000);
 });
 
 describe("a server that accepts TCP and never answers the upgrade (ws in Node)", () => {
