@@ -386,8 +386,10 @@ class PodFactory:
         return self.start(made, timeout) if start else made
 
     @staticmethod
-    def start(pods: Pods, timeout: float = 20.0) -> Pods:
-        """Start pods made with ``start=False`` together; return once every one is ready."""
+    def start(pods: list[GatewayProcess], timeout: float = 20.0) -> Pods:
+        """Start pods made with ``start=False`` together; return once every one is ready
+        (as a ``Pods``: ``with pod_factory.start(made[:2]):`` kills those two on exit)."""
+        pods = Pods(pods)
         for p in pods:
             p.start()
         for p in pods:

@@ -24,7 +24,7 @@ from clarion.occupancy import Occupancy, Tally, owner
 from clarion.protocol import Envelope, Target
 from testkit.net import free_port
 
-from .support import GatewayProcess, Vhost, started, wait_for
+from .support import GatewayProcess, PodFactory, Pods, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -203,12 +203,10 @@ def test_bad_webhook_settings_are_refused(kw: dict[str, Any], match: str) -> Non
         settings(webhook_url="http://127.0.0.1:9/", **kw).validate()
 
 
-def test_a_pod_with_bad_webhook_settings_refuses_to_start(tmp_path: Any) -> None:
-    pod = GatewayProcess(
-        "bad-hook",
-        args=["--auth", "none", "--webhook-url", "http://127.0.0.1:9/"],
-        log_dir=tmp_path,
-    ).start()
+def test_a_pod_with_bad_webhook_settings_refuses_to_start(pod_factory: PodFactory) -> None:
+    args = ["--auth", "none", "--webhook-url", "http://127.0.0.1:9/"]
+    (pod,) = pod_factory(1, "bad-hook", args=args, start=False)
+    pod.start()
     assert pod.proc is not None
     assert pod.proc.wait(20) != 0
     assert "--webhook-url needs --webhook-secret" in pod.log()
@@ -302,17 +300,11 @@ def hook_args(url: str, *extra: str) -> list[str]:
 
 
 def hook_pods(
-    prefix: str, count: int, vhost: Vhost, url: str, log_dir: Any, *extra: str
-) -> list[GatewayProcess]:
-    return [
-        GatewayProcess(
-            f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=vhost.amqp_url,
-            args=hook_args(url, *extra),
-            log_dir=log_dir,
-        )
-        for i in range(count)
-    ]
+    factory: PodFactory, prefix: str, count: int, vhost: Vhost, url: str, *extra: str
+) -> Pods:
+    """Pods with webhooks to ``url``, made (not started: ``factory.start``)."""
+    args = hook_args(url, *extra)
+    return factory(count, prefix, amqp_url=vhost.amqp_url, args=args, start=False)
 
 
 def get(pod: GatewayProcess, path: str, **params: str) -> httpx.Response:
@@ -330,10 +322,10 @@ async def all_know_each_other(pods: list[GatewayProcess]) -> None:
 
 @pytest.fixture(scope="module")
 def pods(
-    module_vhost: Vhost, receiver: Receiver, tmp_path_factory: Any
+    module_vhost: Vhost, receiver: Receiver, module_pod_factory: PodFactory
 ) -> Iterator[list[GatewayProcess]]:
-    made = hook_pods("hook", 3, module_vhost, receiver.url, tmp_path_factory.mktemp("webhooks"))
-    with started(made, kill=True) as pods:
+    made = hook_pods(module_pod_factory, "hook", 3, module_vhost, receiver.url)
+    with module_pod_factory.start(made) as pods:
         asyncio.run(all_know_each_other(pods))
         yield pods
 
@@ -444,15 +436,15 @@ async def test_join_and_leave_frames_once_per_user_in_the_cluster(
     await carol.close()
 
 
-async def test_a_full_queue_drops_and_counts(vhost: Vhost, tmp_path: Any) -> None:
+async def test_a_full_queue_drops_and_counts(vhost: Vhost, pod_factory: PodFactory) -> None:
     stuck = Receiver()
     stuck.open.clear()
     [pod] = hook_pods(
-        "hook-full", 1, vhost, stuck.url, tmp_path, "--webhook-queue-size", "2",
+        pod_factory, "hook-full", 1, vhost, stuck.url, "--webhook-queue-size", "2",
         "--webhook-timeout", "20",
     )  # fmt: skip
     try:
-        with started([pod], kill=True):
+        with pod_factory.start([pod]):
             channels = [f"full-{i}" for i in range(6)]
             c = await connect(pod, "filler", *channels)  # 7 events: 1 in flight, 2 queued
             labels = {"result": "dropped"}
@@ -469,9 +461,9 @@ async def test_a_full_queue_drops_and_counts(vhost: Vhost, tmp_path: Any) -> Non
 
 
 async def test_a_killed_pods_users_go_offline_from_their_owner(
-    vhost: Vhost, receiver: Receiver, tmp_path: Any
+    vhost: Vhost, receiver: Receiver, pod_factory: PodFactory
 ) -> None:
-    with started(hook_pods("hook-kill", 2, vhost, receiver.url, tmp_path), kill=True) as pods:
+    with pod_factory.start(hook_pods(pod_factory, "hook-kill", 2, vhost, receiver.url)) as pods:
         await all_know_each_other(pods)
         names = [p.pod_name for p in pods]
         # A user that pod 0 owns, connected to pod 1, which dies.
@@ -487,12 +479,11 @@ async def test_a_killed_pods_users_go_offline_from_their_owner(
 
 
 async def test_a_stopping_pods_users_go_offline_at_once_whoever_owns_them(
-    vhost: Vhost, receiver: Receiver, tmp_path: Any
+    vhost: Vhost, receiver: Receiver, pod_factory: PodFactory
 ) -> None:
-    made = hook_pods(
-        "hook-stop", 2, vhost, receiver.url, tmp_path, "--drain-delay", "0", "--drain-window", "0"
-    )
-    with started(made, kill=True) as pods:
+    drain_now = ["--drain-delay", "0", "--drain-window", "0"]
+    made = hook_pods(pod_factory, "hook-stop", 2, vhost, receiver.url, *drain_now)
+    with pod_factory.start(made) as pods:
         await all_know_each_other(pods)
         names = [p.pod_name for p in pods]
         # Both on pod 1, which stops: one owned by pod 0, one by pod 1 itself.
@@ -508,20 +499,20 @@ async def test_a_stopping_pods_users_go_offline_at_once_whoever_owns_them(
 
 
 async def test_a_new_pod_takes_its_names_over_without_repeating_them(
-    vhost: Vhost, receiver: Receiver, tmp_path: Any
+    vhost: Vhost, receiver: Receiver, pod_factory: PodFactory
 ) -> None:
-    made = hook_pods("hook-new", 3, vhost, receiver.url, tmp_path)
+    made = hook_pods(pod_factory, "hook-new", 3, vhost, receiver.url)
     names = [p.pod_name for p in made]
     # A channel that pod 0 owns among two pods, and the newcomer (pod 2) among three.
     channel = next(
         c for c in (owned_by(names[2], "channel", "moved", names) for _ in range(100))
         if owner(("channel", c), names[:2]) == names[0]
     )  # fmt: skip
-    with started(made[:2], kill=True) as pods:
+    with pod_factory.start(made[:2]) as pods:
         await all_know_each_other(pods)
         c0, c1 = await connect(pods[0], "una", channel), await connect(pods[1], "ben", channel)
         await wait_for(lambda: receiver.events(channel) == ["channel_occupied"], 10)
-        with started(made[2:], kill=True):
+        with pod_factory.start(made[2:]):
             await all_know_each_other(made)
             await c0.close()
             await c1.close()
