@@ -21,8 +21,9 @@ from . import history_api
 from .auth import api_key_ok, token_ok
 from .broker import BrokerUnavailable
 from .gateway import Gateway
+from .message import Target
 from .namespaces import Namespaces
-from .protocol import ProtocolError, Target, parse_publish_body, parse_target
+from .protocol import ProtocolError, parse_publish_body, parse_target
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:

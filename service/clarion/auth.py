@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import jwt
 
-from .protocol import MAX_NAME_LENGTH
+from .names import MAX_NAME_LENGTH
 
 
 class AuthError(Exception):

@@ -24,13 +24,14 @@ from .hub import Hub
 from .idempotency import Idempotency
 from .kick import COMMANDS as KICK_COMMANDS
 from .kick import Kick
+from .message import Envelope, Target
 from .metrics import Metrics
 from .namespaces import Namespaces
 from .occupancy import COMMANDS as OCCUPANCY_COMMANDS
 from .occupancy import Key, Occupancy, event_name
 from .presence import COMMANDS as PRESENCE_COMMANDS
 from .presence import Presence
-from .protocol import Envelope, Publication, Target
+from .protocol import Publication
 from .proxy import Proxies
 from .ratelimit import RateLimiter
 from .replays import Replays

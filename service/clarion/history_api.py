@@ -18,7 +18,8 @@ import orjson
 
 from . import envvars
 from .broker import Broker
-from .protocol import Envelope, ProtocolError, Target, parse_since, parse_target
+from .message import Envelope, Target
+from .protocol import ProtocolError, parse_since, parse_target
 from .replays import UNAVAILABLE, ReplayCollector, first_reading, wanted
 
 log = logging.getLogger("clarion.history")

@@ -37,8 +37,9 @@ import orjson
 
 from .frames import control
 from .hub import Connection, Hub
+from .message import Envelope
 from .presence import Presence, Publish
-from .protocol import Envelope, encode
+from .protocol import encode
 
 log = logging.getLogger("clarion.occupancy")
 

@@ -56,8 +56,6 @@ def parse_since(value: object, now_ms: int | None = None) -> str:
     return value
 
 
-
-
 def _check_name(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError("bad_field", f"'{field}' must be a string")

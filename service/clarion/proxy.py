@@ -36,7 +36,7 @@ import orjson
 from .auth import Identity
 from .config import Settings
 from .metrics import Metrics
-from .protocol import MAX_NAME_LENGTH, PATTERN_CHARS
+from .names import MAX_NAME_LENGTH, PATTERN_CHARS
 from .webhooks import POD_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Poster, sign
 
 log = logging.getLogger("clarion.proxy")

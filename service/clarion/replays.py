@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .broker.base import At, Position
-from .protocol import Envelope, Target, id_timestamp_ms, is_position
+from .message import Envelope, Target, id_timestamp_ms, is_position
 
 log = logging.getLogger("clarion.replays")
 

@@ -26,19 +26,16 @@ from .disconnects import Disconnect
 from .frames import Kind, Outgoing, control
 from .gateway import Gateway
 from .hub import SKEW_MS, Connection
+from .message import Envelope, Target, id_timestamp_ms, position_id
 from .namespaces import HISTORY_OFF, Namespaces
 from .protocol import (
-    Envelope,
     ProtocolError,
     Publication,
-    Target,
     channel_of,
     encode,
     error_frame,
-    id_timestamp_ms,
     parse_client_frame,
     parse_since,
-    position_id,
 )
 from .proxy import Denied, Unavailable
 from .ratelimit import RateLimiter
@@ -297,6 +294,10 @@ class Session:
         how = disconnects.CLIENT
         gw.hub.add(conn)
         try:
+            if self.over_user_limit():
+                how = disconnects.USER_FULL
+                conn.close(how)
+                return
             # The backend's server-side subscriptions (connect proxy) come first.
             await self.welcome(since, list(dict.fromkeys([*ident.subscribe, *channels])))
             self.schedule_expiry()
@@ -322,6 +323,16 @@ class Session:
             log.debug(
                 "pod=%s conn=%s closed (%s)", gw.pod_name, conn.id, (conn.disconnect or how).label
             )
+
+    def over_user_limit(self) -> bool:
+        """Whether this socket is one over ``--max-connections-per-user`` now that it is
+        registered: ``admit`` checked before, but two of a user's sockets admitted in the same
+        instant both passed it; the later one goes."""
+        limit = self.gw.settings.max_connections_per_user
+        if not limit or len(self.gw.hub.by_user.get(self.conn.user, ())) <= limit:
+            return False
+        self.gw.metrics.limit_hits.labels(limit="user_connections").inc()
+        return True
 
     async def serve(self, receive: Receive) -> Disconnect:
         """Read the WebSocket's frames until it closes; how it closed."""
