@@ -90,3 +90,18 @@ async def test_the_python_subscriber_stops_at_4504(
     await sub.close()
     for c in held:
         await c.close()
+
+
+async def test_sockets_of_one_user_at_the_same_instant_keep_the_limit(
+    pods: tuple[InProcessPod, InProcessPod],
+) -> None:
+    pod = pods[0]
+    clients = await asyncio.gather(*(Client.connect(f"{pod.ws_url}?user=fay") for _ in range(6)))
+    await wait_for(lambda: all(c.of_type("welcome") or c.closed for c in clients), 10)
+    welcomed = [c for c in clients if c.of_type("welcome")]
+    refused = [c for c in clients if c.closed]
+    assert len(welcomed) == 2 and len(refused) == 4
+    assert {c.close_code for c in refused} == {4504}
+    await wait_for(lambda: len(pod.gateway.hub.by_user.get("fay", ())) == 2, 5)
+    for c in welcomed:
+        await c.close()
