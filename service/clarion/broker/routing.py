@@ -359,9 +359,9 @@ class Bindings:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("binding routing keys to %s failed: %r", self.queue, exc)
                 if conn.is_closed:
-                    return
+                    return  # the connection's end is logged by the broker's loop
+                log.warning("binding routing keys to %s failed: %r", self.queue, exc)
                 if channel is not None and self._channel is channel:
                     # aiormq closes a channel whose call timed out (the close takes a
                     # round trip): the next batch goes on a new one, not into that one.
