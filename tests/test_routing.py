@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, started, wait_for
+from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,20 +25,12 @@ ROUTED = "clarion.fanout.routed"
 
 
 @pytest.fixture(scope="module")
-def pods(module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    logs = tmp_path_factory.mktemp("logs")
-    made = [
-        GatewayProcess(
-            f"route-{i}-{uuid.uuid4().hex[:6]}",
-            amqp_url=module_vhost.amqp_url,
-            args=["--auth", "none", "--api-key", "k", "--allow-client-publish"],
-            log_dir=logs,
-            routing="direct",
-        )
-        for i in range(2)
-    ]
-    with started(made) as pods:
-        yield pods, module_vhost
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> Any:
+    args = ["--auth", "none", "--api-key", "k", "--allow-client-publish"]
+    made = module_pod_factory(
+        2, "route", amqp_url=module_vhost.amqp_url, args=args, routing="direct"
+    )
+    return made, module_vhost
 
 
 def keys_of(vhost: Vhost, pod: GatewayProcess) -> set[str]:
@@ -236,19 +228,22 @@ async def test_every_binding_is_restored_after_the_connection_is_lost(pods: Any)
         await asyncio.gather(*(c.close() for c in clients))
 
 
-async def test_pods_of_both_modes_deliver_to_each_other(vhost: Vhost, tmp_path: Any) -> None:
+async def test_pods_of_both_modes_deliver_to_each_other(
+    vhost: Vhost, pod_factory: PodFactory
+) -> None:
     """A rolling change of ``--routing``: publishers are the same in both modes."""
     fan, direct = (
-        GatewayProcess(
-            f"mixed-{mode}-{uuid.uuid4().hex[:6]}",
+        pod_factory(
+            1,
+            f"mixed-{mode}",
             amqp_url=vhost.amqp_url,
             args=["--auth", "none", "--api-key", "k"],
-            log_dir=tmp_path,
             routing=mode,
-        )
+            start=False,
+        )[0]
         for mode in ("fanout", "direct")
     )
-    with started([fan, direct]):
+    with pod_factory.start([fan, direct]):
         on_fan, on_direct = await connect(fan, "f-user"), await connect(direct, "d-user")
         try:
             async with httpx.AsyncClient(timeout=10) as api:
@@ -266,23 +261,21 @@ async def test_pods_of_both_modes_deliver_to_each_other(vhost: Vhost, tmp_path: 
 
 @pytest.mark.both_routings
 async def test_a_catch_up_brings_no_message_from_before_a_socket_arrived(
-    vhost: Vhost, tmp_path: Any, routing: str
+    vhost: Vhost, pod_factory: PodFactory, routing: str
 ) -> None:
     """After a reconnect the pod reads history from before the last message it consumed
     (with routing, that can be long ago); a socket that arrived later gets only what was
     published after it arrived, as a live socket would."""
-    a, b = (
-        GatewayProcess(
-            f"late-{n}-{uuid.uuid4().hex[:6]}",
-            amqp_url=vhost.amqp_url,
-            # No hellos in between: the last message pod b consumed stays the old one.
-            args=["--auth", "none", "--api-key", "k", "--presence-interval", "120"],
-            log_dir=tmp_path,
-            routing=routing,
-        )
-        for n in "ab"
+    a, b = pod_factory(
+        2,
+        "late",
+        amqp_url=vhost.amqp_url,
+        # No hellos in between: the last message pod b consumed stays the old one.
+        args=["--auth", "none", "--api-key", "k", "--presence-interval", "120"],
+        routing=routing,
+        start=False,
     )
-    with started([a, b]):
+    with pod_factory.start([a, b]):
         early = await connect(b, "early")
         async with httpx.AsyncClient(timeout=10) as api:
             await publish(api, a, {"user": "early", "data": "consumed by b"})
