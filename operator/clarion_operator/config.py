@@ -84,7 +84,7 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = setting(
         (),
         "namespace",
-        "watch this namespace (repeatable)",
+        "watch this namespace",
         _parse_names,
         short="-n",
         group="scope",
@@ -97,6 +97,7 @@ class OperatorConfig:
         envvars.parse_bool,
         short="-A",
         group="scope",
+        doc_default="off (every namespace is watched when none is named)",
     )
     peering: str = setting(
         "clarion",
@@ -167,6 +168,18 @@ def build_parser(defaults: OperatorConfig, **kw: Any) -> argparse.ArgumentParser
     return p
 
 
+def markdown_table() -> str:
+    """docs/operator.md's table of the settings, as the declarations say it."""
+    rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for opt, f in declared():
+        flag = f"`{opt.flag}`" + (f", `{opt.short}`" if opt.short else "")
+        flag += " (repeatable)" if opt.repeats else ""
+        env = f"`{opt.env}`" + (" (comma-separated)" if opt.repeats else "")
+        default = opt.doc_default or f"`{envvars.describe(f.default)}`"
+        rows.append(f"| {flag} | {env} | {default} | {opt.help} |")
+    return "\n".join(rows)
+
+
 def _kind(opt: Option, value: Any) -> dict[str, Any]:
     if opt.is_bool:
         return {"action": "store_true", "default": value}
@@ -177,10 +190,11 @@ def _kind(opt: Option, value: Any) -> dict[str, Any]:
 
 def _help(opt: Option, default: Any) -> str:
     env = opt.env + (", comma-separated" if opt.repeats else "")
+    what = opt.help + (" (repeatable)" if opt.repeats else "")
     if opt.doc_default is not None:
         shown = opt.doc_default
     elif opt.is_bool or default is None:
         shown = None
     else:
         shown = repr(default) if isinstance(default, str) else str(default)
-    return f"{opt.help} [env {env}" + (f", default {shown}" if shown else "") + "]"
+    return f"{what} [env {env}" + (f", default {shown}" if shown else "") + "]"

@@ -9,7 +9,8 @@ import pytest
 
 from clarion import envvars
 from clarion_operator.__main__ import build_parser
-from clarion_operator.config import OperatorConfig, Option, declared
+from clarion_operator.config import OperatorConfig, Option, declared, markdown_table
+from tests.support import REPO
 
 #: Fields of OperatorConfig that are not settings (no flag, no variable).
 INTERNAL = {"pod_timeout"}
@@ -84,3 +85,10 @@ def test_each_setting_has_a_flag_that_wins_over_its_variable(
 def test_settings_of_one_group_exclude_each_other(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser(OperatorConfig()).parse_args(argv)
+
+
+def test_the_docs_table_is_the_declared_settings() -> None:
+    assert markdown_table() in (REPO / "docs" / "operator.md").read_text(), (
+        "docs/operator.md's settings table differs from the declarations; regenerate it with\n"
+        "python -c 'from clarion_operator import config; print(config.markdown_table())'"
+    )
