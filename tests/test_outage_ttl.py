@@ -8,13 +8,12 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, wait_for
+from .support import MGMT_AUTH, MGMT_URL, PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.both_routings]  # a catch-up
@@ -36,29 +35,17 @@ def locked_user(vhost: Vhost) -> Iterator[str]:
 
 
 async def test_pod_catches_up_from_history_after_an_outage_longer_than_queue_ttl(
-    vhost: Vhost, locked_user: str, tmp_path: Path, routing: str
+    vhost: Vhost, locked_user: str, pod_factory: PodFactory, routing: str
 ) -> None:
-    ttl = ["--queue-message-ttl-ms", str(TTL_MS)]
-    cut_off = GatewayProcess(
-        f"ttl-a-{uuid.uuid4().hex[:6]}",
-        host="127.0.0.50",
-        amqp_url=vhost.amqp_url.replace("guest:guest@", f"{locked_user}:pw@"),
-        args=["--auth", "none", *ttl],
-        log_dir=tmp_path,
-        routing=routing,
-    ).start()
-    other = GatewayProcess(
-        f"ttl-b-{uuid.uuid4().hex[:6]}",
-        host="127.0.0.51",
-        amqp_url=vhost.amqp_url,
-        args=["--auth", "none", *ttl],
-        log_dir=tmp_path,
-        routing=routing,
-    ).start()
+    args = ["--auth", "none", "--queue-message-ttl-ms", str(TTL_MS)]
+    cut_off, other = pod_factory(
+        2, "ttl", args=args, hosts=["127.0.0.50", "127.0.0.51"], routing=routing, start=False
+    )
+    cut_off.amqp_url = vhost.amqp_url.replace("guest:guest@", f"{locked_user}:pw@")
+    other.amqp_url = vhost.amqp_url
+    pod_factory.start([cut_off, other])
     mgmt = httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10)
     try:
-        cut_off.wait_ready()
-        other.wait_ready()
         client = await Client.connect(f"{cut_off.ws_url}?user=patient", "patient")
         await client.wait_welcome()
         api = f"{other.http_url}/api/publish"
@@ -101,5 +88,3 @@ async def test_pod_catches_up_from_history_after_an_outage_longer_than_queue_ttl
     finally:
         mgmt.put(f"/api/users/{locked_user}", json={"password": "pw", "tags": ""})
         mgmt.close()
-        cut_off.kill()
-        other.kill()
