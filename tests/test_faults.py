@@ -26,7 +26,7 @@ import pytest
 from testkit.websocket import OP_CLOSE, mask_frame, upgrade_request
 
 from .private_broker import PrivateBroker
-from .support import GatewayProcess, started, wait_for
+from .support import GatewayProcess, PodFactory, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.slow
@@ -59,17 +59,9 @@ def private_broker() -> Iterator[PrivateBroker]:
 
 @pytest.fixture
 def outage_pods(
-    private_broker: PrivateBroker, tmp_path: Any, routing: str
-) -> Iterator[list[GatewayProcess]]:
-    tag = _tag()
-    pods = [
-        GatewayProcess(
-            f"fault-{n}-{tag}", amqp_url=private_broker.amqp_url, log_dir=tmp_path, routing=routing
-        )
-        for n in ("a", "b")
-    ]
-    with started(pods, 30):
-        yield pods
+    private_broker: PrivateBroker, pod_factory: PodFactory, routing: str
+) -> list[GatewayProcess]:
+    return pod_factory(2, "fault", amqp_url=private_broker.amqp_url, routing=routing, timeout=30)
 
 
 @dataclass
@@ -398,24 +390,10 @@ class StalledSocket:
 
 
 @pytest.fixture
-def slow_pod(tmp_path: Any, routing: str) -> Iterator[GatewayProcess]:
-    pod = GatewayProcess(
-        f"slow-{_tag()}",
-        routing=routing,
-        args=[
-            "--auth",
-            "none",
-            "--send-buffer-messages",
-            "16",
-            "--send-buffer-bytes",
-            str(256 * 1024),
-        ],
-        log_dir=tmp_path,
-    )
-    try:
-        yield pod.start().wait_ready(20)
-    finally:
-        pod.stop()
+def slow_pod(pod_factory: PodFactory, routing: str) -> GatewayProcess:
+    buffer = ["--send-buffer-messages", "16", "--send-buffer-bytes", str(256 * 1024)]
+    (pod,) = pod_factory(1, "slow", args=["--auth", "none", *buffer], routing=routing)
+    return pod
 
 
 def _p(values: list[float], q: float) -> float:
@@ -537,18 +515,10 @@ async def _conns_are(pod: GatewayProcess, n: int) -> bool:
 
 
 @pytest.fixture
-def drain_pod(tmp_path: Any, routing: str) -> Iterator[GatewayProcess]:
-    pod = GatewayProcess(
-        f"drain-{_tag()}",
-        routing=routing,
-        args=["--auth", "none", "--drain-delay", "1", "--drain-window", "2"],
-        log_dir=tmp_path,
-    )
-    try:
-        yield pod.start().wait_ready(20)
-    finally:
-        pod.kill()
-        pod.stop()
+def drain_pod(pod_factory: PodFactory, routing: str) -> GatewayProcess:
+    args = ["--auth", "none", "--drain-delay", "1", "--drain-window", "2"]
+    (pod,) = pod_factory(1, "drain", args=args, routing=routing)
+    return pod
 
 
 @pytest.mark.timeout(40)
