@@ -6,9 +6,10 @@ sans-I/O internals: it writes pre-built frames straight to the asyncio
 transport (one write per socket per event-loop iteration, no per-socket
 encoding), and it finishes an ASGI ``send`` without a task whenever uvicorn
 can complete it synchronously. It needs uvicorn >= 0.52.1 (the first release
-whose ``WebSocketsSansIOProtocol`` has every attribute it reads; pinned in
-pyproject.toml); ``tests/test_fast_path.py`` fails if a real uvicorn process
-stops using it. How often each path wrote shows in
+whose ``WebSocketsSansIOProtocol`` has every attribute it reads), and pyproject.toml
+pins uvicorn below the first version it was not tested with; ``tests/test_fast_path.py``
+fails if a real uvicorn process stops using it, or if the installed uvicorn is outside
+that range. How often each path wrote shows in
 ``clarion_socket_writes_total{path}`` (``frame``, ``direct``, ``asgi``).
 """
 
