@@ -167,8 +167,9 @@ def test_dashboard_shape() -> None:
     assert [float(m.group(1)) for m in quantiles if m] == [0.5, 0.95, 0.99]
     assert all(names.M_DELIVERY_LATENCY + "_bucket" in t["expr"] for t in latency["targets"])
     routing = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels(dash)}
-    (bound,) = routing["Routing keys bound"]
+    bound, wide = routing["Routing keys bound"]
     assert bound.startswith(f"sum by (pod) ({names.M_BINDINGS}{{")
+    assert wide.startswith(f"max by (pod) ({names.M_ROUTING_WIDE}{{")
     (bind,) = routing["Bind latency p99"]
     assert bind.startswith("histogram_quantile(0.99, sum by (le) (rate(")
     assert names.M_BIND_SECONDS + "_bucket{" in bind
