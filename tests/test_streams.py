@@ -357,3 +357,81 @@ async def test_sigint_ends_open_streams_with_their_close_frame(tmp_path: Path, p
     finally:
         pod.kill()
         pod.stop()
+
+
+def _raw_exchange(pod: InProcessPod, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``request``; what the server answers until it closes the socket (which it
+    must within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((pod.host, pod.port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            assert time.monotonic() < deadline, f"still open after {timeout}s: {data[:200]!r}"
+        return data
+
+
+@pytest.mark.parametrize("path", ["/sse", "/stream", "/emulation"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "X-Big: " + "b" * 9_000 + "\r\n",  # one header line over 8 KiB
+        "X-Big: " + "b" * 1_000_000 + "\r\n",  # a megabyte, held for the stream's life
+        "Last-Event-ID: " + "1" * 9_000 + "\r\n",
+        "".join(f"X-H{i}: v\r\n" for i in range(300)),  # too many headers
+    ],
+    ids=["long-header", "megabyte-header", "long-last-event-id", "many-headers"],
+)
+def test_oversized_headers_get_431_as_on_websocket(
+    pod: InProcessPod, path: str, extra: str
+) -> None:
+    """The WebSocket's limits (websockets: 8 KiB a header line, 128 headers) hold on the
+    streams too: a stream would hold its request's headers for hours."""
+    method = "POST" if path == "/emulation" else "GET"
+    body = '{"session": "a.b.c", "frames": ["ping"]}' if method == "POST" else ""
+    request = (
+        f"{method} {path}?user=u HTTP/1.1\r\nHost: x\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    data = _raw_exchange(pod, request.encode())
+    assert data.startswith(b"HTTP/1.1 431"), data[:200]
+    assert b'"headers_too_large"' in data
+    assert not pod.gateway.hub.connections
+
+
+def test_headers_just_under_the_limits_open_a_stream(pod: InProcessPod) -> None:
+    extra = "X-Big: " + "b" * 8_000 + "\r\n" + "".join(f"X-H{i}: v\r\n" for i in range(100))
+    with socket.create_connection((pod.host, pod.port), timeout=5) as s:
+        s.sendall(f"GET /sse?user=u HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not-an-id", "01a24ce4-d34f-7000-8000-00000000000", "01A24CE4-D34F-7000-8000-000000000000x"],
+    ids=["word", "one-short", "trailing"],
+)
+async def test_malformed_last_event_ids_are_answered_not_fatal(
+    pod: InProcessPod, value: str
+) -> None:
+    """The class of malformed ids (beside the long one above): a welcome that says
+    ``bad_since``, an error frame, and the stream goes on from now."""
+    s = await Stream.open(f"{pod.http_url}/sse?user=u4", {"Last-Event-ID": value})
+    try:
+        welcome = await s.wait_welcome()
+        assert welcome["recovered"] is False and welcome["reason"] == "bad_since"
+        assert (await s.wait_type("error"))["code"] == "bad_field"
+    finally:
+        await s.close()
+
+
+def test_a_post_body_at_the_limit_is_read_and_one_byte_over_is_413(pod: InProcessPod) -> None:
+    limit = pod.gateway.settings.max_body_bytes
+    head = b'{"session": "nonsense", "frames": ["'
+    tail = b'"]}'
+    with httpx.Client(timeout=10) as http:
+        for size, status in ((limit, 400), (limit + 1, 413)):
+            body = head + b"x" * (size - len(head) - len(tail)) + tail
+            r = http.post(f"{pod.http_url}/emulation", content=body)
+            assert r.status_code == status, (size, r.text[:200])

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Receive, Scope, Send
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
 from . import disconnects
 from .api import _read_body
@@ -224,6 +225,13 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
+def _oversized(raw: list[tuple[bytes, bytes]]) -> bool:
+    """Over the limits websockets puts on a handshake: headers, or one header line."""
+    return len(raw) > MAX_NUM_HEADERS or any(
+        len(name) + len(value) + 2 > MAX_LINE_LENGTH for name, value in raw
+    )
+
+
 def _cors(headers: Headers, allowed: list[str]) -> list[tuple[bytes, bytes]]:
     origin = headers.get("origin")
     if origin is None or not origin_allowed(headers, allowed):
@@ -255,6 +263,16 @@ class Streams:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         cors = _cors(headers, self.gw.settings.allowed_origins)
+        if _oversized(scope["headers"]):
+            # The WebSocket handshake's limits (431 there too): a stream would hold its
+            # request's headers for as long as it lasts.
+            body = {
+                "error": "headers_too_large",
+                "message": f"over {MAX_NUM_HEADERS} headers, or a header line over "
+                f"{MAX_LINE_LENGTH} bytes",
+            }
+            await _json(send, 431, body, [(b"connection", b"close"), *cors])
+            return
         method = scope["method"]
         want = "POST" if scope["path"] == "/emulation" else "GET"
         if method == "OPTIONS":
