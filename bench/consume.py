@@ -60,7 +60,7 @@ def _with_heartbeat(url: str) -> str:
 
 def _messages(user: str, n: int, pad: int) -> list[aio_pika.Message]:
     from clarion.broker.codec import envelope_to_message
-    from clarion.protocol import Envelope, Target
+    from clarion.message import Envelope, Target
 
     return [
         envelope_to_message(

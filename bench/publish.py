@@ -33,7 +33,7 @@ def _message(kind: str, seq: int, pad: int) -> aio_pika.Message:
     data = payload(seq, pad)
     if kind == "clarion":
         from clarion.broker.rabbitmq import envelope_to_message
-        from clarion.protocol import Envelope, Target
+        from clarion.message import Envelope, Target
 
         return envelope_to_message(Envelope.create(Target("broadcast"), data))
     if kind == "sio":

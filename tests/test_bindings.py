@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from clarion.broker.routing import Bindings, routing_key
-from clarion.protocol import Target
+from clarion.message import Target
 
 from .support import Vhost, wait_for
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from clarion.config import drain_seconds
-from clarion.protocol import new_message_id
+from clarion.message import new_message_id
 from testkit.net import TcpProxy
 
 from .support import GatewayProcess, Vhost, wait_for

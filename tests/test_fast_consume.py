@@ -25,8 +25,8 @@ from clarion.broker.codec import envelope_to_message, marker_message
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
 from clarion.gateway import broker_options
+from clarion.message import Envelope, Target
 from clarion.metrics import Metrics
-from clarion.protocol import Envelope, Target
 
 from .support import Vhost, wait_for
 

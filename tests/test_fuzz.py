@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from clarion.protocol import ProtocolError, new_message_id, parse_client_frame, parse_publish_body
+from clarion.message import new_message_id
+from clarion.protocol import ProtocolError, parse_client_frame, parse_publish_body
 
 from .support import GatewayProcess, PodFactory, Vhost, wait_for_sync
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion.protocol import new_message_id
+from clarion.message import new_message_id
 
 from .private_broker import PrivateBroker
 from .support import GatewayProcess, PodFactory, Vhost, wait_for_sync

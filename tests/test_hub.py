@@ -14,8 +14,8 @@ from clarion import disconnects
 from clarion.broker import MemoryBroker, MemoryExchange
 from clarion.frames import Outgoing, control, text_frame
 from clarion.hub import Connection, ConnectionState, Hub
+from clarion.message import Envelope, Target
 from clarion.metrics import Metrics
-from clarion.protocol import Envelope, Target
 from clarion.writer import SocketWriter
 
 

@@ -12,7 +12,7 @@ import aio_pika
 import httpx
 import pytest
 
-from clarion.protocol import new_message_id
+from clarion.message import new_message_id
 
 from .support import GatewayProcess, PodFactory, Vhost, wait_for
 from .wsclient import Client

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from clarion.protocol import id_timestamp_ms, is_position
+from clarion.message import id_timestamp_ms, is_position
 
 from .support import InProcessPod
 from .wsclient import Client

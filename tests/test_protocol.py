@@ -8,16 +8,8 @@ import uuid
 import orjson
 import pytest
 
-from clarion.protocol import (
-    Envelope,
-    ProtocolError,
-    Target,
-    id_timestamp_ms,
-    is_message_id,
-    new_message_id,
-    parse_client_frame,
-    parse_publish_body,
-)
+from clarion.message import Envelope, Target, id_timestamp_ms, is_message_id, new_message_id
+from clarion.protocol import ProtocolError, parse_client_frame, parse_publish_body
 
 
 def test_message_ids_are_uuid7_and_sort_by_time() -> None:

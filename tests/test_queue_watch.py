@@ -28,7 +28,7 @@ import pytest
 from clarion.broker.rabbitmq import RabbitBroker
 from clarion.config import Settings
 from clarion.gateway import broker_options
-from clarion.protocol import Envelope, Target
+from clarion.message import Envelope, Target
 
 from .support import Vhost, wait_for
 from .test_fast_consume import Listener

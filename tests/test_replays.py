@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from clarion.broker.base import At, Position
-from clarion.protocol import Envelope, Target, new_message_id, position_id
+from clarion.message import Envelope, Target, new_message_id, position_id
 from clarion.replays import EXPIRED, UNAVAILABLE, UNKNOWN, Replays, wanted
 
 pytestmark = pytest.mark.timeout(10)

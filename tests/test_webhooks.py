@@ -19,9 +19,9 @@ import pytest
 from clarion import webhooks
 from clarion.config import Settings
 from clarion.hub import Hub
+from clarion.message import Envelope, Target
 from clarion.metrics import Metrics
 from clarion.occupancy import Occupancy, Tally, owner
-from clarion.protocol import Envelope, Target
 from testkit.net import free_port
 
 from .support import GatewayProcess, PodFactory, Pods, Vhost, wait_for

@@ -26,8 +26,8 @@ from clarion.broker.codec import envelope_to_message
 from clarion.broker.topology import history_arguments, queue_arguments
 from clarion.config import Settings
 from clarion.gateway import broker_options
+from clarion.message import Envelope, Target
 from clarion.names import EXCHANGE, history_queue
-from clarion.protocol import Envelope, Target
 
 from .cluster import HaCluster, beam_pids
 from .test_failover import vhost_on

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from clarion.broker.catchup import MARGIN_MS, CatchUp, CatchUpIncomplete
-from clarion.protocol import Envelope, Target
+from clarion.message import Envelope, Target
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from clarion.idempotency import MAX_KEYS, Idempotency
-from clarion.protocol import Envelope, Target
+from clarion.message import Envelope, Target
 
 pytestmark = pytest.mark.timeout(10)
 
