@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-# The message model lives in message.py; these names stay importable from here for the
-# callers that have not moved yet (the tests, the bench).
+# The message model lives in message.py. Nothing in the tree imports it from here any
+# more; these names stay importable for code written before the split (and work in flight).
 from .message import COMMANDS as COMMANDS
 from .message import Envelope as Envelope
 from .message import Target as Target
