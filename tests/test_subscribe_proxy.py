@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -415,3 +416,49 @@ async def test_the_python_subscriber_sends_a_given_subscription_token(pod: InPro
         await wait_for(lambda: sub.subscribed == [ch], 5)
         await wait_for(lambda: errors, 5)
         assert errors[0][0] == "forbidden" and "another channel" in errors[0][1]
+
+
+def test_no_subscription_token_or_secret_reaches_the_log(
+    backend: SubscribeBackend, tmp_path: Path
+) -> None:
+    """A real ``clarion serve`` at debug level; every token it was handed is grepped for."""
+    from .support import GatewayProcess
+
+    pod = GatewayProcess(
+        f"sub-logs-{uuid.uuid4().hex[:6]}",
+        args=[
+            "--jwt-secret", JWT_SECRET, "--public-api",
+            "--subscribe-proxy", subscribe_url(backend), "--proxy-secret", PROXY_SECRET,
+            "--proxy-timeout", "0.5", "--log-level", "debug",
+        ],
+        log_dir=tmp_path,
+    ).start()  # fmt: skip
+    good = sub_token("alice", "doc.a")
+    others = [
+        sub_token("mallory", "doc.a"),
+        sub_token("alice", "doc.a", key="k" * 40),
+        sub_token("alice", "doc.a", ttl=-30),
+    ]
+
+    async def exercise() -> None:
+        c = await Client.connect(f"{pod.ws_url}?token={token('alice', channels=['public.*'])}")
+        await c.wait_welcome()
+        await c.send({"type": "subscribe", "channel": "doc.a", "token": good})
+        await c.wait_reply("subscribed")
+        for tok in others:
+            await c.send({"type": "refresh", "channel": "doc.a", "token": tok})
+            await c.send({"type": "subscribe", "channel": "doc.b", "token": tok})
+        for name in ("doc.no", "doc.500", "doc.garbage", "doc.slow"):
+            await c.send({"type": "subscribe", "channel": name})
+        await c.wait_frame(is_error("doc.slow"), 5)
+        await c.close()
+
+    try:
+        pod.wait_ready()
+        asyncio.run(exercise())
+    finally:
+        pod.stop()
+    log = pod.log_path.read_text()
+    assert "subscribe proxy" in log  # the failures are there, the secrets are not
+    for secret in (PROXY_SECRET, JWT_SECRET, good, *others):
+        assert secret not in log
