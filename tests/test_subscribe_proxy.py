@@ -462,3 +462,48 @@ def test_no_subscription_token_or_secret_reaches_the_log(
     assert "subscribe proxy" in log  # the failures are there, the secrets are not
     for secret in (PROXY_SECRET, JWT_SECRET, good, *others):
         assert secret not in log
+
+
+async def test_an_http_stream_subscribes_with_a_token_and_through_the_proxy(
+    pod: InProcessPod, backend: SubscribeBackend
+) -> None:
+    """A stream's subscribe frames are posted to /emulation and decided the same way."""
+    lines: list[Any] = []
+    ch = channel()
+    url = f"{pod.http_url}/stream?token={token('nia', channels=['public.*'])}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with http.stream("GET", url) as resp:
+            assert resp.status_code == 200
+
+            async def read() -> None:
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        lines.append(orjson.loads(line))
+
+            def typed(ftype: str) -> list[dict[str, Any]]:
+                return [f for f in lines if isinstance(f, dict) and f.get("type") == ftype]
+
+            reader = asyncio.create_task(read())
+            try:
+                (welcome,) = await wait_for(lambda: typed("welcome"), 5)
+                frames = [
+                    {"type": "subscribe", "channel": ch, "token": sub_token("nia", ch)},
+                    {"type": "subscribe", "channel": "doc.ok-stream"},
+                    {"type": "subscribe", "channel": "doc.no"},
+                ]
+                r = await http.post(
+                    f"{pod.http_url}/emulation",
+                    json={"session": welcome["session"], "frames": frames},
+                )
+                assert r.status_code == 202, r.text
+                await wait_for(lambda: len(typed("subscribed")) == 2 and typed("error"), 5)
+                assert {f["channel"] for f in typed("subscribed")} == {ch, "doc.ok-stream"}
+                (error,) = typed("error")
+                assert error["channel"] == "doc.no" and error["code"] == "forbidden"
+                assert backend.subscribes()[-1]["body"]["transport"] == "http_stream"
+                await publish(pod, ch, "over the stream")
+                await wait_for(
+                    lambda: any(f.get("data") == "over the stream" for f in typed("message")), 5
+                )
+            finally:
+                reader.cancel()
