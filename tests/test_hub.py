@@ -34,6 +34,9 @@ class FakeTransport:
     def can_write_frames(self) -> bool:
         return self.frames and self.gate.is_set()
 
+    def frame_bytes(self, outs: list[Outgoing]) -> bytes:
+        return b"".join([out.frame or b"" for out in outs])
+
     def write_frames(self, data: bytes, count: int) -> None:
         self.writes.append(data)
 

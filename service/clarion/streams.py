@@ -36,7 +36,7 @@ from .gateway import Gateway
 from .hub import Connection
 from .protocol import ProtocolError, encode, parse_client_frame
 from .session import Session, admit, origin_allowed
-from .transport import WriteCounts, reset, step
+from .transport import WriteCounts, chunk, http_body, reset, step
 from .writer import SocketWriter
 
 log = logging.getLogger("clarion.streams")
@@ -45,6 +45,8 @@ log = logging.getLogger("clarion.streams")
 KEEPALIVE = Outgoing("", 0, Kind.CONTROL)
 #: Client frames a stream may have waiting (posted, not yet run).
 INBOX = 200
+#: Live messages whose encoded bytes a format keeps for the streams of a fan-out.
+RECENT = 64
 
 
 def close_frame(code: int, reason: str) -> dict[str, Any]:
@@ -77,16 +79,34 @@ class Format:
     media_type = b""
 
     def __init__(self) -> None:
-        # The last live message encoded: every stream of a fan-out shares its bytes.
-        self._last: Outgoing | None = None
-        self._last_bytes = b""
+        # The live messages encoded lately (by record: id(out) -> [out, event, chunk]):
+        # every stream of a fan-out shares their bytes, also when a stream writes several
+        # of them at once.
+        self._recent: dict[int, list[Any]] = {}
+
+    def _entry(self, out: Outgoing) -> list[Any]:
+        entry = self._recent.get(id(out))
+        if entry is None or entry[0] is not out:
+            entry = self._recent[id(out)] = [out, self.event(out.text, out.id), None]
+            if len(self._recent) > RECENT:
+                del self._recent[next(iter(self._recent))]
+        return entry
 
     def encode(self, out: Outgoing) -> bytes:
         if out.frame is None:  # control and replayed frames are per connection
             return self.event(out.text, out.id)
-        if self._last is not out:
-            self._last, self._last_bytes = out, self.event(out.text, out.id)
-        return self._last_bytes
+        event: bytes = self._entry(out)[1]
+        return event
+
+    def chunks(self, outs: list[Outgoing]) -> bytes:
+        """Live messages as one chunk of the response body (transport.chunk)."""
+        if len(outs) > 1:
+            return chunk(b"".join([self.encode(out) for out in outs]))
+        entry = self._entry(outs[0])
+        if entry[2] is None:
+            entry[2] = chunk(entry[1])
+        framed: bytes = entry[2]
+        return framed
 
     def event(self, text: str, mid: str | None) -> bytes:
         raise NotImplementedError
@@ -136,18 +156,25 @@ class JsonLines(Format):
 class StreamTransport:
     """The writer's seam (transport.Transport) over a streamed HTTP response."""
 
-    __slots__ = ("_send", "counts", "fmt")
+    __slots__ = ("_direct", "_send", "counts", "fmt")
 
     def __init__(self, send: Send, counts: WriteCounts, fmt: Format) -> None:
         self._send = send
         self.counts = counts
         self.fmt = fmt
+        #: Live messages are written to the response's socket directly where uvicorn's
+        #: httptools protocol serves it (the ASGI send elsewhere).
+        self._direct = http_body(send)
 
     def can_write_frames(self) -> bool:
-        return False
+        return self._direct is not None and self._direct.writable()
 
-    def write_frames(self, data: bytes, count: int) -> None:  # pragma: no cover - never called
-        raise RuntimeError("a stream has no pre-built WebSocket frames")
+    def frame_bytes(self, outs: list[Outgoing]) -> bytes:
+        return self.fmt.chunks(outs)
+
+    def write_frames(self, data: bytes, count: int) -> None:
+        self._direct.write(data)  # type: ignore[union-attr]
+        self.counts.frame += count
 
     def _body(self, body: bytes, more: bool = True) -> Any:
         return self._send({"type": "http.response.body", "body": body, "more_body": more})

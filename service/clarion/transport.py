@@ -53,6 +53,9 @@ class Transport(Protocol):
     def can_write_frames(self) -> bool:
         """Pre-built frames can be written synchronously right now."""
 
+    def frame_bytes(self, outs: list[Outgoing]) -> bytes:
+        """Live messages (``out.frame`` set) as this transport writes them, joined."""
+
     def write_frames(self, data: bytes, count: int) -> None:
         """Write ``count`` pre-built frames joined in ``data``."""
 
@@ -81,6 +84,12 @@ class AsgiTransport:
 
     def can_write_frames(self) -> bool:
         return False
+
+    def frame_bytes(self, outs: list[Outgoing]) -> bytes:
+        """The WebSocket frames built once per message for every socket."""
+        if len(outs) == 1:
+            return outs[0].frame  # type: ignore[return-value]
+        return b"".join([out.frame for out in outs])  # type: ignore[misc]
 
     def write_frames(self, data: bytes, count: int) -> None:  # pragma: no cover - never called
         raise RuntimeError("plain ASGI cannot write pre-built frames")
@@ -131,6 +140,55 @@ class UvicornTransport(AsgiTransport):
     def send_now(self, out: Outgoing) -> Awaitable[None] | None:
         message = {"type": "websocket.send", "text": out.text}
         return step(self._send(message), self.counts)  # type: ignore[arg-type]
+
+
+def chunk(body: bytes) -> bytes:
+    """``body`` as one chunk of a chunked HTTP/1.1 response body."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+class HttpBody:
+    """A streamed (chunked) response body of uvicorn's httptools protocol, written to
+    directly: a stream's live messages go out as WebSocket frames do, one write per
+    connection per event-loop iteration, without an ASGI send each."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def writable(self) -> bool:
+        c = self._cycle
+        return (
+            c.chunked_encoding is True
+            and not c.response_complete
+            and not c.disconnected
+            and not c.flow.write_paused
+        )
+
+    def write(self, data: bytes) -> None:
+        """Write chunks (``chunk``) as they are."""
+        self._cycle.transport.write(data)
+
+
+def _httptools_cycle_class() -> type | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    except ImportError:  # pragma: no cover - no httptools, or another server
+        return None
+    return RequestResponseCycle
+
+
+_HTTPTOOLS_CYCLE = _httptools_cycle_class()
+
+
+def http_body(send: Send) -> HttpBody | None:
+    """The direct writer under an ASGI ``send`` of a response (None but on uvicorn's
+    httptools protocol: the ASGI send is then the only way)."""
+    cycle = getattr(send, "__self__", None)
+    if _HTTPTOOLS_CYCLE is None or not isinstance(cycle, _HTTPTOOLS_CYCLE):
+        return None
+    return HttpBody(cycle)
 
 
 def reset(transport: Any) -> None:

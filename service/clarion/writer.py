@@ -94,11 +94,7 @@ class SocketWriter:
             return
         if self._task is None and self.transport.can_write_frames():
             n = len(gathered)
-            if n == 1:
-                self.transport.write_frames(gathered[0].frame, 1)  # type: ignore[arg-type]
-            else:
-                data = b"".join([out.frame for out in gathered])  # type: ignore[misc]
-                self.transport.write_frames(data, n)
+            self.transport.write_frames(self.transport.frame_bytes(gathered), n)
             # Only live messages are pushed (pre-built frames); their latency is the hub's.
             self.metrics.deliveries.count += n
             return

@@ -72,7 +72,6 @@ async def test_sse_events_arrive_in_order_and_at_once(stream: tuple[Body, Connec
     body, conn = stream
     counts = WriteCounts()
     t = StreamTransport(conn.send, counts, EventStream())
-    assert not t.can_write_frames()  # no WebSocket frames on a stream
     assert t.send_now(live('{"n":1}', "id-1")) is None
     assert t.send_now(control('{"type":"pong"}')) is None
     await t.send(live('{"n":2}', "id-2"))
@@ -190,6 +189,46 @@ async def test_a_stream_whose_client_stopped_reading_stops_taking_frames_until_i
         writer.close()
 
 
+@pytest.mark.parametrize("fmt", [EventStream(), JsonLines()], ids=["sse", "ndjson"])
+async def test_live_messages_of_one_iteration_go_out_as_one_chunk_between_asgi_sends(
+    server: Server, fmt: Format
+) -> None:
+    """The writer's fast path on uvicorn's httptools protocol: live messages written as
+    one chunk of the body, straight to the socket, in order with ASGI sends around them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        conn = await server.app.next()
+        counts = WriteCounts()
+        t = StreamTransport(conn.send, counts, fmt)
+        assert t.can_write_frames()
+        outs = [live('{"n":1}', "id-1"), live('{"n":2}', "id-2")]
+        assert t.send_now(control('{"type":"pong"}')) is None
+        t.write_frames(t.frame_bytes(outs), 2)
+        t.write_frames(t.frame_bytes(outs[:1]), 1)
+        await t.close(1001, "bye")
+        raw = b""
+        async with asyncio.timeout(10):
+            while not raw.endswith(b"0\r\n\r\n"):
+                raw += await reader.read(65536)
+    finally:
+        writer.close()
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    chunks = []
+    while chunked:
+        size, _, rest = chunked.partition(b"\r\n")
+        n = int(size, 16)
+        chunks.append(rest[:n])
+        assert rest[n : n + 2] == b"\r\n"
+        chunked = rest[n + 2 :]
+    pong, both, one, close, end = chunks
+    assert both == fmt.encode(outs[0]) + fmt.encode(outs[1]) and one == fmt.encode(outs[0])
+    assert pong == fmt.encode(control('{"type":"pong"}')) and b"1001" in close and end == b""
+    assert (counts.frame, counts.direct) == (3, 1)
+
+
 def test_a_fan_out_encodes_a_live_message_once_per_pod() -> None:
     fmt = EventStream()
     out = live('{"n":1}', "id-1")
@@ -200,3 +239,6 @@ def test_a_fan_out_encodes_a_live_message_once_per_pod() -> None:
     # Control frames are per connection and never take the shared slot.
     fmt.encode(control("pong"))
     assert fmt.encode(other) is fmt.encode(other)
+    # Several at once (a burst): each still encoded once, and the one-chunk bytes shared.
+    assert fmt.encode(out) is first
+    assert fmt.chunks([out]) is fmt.chunks([out])
