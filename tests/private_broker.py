@@ -96,28 +96,64 @@ def _accepts(port: int) -> bool:
     return True
 
 
-class PrivateBroker:
-    """One RabbitMQ node of the test's own on free loopback ports."""
+def beam_pids(node_names: set[str]) -> dict[str, int]:
+    """The running Erlang VMs of these nodes, by node name (from their environment: pid
+    files go stale after a SIGKILL)."""
+    found: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not exe.endswith((b"beam.smp", b"beam")):
+            continue
+        for item in env:
+            if item.startswith(b"RABBITMQ_NODENAME="):
+                name = item.split(b"=", 1)[1].decode()
+                if name in node_names and _pid_alive(int(proc.name)):
+                    found[name] = int(proc.name)
+    return found
 
-    def __init__(self, base_dir: Path | None = None) -> None:
-        self.node = f"clarion-test-{uuid.uuid4().hex[:8]}@localhost"
+
+class RabbitNode:
+    """One RabbitMQ node of the tests' own: its name, free loopback ports, files and VM.
+
+    What a lone node (``PrivateBroker``) and each node of the HA tests' cluster
+    (``tests/ha/cluster.py``) share. Config, data and logs live under ``dir``; ``home``
+    holds the Erlang cookie the node and its CLI share; ``conf`` lines are added to
+    ``rabbitmq.conf``. The node registers with the machine's epmd unless ``epmd_port``
+    names one of its own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dir: Path,
+        home: Path,
+        conf: list[str] | None = None,
+        *,
+        epmd_port: int | None = None,
+    ) -> None:
+        self.name = name
+        self.dir = dir
+        self.home = home
+        self.epmd_port = epmd_port
         self.amqp_port, self.mgmt_port, self.dist_port = _free_ports(3)
-        self.dir = Path(tempfile.mkdtemp(prefix="clarion-rabbit-", dir=base_dir))
-        self.home = self.dir / "home"
-        for sub in ("home", "mnesia", "log"):
-            (self.dir / sub).mkdir()
+        for sub in ("mnesia", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        (self.dir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
-            f"management.tcp.port = {self.mgmt_port}\n"
-            "management.tcp.ip = 127.0.0.1\n"
-            "loopback_users = none\n"
-        )
+        lines = [
+            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
+            f"management.tcp.port = {self.mgmt_port}",
+            "management.tcp.ip = 127.0.0.1",
+            "loopback_users = none",
+            *(conf or []),
+        ]
+        (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.dir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
-        self.pid: int | None = None
-        self.timings: dict[str, list[float]] = {"start": [], "stop": []}
-
-    # -- addresses -----------------------------------------------------------
 
     @property
     def amqp_url(self) -> str:
@@ -127,32 +163,15 @@ class PrivateBroker:
     def mgmt_url(self) -> str:
         return f"http://127.0.0.1:{self.mgmt_port}"
 
-    @property
-    def running(self) -> bool:
-        if self.pid is None:
-            self.pid = self._find_pid()
-        return self.pid is not None and _pid_alive(self.pid)
-
-    def _find_pid(self) -> int | None:
-        """The node's Erlang VM, found by its unique node name (when no pid file was written)."""
-        needle = f"RABBITMQ_NODENAME={self.node}".encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                exe = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
-                env = (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if exe.endswith((b"beam.smp", b"beam")) and needle in env:
-                return int(proc.name)
-        return None
+    def find_pid(self) -> int | None:
+        """The node's running Erlang VM."""
+        return beam_pids({self.name}).get(self.name)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         env.update(
             HOME=str(self.home),  # the node and its CLI share this ~/.erlang.cookie
-            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODENAME=self.name,
             RABBITMQ_NODE_PORT=str(self.amqp_port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
@@ -164,12 +183,80 @@ class PrivateBroker:
             RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
             ERL_EPMD_ADDRESS="127.0.0.1",
         )
+        if self.epmd_port is not None:
+            env["ERL_EPMD_PORT"] = str(self.epmd_port)
         return env
+
+    def launch(self, epmd_timeout: float = 15.0) -> None:
+        """``rabbitmq-server -detached``, once epmd no longer lists a node of this name
+        (one that just stopped: the new one would refuse to start)."""
+        short = self.name.split("@")[0]
+        deadline = time.monotonic() + epmd_timeout
+        while short in _epmd_names(self.epmd_port or 4369) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "rabbit.pid").unlink()
+        with open(self.dir / "startup.log", "ab") as out:
+            subprocess.run(
+                [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=30,
+                check=False,
+            )
+
+    def up(self) -> bool:
+        """AMQP and the management API answer. The AMQP listener opens last in the boot
+        sequence; both are cheaper to poll than `rabbitmqctl await_startup` (a CLI VM
+        per call)."""
+        if not _accepts(self.amqp_port):
+            return False
+        try:
+            r = httpx.get(f"{self.mgmt_url}/api/overview", auth=("guest", "guest"), timeout=2)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    def kill(self) -> None:
+        """SIGKILL the node's VM (a crash; SIGCONT first, in case it is frozen) and wait
+        until it is gone."""
+        pid = self.find_pid()
+        if pid is None:
+            return
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        _wait_dead(pid, 10.0)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        logs = sorted((self.dir / "log").glob("*.log"))
+        text = "".join(p.read_text(errors="replace") for p in logs if "upgrade" not in p.name)
+        startup = self.dir / "startup.log"
+        boot = startup.read_text(errors="replace")[-chars // 2 :] if startup.exists() else ""
+        return f"{text[-chars:]}\n-- rabbitmq-server -detached said:\n{boot}"
+
+
+class PrivateBroker(RabbitNode):
+    """One RabbitMQ node of the test's own on free loopback ports."""
+
+    def __init__(self, base_dir: Path | None = None) -> None:
+        root = Path(tempfile.mkdtemp(prefix="clarion-rabbit-", dir=base_dir))
+        (root / "home").mkdir()
+        super().__init__(f"clarion-test-{uuid.uuid4().hex[:8]}@localhost", root, root / "home")
+        self.pid: int | None = None
+        self.timings: dict[str, list[float]] = {"start": [], "stop": []}
+
+    @property
+    def running(self) -> bool:
+        if self.pid is None:
+            self.pid = self.find_pid()
+        return self.pid is not None and _pid_alive(self.pid)
 
     def ctl(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run ``rabbitmqctl -n NODE ARGS`` against this node."""
         return subprocess.run(
-            [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.name, *args],
             env=self.env(),
             capture_output=True,
             text=True,
@@ -198,43 +285,26 @@ class PrivateBroker:
             now = time.monotonic()
             if launches == 0 or (now >= next_check and now - launched_at > 5 and launches < 3):
                 next_check = now + 1.0
-                if launches == 0 or self._find_pid() is None:
+                if launches == 0 or self.find_pid() is None:
                     if launches:
-                        log.warning("private RabbitMQ %s died while booting: again", self.node)
-                    self._launch()
+                        log.warning("private RabbitMQ %s died while booting: again", self.name)
+                    self.launch(10.0)
                     launches += 1
                     launched_at = time.monotonic()
-            # The AMQP listener opens last in the boot sequence; the management
-            # API answering as well means the node is fully up. Both are cheaper
-            # to poll than `rabbitmqctl await_startup` (a CLI VM per call).
-            if _accepts(self.amqp_port) and self._mgmt_ok():
+            if self.up():
                 break
             if time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.kill()
                 raise RuntimeError(
-                    f"private RabbitMQ {self.node} did not start in {timeout:.0f}s "
+                    f"private RabbitMQ {self.name} did not start in {timeout:.0f}s "
                     f"({launches} launches):\n{tail}"
                 )
             time.sleep(0.1)
-        self.pid = self._find_pid()
+        self.pid = self.find_pid()
         self.timings["start"].append(time.monotonic() - t0)
-        log.info("private RabbitMQ %s up in %.1fs", self.node, self.timings["start"][-1])
+        log.info("private RabbitMQ %s up in %.1fs", self.name, self.timings["start"][-1])
         return self
-
-    def _launch(self) -> None:
-        self._wait_epmd_forgets(10.0)
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / "rabbit.pid").unlink()
-        with open(self.dir / "startup.log", "ab") as out:
-            subprocess.run(
-                [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=30,
-                check=False,
-            )
 
     def _wait_ports_free(self, deadline: float) -> None:
         """Wait until the node can listen on its ports; fail, naming the port, at ``deadline``.
@@ -246,24 +316,10 @@ class PrivateBroker:
         while held := [f"{p} ({n})" for n, p in ports.items() if not _port_is_free(p, reuse=True)]:
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"private RabbitMQ {self.node} cannot start: port {', '.join(held)} "
+                    f"private RabbitMQ {self.name} cannot start: port {', '.join(held)} "
                     "is held by another socket (`ss -tanp` names it)"
                 )
             time.sleep(0.1)
-
-    def _wait_epmd_forgets(self, timeout: float) -> None:
-        """Wait until epmd no longer lists this node's name (a node of that name just stopped)."""
-        name = self.node.split("@")[0]
-        deadline = time.monotonic() + timeout
-        while name in _epmd_names() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    def _mgmt_ok(self) -> bool:
-        try:
-            r = httpx.get(f"{self.mgmt_url}/api/overview", auth=("guest", "guest"), timeout=2)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the whole node gracefully (as a broker restart would), keeping its data."""
@@ -285,16 +341,11 @@ class PrivateBroker:
             time.sleep(0.05)
         self.pid = None
         self.timings["stop"].append(time.monotonic() - t0)
-        log.info("private RabbitMQ %s stopped in %.1fs", self.node, self.timings["stop"][-1])
+        log.info("private RabbitMQ %s stopped in %.1fs", self.name, self.timings["stop"][-1])
 
     def kill(self) -> None:
         """SIGKILL the node: a crash, not a shutdown."""
-        if self.pid is None:
-            self.pid = self._find_pid()
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            _wait_dead(self.pid, 10.0)
+        super().kill()
         self.pid = None
 
     def close(self) -> None:
@@ -305,13 +356,6 @@ class PrivateBroker:
             self.kill()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        logs = sorted((self.dir / "log").glob("*.log"))
-        text = "".join(p.read_text(errors="replace") for p in logs if "upgrade" not in p.name)
-        startup = self.dir / "startup.log"
-        boot = startup.read_text(errors="replace")[-chars // 2 :] if startup.exists() else ""
-        return f"{text[-chars:]}\n-- rabbitmq-server -detached said:\n{boot}"
 
     def __enter__(self) -> PrivateBroker:
         return self.start()

@@ -28,34 +28,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.private_broker import RABBIT_BIN, _accepts, _epmd_names, _free_ports, _pid_alive
+from tests.private_broker import RabbitNode, _free_ports, beam_pids
 
 log = logging.getLogger("tests.ha")
 
 #: Seconds; the Erlang distribution's failure detector (RabbitMQ's default is 60).
 #: A frozen node is declared down after 0.75-1.25 of it.
 NET_TICKTIME = 4
-
-
-def beam_pids(node_names: set[str]) -> dict[str, int]:
-    """The running Erlang VMs of these nodes, by node name (from their environment)."""
-    found: dict[str, int] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            exe = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not exe.endswith((b"beam.smp", b"beam")):
-            continue
-        for item in env:
-            if item.startswith(b"RABBITMQ_NODENAME="):
-                name = item.split(b"=", 1)[1].decode()
-                if name in node_names and _pid_alive(int(proc.name)):
-                    found[name] = int(proc.name)
-    return found
 
 
 def kill_nodes(node_names: set[str], epmd_port: int | None) -> None:
@@ -91,23 +70,14 @@ kill_nodes(names, port)
 """
 
 
-class Node:
-    """One node of the cluster: its name, ports and directories."""
+class Node(RabbitNode):
+    """One node of the cluster (``tests/private_broker.RabbitNode``): the cluster's cookie
+    and epmd, CLI ports of its own, a short failure detector; nodes 2 and 3 join node 1."""
 
     def __init__(self, cluster: HaCluster, index: int) -> None:
         self.cluster = cluster
         self.index = index
-        self.name = f"clarion-ha{index}-{cluster.tag}@localhost"
-        self.amqp_port, self.mgmt_port, self.dist_port, self.ctl_port = _free_ports(4)
-        self.dir = cluster.dir / f"n{index}"
-        for sub in ("mnesia", "log"):
-            (self.dir / sub).mkdir(parents=True)
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
         conf = [
-            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
-            f"management.tcp.port = {self.mgmt_port}",
-            "management.tcp.ip = 127.0.0.1",
-            "loopback_users = none",
             f"net_ticktime = {NET_TICKTIME}",
             # What the RabbitMQ Cluster Operator sets: a node cut off from
             # the majority stops serving instead of splitting the cluster.
@@ -119,65 +89,31 @@ class Node:
                 "cluster_formation.peer_discovery_backend = classic_config",
                 f"cluster_formation.classic_config.nodes.1 = {cluster.nodes[0].name}",
             ]
-        (self.dir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-        (self.dir / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's
+        super().__init__(
+            f"clarion-ha{index}-{cluster.tag}@localhost",
+            cluster.dir / f"n{index}",
+            cluster.home,  # one ~/.erlang.cookie for nodes and CLI
+            conf,
+            epmd_port=cluster.epmd_port,
+        )
+        (self.ctl_port,) = _free_ports(1)
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
-
-    @property
-    def mgmt_url(self) -> str:
-        return f"http://127.0.0.1:{self.mgmt_port}"
+        return self.amqp_url
 
     @property
     def pid(self) -> int | None:
-        return beam_pids({self.name}).get(self.name)
+        return self.find_pid()
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env = super().env()
         env.update(
-            HOME=str(self.cluster.home),  # one ~/.erlang.cookie for nodes and CLI
-            ERL_EPMD_PORT=str(self.cluster.epmd_port),
-            ERL_EPMD_ADDRESS="127.0.0.1",
-            RABBITMQ_NODENAME=self.name,
-            RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_CTL_DIST_PORT_MIN=str(self.ctl_port),
             RABBITMQ_CTL_DIST_PORT_MAX=str(self.ctl_port + 9),
-            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.dir / "log"),
-            RABBITMQ_PID_FILE=str(self.dir / "rabbit.pid"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
-            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
-            RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env
-
-    def launch(self) -> None:
-        short = self.name.split("@")[0]
-        deadline = time.monotonic() + 15
-        while short in _epmd_names(self.cluster.epmd_port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with open(self.dir / "startup.log", "ab") as out:
-            subprocess.run(
-                [str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=30,
-                check=False,
-            )
-
-    def up(self) -> bool:
-        if not _accepts(self.amqp_port):
-            return False
-        try:
-            r = httpx.get(f"{self.mgmt_url}/api/overview", auth=("guest", "guest"), timeout=2)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
 
     def wait_up(self, timeout: float = 40.0) -> None:
         deadline = time.monotonic() + timeout
@@ -187,18 +123,6 @@ class Node:
                     f"{self.name} did not start in {timeout:.0f}s:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the node's VM (a crash) and wait until it is gone."""
-        pid = self.pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
 
     def freeze(self) -> None:
         pid = self.pid
@@ -214,12 +138,6 @@ class Node:
         self.kill()
         self.launch()
         self.wait_up(timeout)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        text = "".join(
-            p.read_text(errors="replace") for p in sorted((self.dir / "log").glob("*.log"))
-        )
-        return text[-chars:]
 
 
 class HaCluster:
