@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from .support import GatewayProcess, free_port, wait_for
+from .support import GatewayProcess, PodFactory, free_port, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,45 +66,20 @@ def test_a_bad_api_port_is_refused(args: list[str]) -> None:
     ids=["flag", "env", "auth-none"],
 )
 def test_an_open_api_starts_only_when_asked_and_says_so(
-    args: list[str], env: dict[str, str], tmp_path: Path
+    args: list[str], env: dict[str, str], pod_factory: PodFactory
 ) -> None:
-    pod = GatewayProcess(
-        f"open-{uuid.uuid4().hex[:6]}",
-        args=["--jwt-secret", "s" * 32, *args],
-        env=env,
-        log_dir=tmp_path,
-    ).start()
-    try:
-        pod.wait_ready()
-        assert "POST /api/publish IS OPEN" in pod.log()
-        r = httpx.post(f"{pod.http_url}/api/publish", json={"broadcast": True, "data": 1})
-        assert r.status_code == 202
-    finally:
-        pod.stop()
+    (pod,) = pod_factory(1, "open", args=["--jwt-secret", "s" * 32, *args], env=env)
+    assert "POST /api/publish IS OPEN" in pod.log()
+    r = httpx.post(f"{pod.http_url}/api/publish", json={"broadcast": True, "data": 1})
+    assert r.status_code == 202
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Iterator[tuple[GatewayProcess, str]]:
+def split(pod_factory: PodFactory) -> tuple[GatewayProcess, str]:
     api_port = free_port()
-    pod = GatewayProcess(
-        f"split-{uuid.uuid4().hex[:6]}",
-        args=[
-            "--auth",
-            "none",
-            "--api-key",
-            "k",
-            "--admin-token",
-            "t",
-            "--api-port",
-            str(api_port),
-        ],
-        log_dir=tmp_path,
-    ).start()
-    try:
-        pod.wait_ready()
-        yield pod, f"http://{pod.host}:{api_port}"
-    finally:
-        pod.stop()
+    args = ["--auth", "none", "--api-key", "k", "--admin-token", "t", "--api-port", str(api_port)]
+    (pod,) = pod_factory(1, "split", args=args)
+    return pod, f"http://{pod.host}:{api_port}"
 
 
 async def test_the_internal_port_has_the_api_and_the_public_port_does_not(

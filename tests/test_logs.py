@@ -9,14 +9,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 import websockets
 
-from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, wait_for, wait_for_sync
+from .support import MGMT_AUTH, MGMT_URL, GatewayProcess, PodFactory, Vhost, wait_for, wait_for_sync
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,18 +47,10 @@ def amqp_url(user: str, password: str, vhost: Vhost) -> str:
 
 
 @pytest.fixture
-def pod(vhost: Vhost, broker_user: tuple[str, str], tmp_path: Path) -> Iterator[GatewayProcess]:
-    p = GatewayProcess(
-        f"logs-{uuid.uuid4().hex[:6]}",
-        amqp_url=amqp_url(*broker_user, vhost),
-        args=["--jwt-secret", JWT_SECRET, "--api-key", API_KEY, "--admin-token", ADMIN_TOKEN],
-        log_dir=tmp_path,
-    ).start()
-    try:
-        p.wait_ready()
-        yield p
-    finally:
-        p.stop()
+def pod(vhost: Vhost, broker_user: tuple[str, str], pod_factory: PodFactory) -> GatewayProcess:
+    args = ["--jwt-secret", JWT_SECRET, "--api-key", API_KEY, "--admin-token", ADMIN_TOKEN]
+    (p,) = pod_factory(1, "logs", amqp_url=amqp_url(*broker_user, vhost), args=args)
+    return p
 
 
 async def test_no_token_key_or_password_in_the_log(
@@ -98,14 +89,11 @@ async def test_no_token_key_or_password_in_the_log(
 
 
 def test_a_broker_that_refuses_the_login_is_one_line_without_the_password(
-    vhost: Vhost, tmp_path: Path
+    vhost: Vhost, pod_factory: PodFactory
 ) -> None:
     password = "wrong-pw-" + uuid.uuid4().hex
-    p = GatewayProcess(
-        f"refused-{uuid.uuid4().hex[:6]}",
-        amqp_url=amqp_url("guest", password, vhost),
-        log_dir=tmp_path,
-    ).start()
+    (p,) = pod_factory(1, "refused", amqp_url=amqp_url("guest", password, vhost), start=False)
+    p.start()
     try:
         wait_for_sync(lambda: "ACCESS_REFUSED" in p.log(), 10, message="the refusal logged")
     finally:
@@ -116,12 +104,11 @@ def test_a_broker_that_refuses_the_login_is_one_line_without_the_password(
     assert next(line for line in log.splitlines() if "ACCESS_REFUSED" in line).startswith("20")
 
 
-def test_a_missing_vhost_says_so_in_one_line(tmp_path: Path) -> None:
-    p = GatewayProcess(
-        f"novhost-{uuid.uuid4().hex[:6]}",
-        amqp_url="amqp://guest:guest@127.0.0.1:5672/no-such-vhost-" + uuid.uuid4().hex[:6],
-        log_dir=tmp_path,
-    ).start()
+@pytest.mark.broker  # the shared node answers that the vhost does not exist
+def test_a_missing_vhost_says_so_in_one_line(pod_factory: PodFactory) -> None:
+    url = "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-" + uuid.uuid4().hex[:6]
+    (p,) = pod_factory(1, "novhost", amqp_url=url, start=False)
+    p.start()
     try:
         wait_for_sync(lambda: "vhost does not exist" in p.log(), 10, message="the reason logged")
     finally:
