@@ -23,15 +23,13 @@ import random
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 
 from .recovering import Recovering
-from .support import GatewayProcess, Vhost, wait_for
+from .support import GatewayProcess, PodFactory, Vhost, wait_for
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 
@@ -48,11 +46,10 @@ def _q(values: list[float], q: float) -> str:
     return f"{values[min(len(values) - 1, int(q * len(values)))]:.2f}" if values else "-"
 
 
-async def test_rolling_deploy_loses_nothing(vhost: Vhost, tmp_path: Path) -> None:
+async def test_rolling_deploy_loses_nothing(vhost: Vhost, pod_factory: PodFactory) -> None:
     def pod(k: int) -> GatewayProcess:
-        name = f"deploy-{k}-{uuid.uuid4().hex[:6]}"
         args = ["--auth", "none", *DRAIN]
-        return GatewayProcess(name, amqp_url=vhost.amqp_url, args=args, log_dir=tmp_path)
+        return pod_factory(1, f"deploy-{k}", amqp_url=vhost.amqp_url, args=args, start=False)[0]
 
     rng = random.Random(19)
     first_pods = [pod(k) for k in range(PODS)]
@@ -178,5 +175,3 @@ async def test_rolling_deploy_loses_nothing(vhost: Vhost, tmp_path: Path) -> Non
             with contextlib.suppress(Exception):
                 await task
         await asyncio.gather(*(u.stop() for u in users), return_exceptions=True)
-        for p in everyone:
-            p.kill()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +21,7 @@ from clarion.config import drain_seconds
 from clarion.message import new_message_id
 from testkit.net import TcpProxy
 
-from .support import GatewayProcess, Vhost, wait_for
+from .support import PodFactory, Vhost, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,49 +41,42 @@ def test_drain_seconds(sockets: int, window: float, rate: float, seconds: float)
     assert drain_seconds(sockets, window, rate) == seconds
 
 
-async def test_a_drain_closes_no_faster_than_its_rate(tmp_path: Path) -> None:
+async def test_a_drain_closes_no_faster_than_its_rate(pod_factory: PodFactory) -> None:
     n, rate = 40, 20.0
-    pod = GatewayProcess(
-        f"pace-{uuid.uuid4().hex[:6]}",
-        args=["--auth", "none", "--drain-delay", "0", "--drain-window", "0"],
-        env={"CLARION_DRAIN_RATE": str(rate)},
-        log_dir=tmp_path,
-    )
-    try:
-        pod.start().wait_ready(20)
-        clients = [
-            await Client.connect(f"{pod.ws_url}?user=p{i}", ping_interval=None) for i in range(n)
-        ]
-        for c in clients:
-            await c.wait_welcome()
-        t0 = time.monotonic()
-        pod.signal(signal.SIGTERM)
-        await wait_for(lambda: all(c.closed for c in clients), 10, message="every socket closed")
-        assert {c.close_code for c in clients} == {1001}
-        closes = sorted(c.closed_at - t0 for c in clients if c.closed_at is not None)
-        # n sockets at `rate` a second: about n / rate seconds from the first to the last.
-        assert closes[-1] - closes[0] >= 0.75 * n / rate, closes
-        assert pod.proc is not None
-        assert await asyncio.to_thread(pod.proc.wait, 10) == 0
-    finally:
-        pod.kill()
-        pod.stop()
+    args = ["--auth", "none", "--drain-delay", "0", "--drain-window", "0"]
+    (pod,) = pod_factory(1, "pace", args=args, env={"CLARION_DRAIN_RATE": str(rate)})
+    clients = [
+        await Client.connect(f"{pod.ws_url}?user=p{i}", ping_interval=None) for i in range(n)
+    ]
+    for c in clients:
+        await c.wait_welcome()
+    t0 = time.monotonic()
+    pod.signal(signal.SIGTERM)
+    await wait_for(lambda: all(c.closed for c in clients), 10, message="every socket closed")
+    assert {c.close_code for c in clients} == {1001}
+    closes = sorted(c.closed_at - t0 for c in clients if c.closed_at is not None)
+    # n sockets at `rate` a second: about n / rate seconds from the first to the last.
+    assert closes[-1] - closes[0] >= 0.75 * n / rate, closes
+    assert pod.proc is not None
+    assert await asyncio.to_thread(pod.proc.wait, 10) == 0
 
 
 async def test_a_socket_waiting_for_its_replay_does_not_hold_the_drain(
-    vhost: Vhost, tmp_path: Path
+    vhost: Vhost, pod_factory: PodFactory
 ) -> None:
     proxy = await TcpProxy([5672]).start()
     url = vhost.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
-    pod = GatewayProcess(
-        f"held-{uuid.uuid4().hex[:6]}",
+    (pod,) = pod_factory(
+        1,
+        "held",
         amqp_url=url,
         routing="fanout",  # no binding to wait for: the session waits for its replay
         args=["--auth", "none", "--drain-delay", "0", "--drain-window", "0"],
-        log_dir=tmp_path,
+        start=False,
     )
     try:
-        await asyncio.to_thread(pod.start().wait_ready, 20)
+        # In a thread: the proxy to the broker runs on this test's event loop.
+        await asyncio.to_thread(pod_factory.start, [pod], 20)
         proxy.to_server.clear()  # the broker hears nothing: the history cannot be read
         since = new_message_id()
         client = await Client.connect(f"{pod.ws_url}?user=held&since={since}", ping_interval=None)
@@ -106,5 +97,4 @@ async def test_a_socket_waiting_for_its_replay_does_not_hold_the_drain(
     finally:
         proxy.to_server.set()
         pod.kill()
-        pod.stop()
         await proxy.close()
