@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ import pytest
 
 from testkit.net import free_port
 
-from .support import CHROMIUM, CHROMIUM_ARGS, GatewayProcess, Vhost, wait_for_sync
+from .support import CHROMIUM, CHROMIUM_ARGS, GatewayProcess, PodFactory, Vhost, wait_for_sync
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.browser]
 
@@ -157,34 +156,18 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 class Pods:
-    def __init__(self, vhost: Vhost, tmp_path: Path) -> None:
-        self.vhost, self.tmp_path = vhost, tmp_path
-        self.started: list[GatewayProcess] = []
+    """The pages' pods, on the module's vhost (``pod_factory`` kills them after the test)."""
+
+    def __init__(self, factory: PodFactory, vhost: Vhost) -> None:
+        self.factory, self.vhost = factory, vhost
 
     def start(self, name: str, args: list[str], count: int = 1) -> list[GatewayProcess]:
-        pods = [
-            GatewayProcess(
-                f"{name}-{i}-{uuid.uuid4().hex[:6]}",
-                amqp_url=self.vhost.amqp_url,
-                args=args,
-                log_dir=self.tmp_path,
-            ).start()
-            for i in range(count)
-        ]
-        self.started += pods
-        for p in pods:
-            p.wait_ready()
-        return pods
+        return self.factory(count, name, amqp_url=self.vhost.amqp_url, args=args)
 
 
 @pytest.fixture
-def pods(module_vhost: Vhost, tmp_path: Path) -> Iterator[Pods]:
-    made = Pods(module_vhost, tmp_path)
-    try:
-        yield made
-    finally:
-        for p in made.started:
-            p.kill()
+def pods(module_vhost: Vhost, pod_factory: PodFactory) -> Pods:
+    return Pods(pod_factory, module_vhost)
 
 
 def publish(pod: GatewayProcess, key: str | None = None, **body: Any) -> str:
