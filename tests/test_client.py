@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -26,7 +25,7 @@ from clarion_client import (
     message,
 )
 
-from .support import GatewayProcess, InProcessPod, Vhost, wait_for
+from .support import GatewayProcess, InProcessPod, PodFactory, Vhost, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,19 +219,15 @@ async def test_a_full_pod_is_backed_off_from_for_at_least_slow_min(
 
 
 async def test_a_pod_killed_and_replaced_loses_nothing_and_repeats_nothing(
-    vhost: Vhost, tmp_path: Path, subscribers: list[Subscriber]
+    vhost: Vhost, pod_factory: PodFactory, subscribers: list[Subscriber]
 ) -> None:
     """RabbitMQ: the subscriber's pod is SIGKILLed while another pod keeps publishing; a
     new pod comes up at the same address; the subscriber reconnects with since."""
 
     def pod(name: str, port: int | None = None) -> GatewayProcess:
-        return GatewayProcess(
-            f"{name}-{uuid.uuid4().hex[:6]}",
-            port=port,
-            amqp_url=vhost.amqp_url,
-            args=["--auth", "none", "--no-demo"],
-            log_dir=tmp_path,
-        ).start()
+        args = ["--auth", "none", "--no-demo"]
+        made = pod_factory(1, name, port=port, amqp_url=vhost.amqp_url, args=args, start=False)
+        return made[0].start()
 
     a, b = pod("client-a"), pod("client-b")
     try:
