@@ -70,3 +70,32 @@ async def test_a_close_waited_for_less_than_it_takes_goes_on(
     await other.declare_queue(exclusive=True)
     await asyncio.sleep(0.3)
     assert not conn.is_closed and ch.is_closed
+
+
+async def test_a_close_answered_after_more_than_a_heartbeat_keeps_the_connection(
+    vhost: Vhost,
+) -> None:
+    """aiormq waits one heartbeat interval (2 s for a pod) for a close's answer, then
+    used to send a second Channel.Close: a broker that busy cost the connection."""
+    from clarion.broker import channels
+
+    assert channels.GUARDED  # the guard is engaged on this aiormq
+    proxy = await TcpProxy([5672]).start()
+    url = vhost.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}")
+    conn = await aio_pika.connect(url + "?heartbeat=2")
+    try:
+        ch = await conn.channel(publisher_confirms=False)
+        proxy.to_client.clear()
+        closing = asyncio.ensure_future(close_channel(ch, wait=10))
+        await asyncio.sleep(3.0)  # longer than aiormq waits for the Close-Ok
+        proxy.to_client.set()
+        await closing
+        for _ in range(3):
+            other = await asyncio.wait_for(conn.channel(), 5)
+            await other.declare_queue(exclusive=True)
+            await asyncio.sleep(0.3)
+        assert not conn.is_closed
+    finally:
+        proxy.to_client.set()
+        await conn.close()
+        await proxy.close()

@@ -7,7 +7,7 @@ message, more than the pod's own work on a message it holds no socket for
 (docs/performance.md, "Consume path"). Here the channel reader calls a plain
 function instead, with the delivery frame, the content header and the body.
 
-This reaches into aiormq's channel (the one place the pod does): its reader
+This reaches into aiormq's channel (as channels.py does, for closes): its reader
 awaits ``self._on_deliver_frame(frame)`` for every Basic.Deliver, and reads
 the content frames that follow with ``self._get_frame()``; ``consume`` puts
 its own ``_on_deliver_frame`` on the channel instance. pyproject pins the

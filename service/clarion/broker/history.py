@@ -152,6 +152,10 @@ async def read_stream(
         log.warning("history read from %s failed: %r", where, exc)
         return None
     finally:
+        # No ack after this (a timeout or a cancellation ended the read too): one sent
+        # after the channel's Close costs the connection, as a second Close does.
+        if not done.done():
+            done.cancel()
         if acking:
             await asyncio.gather(*acking, return_exceptions=True)
         await close_channel(ch)
