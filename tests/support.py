@@ -357,6 +357,7 @@ class PodFactory:
         count: int = 1,
         prefix: str = "pod",
         *,
+        names: list[str] | None = None,
         amqp_url: str | None = None,
         args: list[str] | None = None,
         routing: str | None = None,
@@ -366,12 +367,14 @@ class PodFactory:
         start: bool = True,
         timeout: float = 20.0,
     ) -> Pods:
-        """``count`` pods named ``<prefix>-<i>-<random>``, with ``args`` (default
-        ``--auth none``) on ``amqp_url`` (default: the embedded broker); pod ``i``
-        listens on ``hosts[i]`` (default 127.0.0.1), on ``port`` if given."""
+        """``count`` pods named ``<prefix>-<i>-<random>`` (or one per name of ``names``),
+        with ``args`` (default ``--auth none``) on ``amqp_url`` (default: the embedded
+        broker); pod ``i`` listens on ``hosts[i]`` (default 127.0.0.1), on ``port`` if
+        given."""
+        names = names or [f"{prefix}-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
         made = Pods(
             GatewayProcess(
-                f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
+                name,
                 host=hosts[i] if hosts else "127.0.0.1",
                 port=port,
                 amqp_url=amqp_url,
@@ -380,7 +383,7 @@ class PodFactory:
                 log_dir=self.log_dir,
                 routing=routing,
             )
-            for i in range(count)
+            for i, name in enumerate(names)
         )
         self.pods += made
         return self.start(made, timeout) if start else made

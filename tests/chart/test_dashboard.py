@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import yaml
 from websockets.sync.client import ClientConnection, connect
 
 from clarion import names
-from tests.support import GatewayProcess, Vhost, free_port, started, wait_for_sync
+from tests.support import GatewayProcess, PodFactory, Vhost, free_port, wait_for_sync
 
 from .helpers import DASHBOARD
 
@@ -359,22 +358,14 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def pods(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[GatewayProcess]]:
-    logs = tmp_path_factory.mktemp("gateways")
-    procs = [
-        GatewayProcess(
-            f"{TEST_GATEWAY}-{suffix}",
-            amqp_url=module_vhost.amqp_url,
-            # Routed: the churn's new users keep binding (the bind panels have data).
-            args=["--auth", "none", "--allow-client-publish", "--routing", "direct"],
-            log_dir=logs,
-        )
-        for suffix in ("7d4f9-a1", "7d4f9-b2")
-    ]
-    with started(procs, 30):
-        yield procs
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> list[GatewayProcess]:
+    return module_pod_factory(
+        names=[f"{TEST_GATEWAY}-{suffix}" for suffix in ("7d4f9-a1", "7d4f9-b2")],
+        amqp_url=module_vhost.amqp_url,
+        # Routed: the churn's new users keep binding (the bind panels have data).
+        args=["--auth", "none", "--allow-client-publish", "--routing", "direct"],
+        timeout=30,
+    )
 
 
 def test_every_metric_in_the_dashboard_exists(pods: list[GatewayProcess]) -> None:
