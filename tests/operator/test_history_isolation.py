@@ -3,15 +3,12 @@ the other's messages with since= (real RabbitMQ, real gateway processes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
 from clarion_operator import resources
 from clarion_operator.spec import GatewaySpec
-from tests.support import GatewayProcess, Vhost
+from tests.support import GatewayProcess, PodFactory, Vhost
 from tests.wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,26 +24,19 @@ def exchange_of(gateway: str) -> str:
 
 
 @pytest.fixture
-def two_gateways(vhost: Vhost, tmp_path: Path) -> Iterator[dict[str, GatewayProcess]]:
+def two_gateways(vhost: Vhost, pod_factory: PodFactory) -> dict[str, GatewayProcess]:
     procs = {
-        name: GatewayProcess(
-            f"{name}-5d8c7b9f4-x{i}",
-            host=f"127.0.0.{30 + i}",
+        name: pod_factory(
+            names=[f"{name}-5d8c7b9f4-x{i}"],
+            hosts=[f"127.0.0.{30 + i}"],
             amqp_url=vhost.amqp_url,
             args=["--auth", "none", "--exchange", exchange_of(name), "--drain-delay", "0"],
-            log_dir=tmp_path,
-        )
+            start=False,
+        )[0]
         for i, name in enumerate(("push", "billing"))
     }
-    for p in procs.values():
-        p.start()
-    try:
-        for p in procs.values():
-            p.wait_ready(30)
-        yield procs
-    finally:
-        for p in procs.values():
-            p.kill()
+    pod_factory.start(list(procs.values()), timeout=30)
+    return procs
 
 
 async def test_history_does_not_leak_between_gateways(
