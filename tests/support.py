@@ -322,6 +322,12 @@ def started(
                 p.stop()
 
 
+def loopbacks(first: int, count: int) -> list[str]:
+    """``count`` loopback addresses from 127.0.0.<first>: pods with addresses of their own
+    (``pod_factory(..., hosts=loopbacks(10, 3))``), as pods with their own IPs have."""
+    return [f"127.0.0.{first + i}" for i in range(count)]
+
+
 class Pods(list[GatewayProcess]):
     """Pods a ``PodFactory`` made: a list, and a context that SIGKILLs them on exit
     (for a fixture whose pods must go before the factory's teardown)."""

@@ -17,7 +17,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +24,15 @@ import pytest
 from clarion.emulation import parse_token
 
 from .sseclient import Stream
-from .support import GatewayProcess, InProcessPod, Vhost, running_pods, wait_for, wait_for_sync
+from .support import (
+    GatewayProcess,
+    InProcessPod,
+    PodFactory,
+    Vhost,
+    loopbacks,
+    wait_for,
+    wait_for_sync,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,12 +40,10 @@ KEY = {"Authorization": "Bearer k"}
 
 
 @pytest.fixture(scope="module")
-def pods(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[GatewayProcess]]:
-    logs = Path(tmp_path_factory.mktemp("logs"))
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> Iterator[list[GatewayProcess]]:
     args = ["--auth", "none", "--api-key", "k", "--allow-client-publish"]
-    with running_pods("sse", 2, 60, module_vhost.amqp_url, logs, args=args) as ps:
+    url = module_vhost.amqp_url
+    with module_pod_factory(2, "sse", amqp_url=url, args=args, hosts=loopbacks(60, 2)) as ps:
         yield ps
     for p in ps:
         assert "Traceback" not in p.log(), p.log()
@@ -276,14 +281,13 @@ async def test_posted_frames_are_rate_limited_as_websocket_frames(
         await s.close()
 
 
-async def test_drain_ends_the_stream_with_a_close_event_and_retry(tmp_path: Path) -> None:
-    pod = GatewayProcess(
-        f"sse-drain-{uuid.uuid4().hex[:6]}",
-        args=["--auth", "none", "--drain-delay", "0", "--drain-window", "0"],
-        log_dir=tmp_path,
-    )
+async def test_drain_ends_the_stream_with_a_close_event_and_retry(
+    pod_factory: PodFactory,
+) -> None:
+    args = ["--auth", "none", "--drain-delay", "0", "--drain-window", "0"]
+    (pod,) = pod_factory(1, "sse-drain", args=args, start=False)
     try:
-        await asyncio.to_thread(pod.start().wait_ready, 20)
+        await asyncio.to_thread(pod_factory.start, [pod], 20)
         s = await Stream.open(f"{pod.http_url}/sse?user=d")
         await s.wait_welcome()
         pod.signal(signal.SIGTERM)
@@ -335,13 +339,15 @@ def test_a_stream_that_stops_reading_hits_the_bounded_buffer() -> None:
 
 
 @pytest.mark.parametrize("path", ["/sse", "/stream"])
-async def test_sigint_ends_open_streams_with_their_close_frame(tmp_path: Path, path: str) -> None:
+async def test_sigint_ends_open_streams_with_their_close_frame(
+    pod_factory: PodFactory, path: str
+) -> None:
     """SIGINT stops at once, without a drain: an open stream gets its last close frame
     (1001, server shutting down) instead of being cancelled by uvicorn's graceful-shutdown
     timeout (an ASGI error with a traceback), and the process exits 0 soon."""
-    pod = GatewayProcess(f"sse-int-{uuid.uuid4().hex[:6]}", log_dir=tmp_path)
+    (pod,) = pod_factory(1, "sse-int", start=False)
     try:
-        await asyncio.to_thread(pod.start().wait_ready, 20)
+        await asyncio.to_thread(pod_factory.start, [pod], 20)
         s = await Stream.open(f"{pod.http_url}{path}?user=i")
         await s.wait_welcome()
         stopped = time.monotonic()
@@ -356,7 +362,6 @@ async def test_sigint_ends_open_streams_with_their_close_frame(tmp_path: Path, p
         assert "Traceback" not in pod.log(), pod.log()
     finally:
         pod.kill()
-        pod.stop()
 
 
 def _raw_exchange(pod: InProcessPod, request: bytes, timeout: float = 5.0) -> bytes:
