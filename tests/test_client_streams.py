@@ -24,7 +24,7 @@ import pytest
 from clarion_client import AsyncPublisher, Backoff, Closed, Recovery, StateChange, Subscriber
 from clarion_client.streams import StreamLink, http_url
 
-from .support import GatewayProcess, InProcessPod, Vhost, running_pods, wait_for
+from .support import GatewayProcess, InProcessPod, PodFactory, Vhost, loopbacks, wait_for
 from .test_client import FAST, KEY, App, jwt_pod, subscribers, token  # noqa: F401 (fixtures)
 from .test_streams_proxy import Nginx
 
@@ -52,7 +52,11 @@ def test_bad_transport_options_are_refused(kwargs: dict[str, Any]) -> None:
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
 @pytest.mark.parametrize("transport", STREAMS)
 async def test_behind_a_proxy_refusing_websocket_it_falls_back_and_loses_nothing(
-    transport: str, vhost: Vhost, tmp_path: Path, subscribers: list[Subscriber]
+    transport: str,
+    vhost: Vhost,
+    pod_factory: PodFactory,
+    tmp_path: Path,
+    subscribers: list[Subscriber],
 ) -> None:
     """Three pods behind nginx (round robin, no stickiness, 403 to every upgrade): the
     subscriber falls back to ``transport``, its subscribe frames are posted to any pod;
@@ -60,7 +64,8 @@ async def test_behind_a_proxy_refusing_websocket_it_falls_back_and_loses_nothing
     channel and broadcast messages published all along arrive once each."""
     args = ["--auth", "none", "--drain-delay", "0", "--drain-window", "0"]
     first = 90 if transport == "sse" else 94
-    with running_pods(f"cs-{transport}", 3, first, vhost.amqp_url, tmp_path, args=args) as pods:
+    hosts = loopbacks(first, 3)
+    with pod_factory(3, f"cs-{transport}", amqp_url=vhost.amqp_url, args=args, hosts=hosts) as pods:
         by_name = {p.pod_name: p for p in pods}
         with Nginx(tmp_path, pods, buffering=False) as proxy:
             user, channel = f"s-{uuid.uuid4().hex[:6]}", f"news.{uuid.uuid4().hex[:6]}"

@@ -27,8 +27,9 @@ from testkit.net import free_port
 from .sseclient import Stream
 from .support import (
     GatewayProcess,
+    PodFactory,
     Vhost,
-    running_pods,
+    loopbacks,
     wait_for_sync,
 )
 from .test_browser import browser  # noqa: F401 (the module's Chromium, shared)
@@ -95,13 +96,10 @@ class Nginx:
 
 
 @pytest.fixture(scope="module")
-def pods(
-    module_vhost: Vhost, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[GatewayProcess]]:
-    logs = Path(tmp_path_factory.mktemp("logs"))
+def pods(module_vhost: Vhost, module_pod_factory: PodFactory) -> list[GatewayProcess]:
     args = ["--auth", "none", "--api-key", "k"]
-    with running_pods("proxied", 2, 70, module_vhost.amqp_url, logs, args=args) as ps:
-        yield ps
+    url = module_vhost.amqp_url
+    return module_pod_factory(2, "proxied", amqp_url=url, args=args, hosts=loopbacks(70, 2))
 
 
 @pytest.fixture(params=[False, True], ids=["unbuffered", "buffering"])
@@ -151,12 +149,14 @@ async def test_websocket_is_refused_and_the_stream_works_through_the_proxy(
 def test_a_plain_eventsource_recovers_across_a_pod_kill_through_the_proxy(
     browser: Any,  # noqa: F811 (the fixture imported above)
     module_vhost: Vhost,
+    pod_factory: PodFactory,
     tmp_path: Path,
 ) -> None:
     """No Clarion client: the browser's own EventSource, its own reconnect, Last-Event-ID."""
     args = ["--auth", "none", "--api-key", "k"]
     user = f"es-{uuid.uuid4().hex[:6]}"
-    with running_pods("es", 2, 80, module_vhost.amqp_url, tmp_path, args=args) as pods:
+    url = module_vhost.amqp_url
+    with pod_factory(2, "es", amqp_url=url, args=args, hosts=loopbacks(80, 2)) as pods:
         with Nginx(tmp_path, pods, buffering=True) as proxy:
             page = browser.new_page()
             page.goto(f"{proxy.url}/healthz")  # same origin as the stream
