@@ -412,31 +412,3 @@ class PodFactory:
     def close(self) -> None:
         for p in self.pods:
             p.kill()
-
-
-@contextlib.contextmanager
-def running_pods(
-    prefix: str,
-    count: int,
-    first_host: int,
-    amqp_url: str,
-    log_dir: Path,
-    args: list[str] | None = None,
-    timeout: float = 20.0,
-    routing: str | None = None,
-) -> Iterator[list[GatewayProcess]]:
-    """``count`` ready gateway pods on 127.0.0.<first_host>, .<first_host + 1>, ...;
-    killed on exit."""
-    pods = [
-        GatewayProcess(
-            f"{prefix}-{i}-{uuid.uuid4().hex[:6]}",
-            host=f"127.0.0.{first_host + i}",
-            amqp_url=amqp_url,
-            args=args if args is not None else ["--auth", "none"],
-            log_dir=log_dir,
-            routing=routing,
-        )
-        for i in range(count)
-    ]
-    with started(pods, timeout, kill=True):
-        yield pods
