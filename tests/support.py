@@ -307,13 +307,10 @@ def started(
     pods: list[GatewayProcess], timeout: float = 20.0, *, kill: bool = False
 ) -> Iterator[list[GatewayProcess]]:
     """Start ``pods`` together, return once every one is ready, stop them all on exit
-    (``kill``: SIGKILL instead of a clean stop)."""
+    (``kill``: SIGKILL instead of a clean stop). For scripts (bench/); a test takes its
+    pods from ``pod_factory``."""
     try:
-        for p in pods:
-            p.start()
-        for p in pods:
-            p.wait_ready(timeout)
-        yield pods
+        yield PodFactory.start(pods, timeout)
     finally:
         for p in pods:
             if kill:
