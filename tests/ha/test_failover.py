@@ -23,7 +23,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +36,7 @@ from clarion.gateway import broker_options
 from clarion.names import EXCHANGE, history_queue
 from testkit import rabbitmq
 from testkit.net import TcpProxy
-from tests.support import GatewayProcess, wait_for
+from tests.support import GatewayProcess, PodFactory, wait_for
 from tests.test_faults import Published, Publisher, _recipients
 from tests.wsclient import Client
 
@@ -103,7 +102,7 @@ async def declare_stream_on(node: Node, vhost: HaVhost) -> None:
 @contextlib.asynccontextmanager
 async def stage(
     cluster: HaCluster,
-    tmp_path: Path,
+    pod_factory: PodFactory,
     service: bool = False,
     queue_type: str = "exclusive",
     routing: str | None = None,
@@ -121,26 +120,14 @@ async def stage(
     a_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost.quoted}"
     try:
         await declare_stream_on(n3, vhost)
-        pods = [
-            GatewayProcess(
-                f"ha-a-{tag}",
-                amqp_url=a_url if service else urls([n1, n2, n3], vhost),
-                args=["--auth", "none", "--pod-queue-type", queue_type],
-                log_dir=tmp_path,
-                routing=routing,
-            ),
-            GatewayProcess(
-                f"ha-b-{tag}",
-                amqp_url=urls([n2, n3, n1], vhost),
-                args=["--auth", "none", "--pod-queue-type", queue_type],
-                log_dir=tmp_path,
-                routing=routing,
-            ),
-        ]
-        for p in pods:
-            p.start()
-        for p in pods:
-            await asyncio.to_thread(p.wait_ready, 30)
+        args = ["--auth", "none", "--pod-queue-type", queue_type]
+        pods = pod_factory(
+            names=[f"ha-a-{tag}", f"ha-b-{tag}"], args=args, routing=routing, start=False
+        )
+        pods[0].amqp_url = a_url if service else urls([n1, n2, n3], vhost)
+        pods[1].amqp_url = urls([n2, n3, n1], vhost)
+        # In a thread: the proxy in front of the nodes runs on this test's event loop.
+        await asyncio.to_thread(pod_factory.start, pods, 30)
         alice, bob, carol, news = (f"{x}-{tag}" for x in ("alice", "bob", "carol", "news"))
         layout = {
             "a-alice": (pods[0], alice, set()),
@@ -261,14 +248,14 @@ FAULTS = {
 @pytest.mark.both_routings
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_one_node_lost_loses_nothing_accepted(
-    ha_nodes_back: HaCluster, tmp_path: Path, fault: str, routing: str
+    ha_nodes_back: HaCluster, pod_factory: PodFactory, fault: str, routing: str
 ) -> None:
     cluster = ha_nodes_back
     n1, n2, n3 = cluster.nodes
     queue_type = "classic" if fault == "kill-queue-node" else "exclusive"
     async with stage(
         cluster,
-        tmp_path,
+        pod_factory,
         service=fault.endswith("-service"),
         queue_type=queue_type,
         routing=routing,
@@ -371,7 +358,7 @@ async def test_one_node_lost_loses_nothing_accepted(
 
 @pytest.mark.timeout(100)
 async def test_two_nodes_lost_refuses_within_the_publish_timeout(
-    ha_nodes_back: HaCluster, tmp_path: Path
+    ha_nodes_back: HaCluster, pod_factory: PodFactory
 ) -> None:
     """Nodes 1 and 3 (pod A's and the stream leader) die; node 2 is left alone.
 
@@ -383,7 +370,7 @@ async def test_two_nodes_lost_refuses_within_the_publish_timeout(
     """
     cluster = ha_nodes_back
     n1, _n2, n3 = cluster.nodes
-    async with stage(cluster, tmp_path) as st:
+    async with stage(cluster, pod_factory) as st:
         async with publishing(st) as pubs:
             t0 = time.monotonic()
             for p in pubs:
