@@ -17,7 +17,9 @@ DEFAULT_ROUTING = str(Settings.__dataclass_fields__["routing"].default)
 
 #: Fixtures that reach a RabbitMQ node (the shared one or one of a test's own): a test
 #: using any of them, directly or through another fixture, is marked ``broker``.
-BROKER_FIXTURES = frozenset({"rabbit_mgmt", "private_broker", "ha_cluster"})
+BROKER_FIXTURES = frozenset(
+    {"rabbit_mgmt", "private_broker", "module_private_broker", "ha_cluster"}
+)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,14 @@ def module_vhost(rabbit_mgmt: str) -> Iterator[Vhost]:
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     """A RabbitMQ node of the test's own (tests/private_broker.py), for a test that stops,
     kills or restarts it; killed and removed after the test."""
+    with PrivateBroker(tmp_path_factory.mktemp("rabbit")) as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def module_private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """``private_broker`` shared by a module's tests (a boot costs 6-20 s); a test that
+    stops or kills it starts it again."""
     with PrivateBroker(tmp_path_factory.mktemp("rabbit")) as node:
         yield node
 

@@ -16,7 +16,6 @@ import struct
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,21 +46,13 @@ async def _metric(pod: GatewayProcess, name: str, labels: dict[str, str] | None 
 # -- broker outage -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def private_broker() -> Iterator[PrivateBroker]:
-    broker = PrivateBroker()
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.close()
-
-
 @pytest.fixture
 def outage_pods(
-    private_broker: PrivateBroker, pod_factory: PodFactory, routing: str
+    module_private_broker: PrivateBroker, pod_factory: PodFactory, routing: str
 ) -> list[GatewayProcess]:
-    return pod_factory(2, "fault", amqp_url=private_broker.amqp_url, routing=routing, timeout=30)
+    return pod_factory(
+        2, "fault", amqp_url=module_private_broker.amqp_url, routing=routing, timeout=30
+    )
 
 
 @dataclass
@@ -130,7 +121,7 @@ def _recipients(target: dict[str, Any], sockets: dict[str, tuple[str, set[str]]]
 @pytest.mark.both_routings
 @pytest.mark.parametrize("how", ["shutdown", "crash"])
 async def test_broker_outage_loses_nothing_accepted(
-    private_broker: PrivateBroker, outage_pods: list[GatewayProcess], how: str
+    module_private_broker: PrivateBroker, outage_pods: list[GatewayProcess], how: str
 ) -> None:
     """Stop and restart the broker mid-stream: 503 while down, then exactly-once delivery.
 
@@ -206,7 +197,9 @@ async def test_broker_outage_loses_nothing_accepted(
 
         # The broker goes away.
         t_stop = time.monotonic()
-        await asyncio.to_thread(private_broker.stop if how == "shutdown" else private_broker.kill)
+        await asyncio.to_thread(
+            module_private_broker.stop if how == "shutdown" else module_private_broker.kill
+        )
         t_down = time.monotonic()  # the node is gone: from here on, no publish may get a 202
         pod_b.signal(signal.SIGCONT)
         frozen = False
@@ -226,7 +219,7 @@ async def test_broker_outage_loses_nothing_accepted(
 
         # Broker comes back with the same data directory; the pods reconnect by themselves.
         t_restart = time.monotonic()
-        await asyncio.to_thread(private_broker.start)
+        await asyncio.to_thread(module_private_broker.start)
         t_up = time.monotonic()
         for pod in outage_pods:
             await wait_for(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from .private_broker import PrivateBroker
-from .support import GatewayProcess, started, wait_for_sync
+from .support import GatewayProcess, PodFactory, wait_for_sync
 from .test_browser import (  # noqa: F401 (fixtures)
     DEV,
     browser,
@@ -42,16 +41,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[PrivateBroker]:
-    node = PrivateBroker()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.close()
 
 
 def ready(pod: GatewayProcess) -> bool:
@@ -78,17 +67,15 @@ def back(page: Any, since: int, what: str) -> str:
 
 
 def test_the_demo_page_falls_back_to_sse_and_loses_nothing(
-    broker: PrivateBroker, page: Any, tmp_path: Path
+    module_private_broker: PrivateBroker, pod_factory: PodFactory, page: Any, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
+    broker = module_private_broker
     tag = uuid.uuid4().hex[:6]
-    pods = [
-        GatewayProcess(f"sseweb-{i}-{tag}", amqp_url=broker.amqp_url, args=DEV, log_dir=tmp_path)
-        for i in range(3)
-    ]
+    pods = pod_factory(3, "sseweb", amqp_url=broker.amqp_url, args=DEV, timeout=40)
     user = f"proxied-{tag}"
-    with started(pods, 40), Nginx(tmp_path, pods, buffering=True) as proxy:
+    with Nginx(tmp_path, pods, buffering=True) as proxy:
         by_name = {p.pod_name: p for p in pods}
         page.goto(f"{proxy.url}/?user={user}")
         holder = by_name[connected(page, 20_000)]
