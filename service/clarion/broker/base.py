@@ -74,8 +74,10 @@ class BrokerOptions:
     #: A pod that cannot read the history after losing the broker keeps trying
     #: (unready) for this long, then reports a gap (its sockets close with 1012).
     catch_up_give_up: float = 60.0
-    #: Seconds; AMQP heartbeats find a frozen node (after about three of them).
-    heartbeat: int = 2
+    #: Seconds. The broker closes a connection that sent nothing for two of them: a pod
+    #: whose loop a connect storm keeps busy for seconds lost its connection at 2 s
+    #: (issue 19's 40,000-socket deploy); a frozen node is found by the probe.
+    heartbeat: int = 5
     #: A frozen node accepts TCP connections and never answers the AMQP handshake.
     connect_timeout: float = 2.0
     #: A publish still unconfirmed after ``probe_after`` s makes the pod check that its

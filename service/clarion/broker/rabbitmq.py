@@ -41,6 +41,10 @@ from .routing import Bindings, routing_key
 log = logging.getLogger("clarion.broker")
 
 
+#: A probe's wait that overran by more than this (s) means the pod's own loop was late.
+LOOP_LAG = 0.5
+
+
 def reason(exc: BaseException | None) -> str:
     """What went wrong with the broker connection, in one line a person can act on."""
     if exc is None:
@@ -471,20 +475,31 @@ class RabbitBroker(Broker):
         than waiting (its exclusive queue, every binding, a catch-up), and
         under load it turned a slow broker into a cascade (issue 19).
         Heartbeats alone would find a frozen node too, after about three of them.
+
+        Nor is the node judged while the pod itself is too busy to read (a
+        connect storm on a saturated core): a wait that overran by more than
+        ``LOOP_LAG`` seconds says the loop was late, and what the node sent
+        meanwhile may still be unread.
         """
+        loop = asyncio.get_running_loop()
+        timeout = self.options.probe_timeout
         opening = asyncio.ensure_future(conn.channel(publisher_confirms=False))
         try:
             while True:
-                done, _ = await asyncio.wait({opening}, timeout=self.options.probe_timeout)
+                began = loop.time()
+                done, _ = await asyncio.wait({opening}, timeout=timeout)
                 if done:
                     await close_channel(await opening)
                     return
-                # A pod busy for a while (a connect storm) has not read what came
-                # meanwhile: let its reader take it before judging the node by it.
+                # Let the reader take what came while this waited, then look.
                 await asyncio.sleep(0.05)
+                late = loop.time() - began - timeout - 0.05
                 underlay = getattr(conn, "transport", None)
                 age = fastconsume.last_frame_age(getattr(underlay, "connection", None))
-                if age is None or age >= max(self.options.probe_timeout, self.options.heartbeat):
+                if late > LOOP_LAG:
+                    log.info("broker probe: this pod's loop was %.1fs late; looking again", late)
+                    continue
+                if age is None or age >= max(timeout, self.options.heartbeat):
                     raise TimeoutError(f"nothing received for {age or 0:.1f}s")
                 log.info("broker slow to open a channel, but alive (a frame %.2fs ago)", age)
         except Exception as exc:
