@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -25,7 +24,7 @@ import pytest
 from clarion import webhooks
 from clarion.proxy import MAX_ANSWER, parse_answer
 
-from .support import GatewayProcess, InProcessPod, wait_for
+from .support import InProcessPod, PodFactory, wait_for
 from .wsclient import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -468,11 +467,14 @@ def test_the_parser_refuses_each_bad_answer(value: str) -> None:
 # -- secrets ---------------------------------------------------------------------------
 
 
-def test_no_cookie_token_or_secret_reaches_the_log(backend: Backend, tmp_path: Path) -> None:
+def test_no_cookie_token_or_secret_reaches_the_log(
+    backend: Backend, pod_factory: PodFactory
+) -> None:
     """A real ``clarion serve`` at debug level; every secret it handled is grepped for."""
     cookie_value = "cookie-" + uuid.uuid4().hex
-    pod = GatewayProcess(
-        f"proxy-logs-{uuid.uuid4().hex[:6]}",
+    (pod,) = pod_factory(
+        1,
+        "proxy-logs",
         args=[
             "--jwt-secret",
             JWT_SECRET,
@@ -490,8 +492,7 @@ def test_no_cookie_token_or_secret_reaches_the_log(backend: Backend, tmp_path: P
             "--log-level",
             "debug",
         ],
-        log_dir=tmp_path,
-    ).start()
+    )
     good = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, JWT_SECRET)
     wrong = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60}, JWT_SECRET)
     forged = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "x" * 40)
@@ -508,7 +509,6 @@ def test_no_cookie_token_or_secret_reaches_the_log(backend: Backend, tmp_path: P
             await c.wait_closed(5)
 
     try:
-        pod.wait_ready()
         asyncio.run(exercise())
     finally:
         pod.stop()
