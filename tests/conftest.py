@@ -72,12 +72,23 @@ def routing() -> str:
     return DEFAULT_ROUTING
 
 
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test gives ``name`` its own values (a plain argument, not the fixture)."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``routing``: the ``--routing`` of the pods a test starts. A test marked
     ``both_routings`` (what it checks depends on how messages reach pods: delivery
     across pods, bindings, catch-up, HA) runs once in each mode; any other test that
     asks for it runs once, in the default mode."""
-    if "routing" in metafunc.fixturenames:
+    if "routing" in metafunc.fixturenames and not _parametrizes(metafunc, "routing"):
         both = metafunc.definition.get_closest_marker("both_routings") is not None
         modes = list(ROUTINGS) if both else [DEFAULT_ROUTING]
         metafunc.parametrize("routing", modes, ids=modes, scope="module")
