@@ -24,7 +24,7 @@ import pytest
 from clarion_client import AsyncPublisher, Backoff, Closed, Recovery, StateChange, Subscriber
 from clarion_client.streams import StreamLink, http_url
 
-from .support import GatewayProcess, InProcessPod, PodFactory, Vhost, loopbacks, wait_for
+from .support import InProcessPod, PodFactory, Vhost, loopbacks, wait_for
 from .test_client import FAST, KEY, App, jwt_pod, subscribers, token  # noqa: F401 (fixtures)
 from .test_streams_proxy import Nginx
 
@@ -237,16 +237,14 @@ async def test_an_unknown_since_is_a_resync(subscribers: list[Subscriber]) -> No
 
 
 async def test_frames_posted_to_a_vanished_stream_drop_it_and_it_recovers(
-    subscribers: list[Subscriber], tmp_path: Path, vhost: Vhost
+    subscribers: list[Subscriber], pod_factory: PodFactory, vhost: Vhost
 ) -> None:
     """A POST that fails (here a session token that is not the stream's: 403) ends the
     stream with 1006, since its frames' answers would never come; the subscriber
     reconnects on a new stream and its subscription goes through."""
-    pod = GatewayProcess(
-        f"cstream-post-{uuid.uuid4().hex[:6]}", amqp_url=vhost.amqp_url, log_dir=tmp_path
-    )
+    (pod,) = pod_factory(1, "cstream-post", amqp_url=vhost.amqp_url, start=False)
     try:
-        await asyncio.to_thread(pod.start().wait_ready)
+        await asyncio.to_thread(pod_factory.start, [pod])
         user = f"p-{uuid.uuid4().hex[:6]}"
         sub = Subscriber(pod.ws_url, user=user, transports=["sse"], backoff=Backoff(**FAST))
         subscribers.append(sub)

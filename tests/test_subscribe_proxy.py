@@ -14,7 +14,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ import jwt
 import orjson
 import pytest
 
-from .support import InProcessPod, Vhost, wait_for
+from .support import InProcessPod, PodFactory, Vhost, wait_for
 from .test_connect_proxy import BAD_ANSWERS, JWT_SECRET, PROXY_SECRET, Backend
 from .wsclient import Client
 
@@ -419,20 +418,18 @@ async def test_the_python_subscriber_sends_a_given_subscription_token(pod: InPro
 
 
 def test_no_subscription_token_or_secret_reaches_the_log(
-    backend: SubscribeBackend, tmp_path: Path
+    backend: SubscribeBackend, pod_factory: PodFactory
 ) -> None:
     """A real ``clarion serve`` at debug level; every token it was handed is grepped for."""
-    from .support import GatewayProcess
-
-    pod = GatewayProcess(
-        f"sub-logs-{uuid.uuid4().hex[:6]}",
+    (pod,) = pod_factory(
+        1,
+        "sub-logs",
         args=[
             "--jwt-secret", JWT_SECRET, "--public-api",
             "--subscribe-proxy", subscribe_url(backend), "--proxy-secret", PROXY_SECRET,
             "--proxy-timeout", "0.5", "--log-level", "debug",
         ],
-        log_dir=tmp_path,
-    ).start()  # fmt: skip
+    )  # fmt: skip
     good = sub_token("alice", "doc.a")
     others = [
         sub_token("mallory", "doc.a"),
@@ -454,7 +451,6 @@ def test_no_subscription_token_or_secret_reaches_the_log(
         await c.close()
 
     try:
-        pod.wait_ready()
         asyncio.run(exercise())
     finally:
         pod.stop()
