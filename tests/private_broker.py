@@ -349,10 +349,9 @@ class PrivateBroker(RabbitNode):
         self.pid = None
 
     def close(self) -> None:
-        """Teardown: always kill the node and remove its directory."""
+        """Teardown: kill the node and remove its directory. No graceful stop first: its
+        data is thrown away, and an orderly stop took about 6 s of every module's teardown."""
         try:
-            if self.running:
-                self.stop(timeout=10.0)
             self.kill()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
