@@ -295,10 +295,12 @@ async def test_a_namespace_without_presence_answers_no_presence_query(
     ids=["on-in-a-namespace", "off-in-a-namespace"],
 )
 async def test_join_and_leave_frames_per_namespace(
-    module_vhost: Vhost, global_on: bool, namespaces: dict[str, Any], heard: str, unheard: str
+    vhost: Vhost, global_on: bool, namespaces: dict[str, Any], heard: str, unheard: str
 ) -> None:
+    # A vhost of its own: the module's pod, with other namespaces, shares the cluster's
+    # occupancy (a gateway's pods share one configuration).
     async with InProcessPod(
-        amqp_url=module_vhost.amqp_url,
+        amqp_url=vhost.amqp_url,
         auth="none",
         join_leave=global_on,
         namespaces=orjson.dumps(namespaces).decode(),
