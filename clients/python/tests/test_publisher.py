@@ -50,7 +50,27 @@ def test_publisher_retries_503_and_connection_errors_with_one_idempotency_key() 
     assert orjson.loads(seen[0].content) == {"user": "u1", "data": {"a": 1}}
 
 
-@pytest.mark.parametrize("status", [400, 401, 413])
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_proxy_s_gateway_error_is_retried_with_the_same_key(status: int) -> None:
+    """A proxy in front of the pods (nginx, an Ingress) answers 502/504 when the pod it
+    chose died or hung mid-request: whether that pod took the message is unknown, and the
+    idempotency key makes the retry safe."""
+    transport, seen = scripted_transport([status, status, 202])
+    with Publisher("http://gw", backoff=fast(), client=httpx.Client(transport=transport)) as p:
+        assert p.publish({"a": 1}, user="u1") == "id0"
+    assert len(seen) == 3 and len({r.headers["Idempotency-Key"] for r in seen}) == 1
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_that_persists_names_its_status(status: int) -> None:
+    transport, seen = scripted_transport([status] * 3)
+    p = Publisher("http://gw", retries=2, backoff=fast(), client=httpx.Client(transport=transport))
+    with pytest.raises(PublishError) as exc:
+        p.publish(1, channel="c")
+    assert exc.value.status == status and len(seen) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 500, 501])
 def test_publisher_does_not_retry_a_refusal(status: int) -> None:
     transport, seen = scripted_transport([status, 202])
     p = Publisher("http://gw", backoff=fast(), client=httpx.Client(transport=transport))

@@ -94,6 +94,11 @@ class _Queued:
         self.done = True
 
 
+#: Statuses sent again (with the same idempotency keys): 503, the broker did not confirm;
+#: 502 and 504, a proxy in front of the pods lost or gave up on the pod it chose.
+RETRYABLE = frozenset({502, 503, 504})
+
+
 class _Base:
     def __init__(
         self,
@@ -142,11 +147,11 @@ class _Base:
         return self._backoff.random() * ceiling
 
     def _result(self, response: httpx.Response, batch: bool) -> Any:
-        """The id (ids) of a 202; None for a retryable 503; PublishError otherwise."""
+        """The id (ids) of a 202; None for a retryable status; PublishError otherwise."""
         if response.status_code == 202:
             body = response.json()
             return body["ids"] if batch else body["id"]
-        if response.status_code == 503:
+        if response.status_code in RETRYABLE:
             return None
         try:
             body = response.json()
@@ -158,7 +163,7 @@ class _Base:
     @staticmethod
     def _give_up(last: httpx.Response | Exception | None) -> PublishError:
         if isinstance(last, httpx.Response):
-            return PublishError(503, "unavailable", last.text[:200])
+            return PublishError(last.status_code, "unavailable", last.text[:200])
         return PublishError(None, "unreachable", str(last))
 
 
