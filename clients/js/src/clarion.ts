@@ -22,6 +22,8 @@ import type {
 /** A client frame that waits for its answer; the server answers every frame once, in order. */
 interface Pending {
   answer: "subscribed" | "unsubscribed" | "published" | "pong" | "refreshed";
+  /** The channel a subscribe or unsubscribe named: its answer names it too. */
+  channel?: unknown;
   ok: (frame: ServerFrame) => void;
   fail: (error: ClarionError) => void;
 }
@@ -370,12 +372,17 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
       case "unsubscribed":
         // With a reason it is the server's own: a refresh took the right away.
         if (typeof frame.reason === "string") return this.revoked(frame);
-        return this.answer(frame);
+        this.answer(frame);
+        return;
       case "subscribed":
+        // Not asked for: the server subscribed this connection (the connect proxy's backend).
+        if (!this.answer(frame)) this.serverSubscribed(String(frame.channel ?? ""), frame);
+        return;
       case "published":
       case "pong":
       case "refreshed":
-        return this.answer(frame);
+        this.answer(frame);
+        return;
       case "error":
         return this.serverError(frame);
       case "close": // an HTTP stream's last frame: its close code
@@ -403,7 +410,7 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     this.hadConnection = true;
     this.lastId = advance(this.lastId, frame);
     // Before any listener runs: one that subscribes now sends its own frame, once.
-    for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    for (const sub of this.subs.values()) if (!sub.server) this.sendSubscribe(sub);
     this.setState("connected", 0, "welcome");
     if (this.ws !== ws) return; // a listener closed the client
     if (typeof frame.recovered === "boolean") {
@@ -503,11 +510,25 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
     sub?._message(message);
   }
 
-  private answer(frame: ServerFrame): void {
-    const i = this.pending.findIndex((p) => p.answer === frame.type);
-    if (i < 0) return;
+  private answer(frame: ServerFrame): boolean {
+    const i = this.pending.findIndex((p) => p.answer === frame.type && (p.channel === undefined || p.channel === frame.channel));
+    if (i < 0) return false;
     const [p] = this.pending.splice(i, 1);
     p!.ok(frame);
+    return true;
+  }
+
+  /** A channel the server subscribed: its messages are delivered; it is not re-sent. */
+  private serverSubscribed(channel: string, frame: ServerFrame): void {
+    if (!channel) return;
+    let sub = this.subs.get(channel);
+    if (!sub) {
+      sub = new Subscription(channel, this);
+      sub.server = true;
+      this.subs.set(channel, sub);
+    }
+    sub.lastId = advance(sub.lastId, frame);
+    sub._setState("subscribed", "server");
   }
 
   private serverError(frame: ServerFrame): void {
@@ -522,7 +543,9 @@ export class Clarion extends Emitter<ClientEvents> implements SubscriptionHost {
   /** Sends a frame; `ok` or `fail` is called with its answer, or `fail` when the socket goes first. */
   private request(frame: object, answer: Pending["answer"], ok: Pending["ok"], fail: Pending["fail"]): void {
     if (!this.ws || !this.welcomed) return fail(new ClarionError("disconnected", "not connected"));
-    this.pending.push({ answer, ok, fail });
+    // A subscribe's answer names its channel (the server's own subscribed frames come too).
+    const channel = answer === "subscribed" || answer === "unsubscribed" ? (frame as { channel?: unknown }).channel : undefined;
+    this.pending.push({ answer, ok, fail, channel });
     try {
       this.ws.send(JSON.stringify(frame));
     } catch {

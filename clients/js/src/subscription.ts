@@ -22,6 +22,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   getToken?: (channel: string) => Promise<string> | string;
   /** @internal */
   refreshAt?: number;
+  /** Subscribed by the server (the connect proxy's backend), which re-subscribes it. */
+  server = false;
 
   constructor(
     readonly channel: string,

@@ -24,7 +24,10 @@ function minGzip(file: string): number {
 // Raised by 400 bytes for subscription tokens (issue 21, item 3: the token in the subscribe frame,
 // getToken(channel) before subscribing and before exp, the in-band refresh naming the channel, one
 // retry after token_expired, their timers cleared with the socket's): measured 6066 and 6175.
-const BUDGET = { esm: 6150, iife: 6250 };
+// Raised by 75 bytes for server-side subscriptions (issue 21: the connect proxy's backend
+// subscribes the connection; its unasked subscribed frame makes the channel the client's, not
+// re-sent on reconnect; answers matched by channel): measured 6172 and 6289.
+const BUDGET = { esm: 6225, iife: 6325 };
 
 describe("package", () => {
   it(`the ESM bundle is at most ${BUDGET.esm} bytes min+gzip`, () => {

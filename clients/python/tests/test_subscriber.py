@@ -256,6 +256,36 @@ async def test_since_is_the_greatest_id_and_channels_resubscribe_with_their_own(
         assert rec.recoveries == [Recovery(True, 1, c), Recovery(True, 0, a, "news")]
 
 
+async def test_a_server_side_subscription_delivers_and_is_not_sent_again() -> None:
+    """The connect proxy's backend subscribes the connection itself ("subscribe" in its
+    answer): the server's unasked subscribed frame makes the channel the subscriber's, its
+    messages arrive, and a reconnect leaves re-subscribing it to the server."""
+    a, b = ids(2)
+
+    async def first(ws: ServerConnection) -> None:
+        await welcome(ws)
+        await ws.send(orjson.dumps({"type": "subscribed", "channel": "orders.42"}))
+        await ws.send(msg(a, channel="orders.42"))
+        await ws.close(1012, "rebalance: reconnect")
+
+    async def second(ws: ServerConnection) -> None:
+        await welcome(ws)
+        await ws.send(orjson.dumps({"type": "subscribed", "channel": "orders.42"}))
+        await ws.send(msg(b, channel="orders.42"))
+        await ws.wait_closed()
+
+    async with FakeGateway([first, second]) as gw:
+        rec = Recorder()
+        got: list[Message] = []
+        async with rec.subscriber(gw.url) as sub:
+            reader = asyncio.create_task(collect(sub, got))
+            await wait_for(lambda: len(got) == 2, 5, message="both messages")
+            reader.cancel()
+            assert sub.subscribed == ["orders.42"]
+        assert [m.id for m in got] == [a, b]
+        assert gw.frames[1] == []  # the server subscribes it again, not the client
+
+
 async def test_a_reconnect_without_since_is_a_resync() -> None:
     async with FakeGateway([then_close(1012)]) as gw:
         rec = Recorder()

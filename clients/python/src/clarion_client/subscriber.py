@@ -447,8 +447,9 @@ class Subscriber:
             self._push(Recovery(frame["recovered"], int(frame.get("missed") or 0), self.last_id))
         elif recovery:
             self._push(Recovery(False, 0, None))
-        for channel, ch in self._channels.items():
-            await self._send_subscribe(ws, channel, ch)
+        for channel, ch in list(self._channels.items()):
+            if not ch.server:  # the server subscribes its own again
+                await self._send_subscribe(ws, channel, ch)
         self._set_state("connected", 0, "welcome", None)
 
     async def _send_subscribe(self, ws: _Link, channel: str, ch: _Channel) -> None:
@@ -521,9 +522,13 @@ class Subscriber:
 
     def _subscribed(self, frame: dict[str, Any]) -> None:
         channel = frame.get("channel")
-        ch = self._channels.get(channel) if isinstance(channel, str) else None
-        if ch is None:
+        if not isinstance(channel, str):
             return
+        ch = self._channels.get(channel)
+        if ch is None:
+            # Not asked for: the server subscribed this connection (the connect proxy's
+            # backend named the channel); its messages are the subscriber's now.
+            self._channels[channel] = ch = _Channel(server=True)
         ch.pending = False
         ch.since = advance_since(ch.since, frame)
         recovery = ch.subscribed_once

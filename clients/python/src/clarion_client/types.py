@@ -96,6 +96,9 @@ class _Channel:
     tokens: Any = None
     #: A subscribe refused with token_expired was tried again with a new token.
     retried: bool = False
+    #: Subscribed by the server (the connect proxy's backend), which subscribes it again
+    #: on every connection: the client sends no subscribe for it.
+    server: bool = False
 
 
 class _Overflow(Exception):
