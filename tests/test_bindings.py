@@ -39,8 +39,8 @@ async def setup(vhost: Vhost) -> AsyncIterator[tuple[Any, Bindings, Vhost]]:
         await conn.close()
 
 
-def bound_keys(vhost: Vhost) -> set[str]:
-    path = f"/api/bindings/{{vhost}}/e/{EXCHANGE}/q/{quote(QUEUE, safe='')}"
+def bound_keys(vhost: Vhost, exchange: str = EXCHANGE, queue: str = QUEUE) -> set[str]:
+    path = f"/api/bindings/{{vhost}}/e/{exchange}/q/{quote(queue, safe='')}"
     return {b["routing_key"] for b in vhost.api(path)}
 
 
@@ -181,13 +181,18 @@ async def wide_setup(vhost: Vhost) -> AsyncIterator[tuple[Any, Any, Vhost]]:
 
 
 def wide_bound(vhost: Vhost) -> set[str]:
-    path = f"/api/bindings/{{vhost}}/e/{ROUTED}/q/{quote(WIDE_QUEUE, safe='')}"
-    return {b["routing_key"] for b in vhost.api(path)}
+    return bound_keys(vhost, ROUTED, WIDE_QUEUE)
 
 
 def fanout_bound(vhost: Vhost) -> bool:
-    path = f"/api/bindings/{{vhost}}/e/{FANOUT}/q/{quote(WIDE_QUEUE, safe='')}"
-    return bool(vhost.api(path))
+    return bool(bound_keys(vhost, FANOUT, WIDE_QUEUE))
+
+
+def wide_bindings(batch: int) -> Bindings:
+    """A pod's bindings that open wide quickly and close again soon after."""
+    return Bindings(
+        WIDE_QUEUE, ROUTED, linger=0.2, batch=batch, wide=FANOUT, open_after=0.2, wide_for=0.5
+    )
 
 
 async def received(queue: Any, fanout: Any, keys: list[str]) -> set[str]:
@@ -210,9 +215,7 @@ async def test_a_pod_whose_keys_bind_slowly_opens_wide_then_closes_with_every_ke
     wide_setup: Any, vhost: Vhost
 ) -> None:
     conn, fanout, queue = wide_setup
-    bindings = Bindings(
-        WIDE_QUEUE, ROUTED, linger=0.2, batch=50, wide=FANOUT, open_after=0.2, wide_for=0.5
-    )
+    bindings = wide_bindings(50)
     await bindings.restore(conn)
     try:
         # The broker is slow to confirm binds (a reconnect storm): the runner's real
@@ -256,9 +259,7 @@ async def test_restoring_more_keys_than_a_batch_consumes_at_once_wide(
 ) -> None:
     """After a reconnect a pod with thousands of keys does not bind them all first."""
     conn, fanout, queue = wide_setup
-    bindings = Bindings(
-        WIDE_QUEUE, ROUTED, linger=0.2, batch=64, wide=FANOUT, open_after=0.2, wide_for=0.5
-    )
+    bindings = wide_bindings(64)
     keys = [f"u.r{i}" for i in range(500)]
     for key in keys:
         bindings.add(key)

@@ -27,6 +27,12 @@ def proxied_pod(pod_factory: PodFactory, vhost: Vhost, backend: Backend) -> Any:
     return pod
 
 
+def open_as(page: Any, pod: Any, session: str, query: str = "") -> None:  # noqa: F811
+    """The page of a user whose browser holds the application's session cookie."""
+    page.context.add_cookies([{"name": "session", "value": session, "url": pod.http_url}])
+    page.goto(f"{pod.http_url}/{query}")
+
+
 def test_a_cookie_page_connects_through_the_connect_proxy_with_no_jwt(
     module_vhost: Vhost,
     pod_factory: PodFactory,
@@ -36,8 +42,7 @@ def test_a_cookie_page_connects_through_the_connect_proxy_with_no_jwt(
     from playwright.sync_api import expect
 
     pod = proxied_pod(pod_factory, module_vhost, backend)
-    page.context.add_cookies([{"name": "session", "value": "alice-web", "url": pod.http_url}])
-    page.goto(f"{pod.http_url}/?channel=orders.eu")
+    open_as(page, pod, "alice-web", "?channel=orders.eu")
     connected(page)
     # The backend named the user from the cookie (the page asked for a random one).
     expect(page.locator("#user")).to_have_text("alice-web")
@@ -67,9 +72,8 @@ def test_the_backends_no_stops_the_page(
     page: Any,  # noqa: F811
 ) -> None:
     pod = proxied_pod(pod_factory, module_vhost, backend)
-    page.context.add_cookies([{"name": "session", "value": "banned", "url": pod.http_url}])
     before = len(backend.connects())
-    page.goto(f"{pod.http_url}/")
+    open_as(page, pod, "banned")
     wait_for_sync(
         lambda: any(s.get("code") == 4503 for s in demo(page, "states")),
         15,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,27 @@ def replicas(cluster: Cluster) -> int | None:
     return None if dep is None else dep["spec"].get("replicas")
 
 
+@contextlib.asynccontextmanager
+async def operated(
+    cluster: Cluster,
+    vhost: Vhost,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    bounds: dict[str, int],
+    scaling: dict[str, Any],
+) -> AsyncIterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two real gateways (gw-a, gw-b) and the operator running gateway "gw" with these
+    replica bounds and scaling, its Deployment at the minimum."""
+    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    await cluster.secrets(vhost)
+    async with running_operator(cluster):
+        await cluster.gateway("gw", replicas=bounds, scaling=scaling)
+        await wait_for(
+            lambda: replicas(cluster) == bounds["min"], 20, message="Deployment at min replicas"
+        )
+        yield a, b
+
+
 async def test_sockets_scale_the_deployment_up_and_back_down(
     cluster: Cluster,
     vhost: Vhost,
@@ -44,21 +66,20 @@ async def test_sockets_scale_the_deployment_up_and_back_down(
     tmp_path: Path,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
-    await cluster.secrets(vhost)
-    async with running_operator(cluster):
-        await cluster.gateway(
-            "gw",
-            replicas={"min": 1, "max": 4},
-            scaling={
-                "targetConnectionsPerPod": 2,
-                "intervalSeconds": 0.5,
-                "scaleDownStabilizationSeconds": 2,
-                "maxScaleDownStep": 1,
-                "rebalance": False,
-            },
-        )
-        await wait_for(lambda: replicas(cluster) == 1, 20, message="Deployment at min replicas")
+    async with operated(
+        cluster,
+        vhost,
+        gateways,
+        tmp_path,
+        {"min": 1, "max": 4},
+        {
+            "targetConnectionsPerPod": 2,
+            "intervalSeconds": 0.5,
+            "scaleDownStabilizationSeconds": 2,
+            "maxScaleDownStep": 1,
+            "rebalance": False,
+        },
+    ) as (a, b):
         await cluster.pod("gw", a)
         await cluster.pod("gw", b)
 
@@ -99,15 +120,14 @@ async def test_unbalanced_pods_are_asked_to_shed(
     tmp_path: Path,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
-    await cluster.secrets(vhost, admin_token="t")
-    async with running_operator(cluster):
-        await cluster.gateway(
-            "gw",
-            replicas={"min": 2, "max": 2},
-            scaling={"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
-        )
-        await wait_for(lambda: replicas(cluster) == 2, 20, message="Deployment")
+    async with operated(
+        cluster,
+        vhost,
+        gateways,
+        tmp_path,
+        {"min": 2, "max": 2},
+        {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
+    ) as (a, b):
         async with contextlib.AsyncExitStack() as stack:
             # Everyone on one pod, as after a scale-out: mean 3, so 3 must go.
             socks = await open_sockets(a, 6, stack)
@@ -132,21 +152,20 @@ async def test_unreadable_metrics_never_scale_down(
     tmp_path: Path,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
-    await cluster.secrets(vhost)
-    async with running_operator(cluster):
-        await cluster.gateway(
-            "gw",
-            replicas={"min": 1, "max": 4},
-            scaling={
-                "targetConnectionsPerPod": 2,
-                "intervalSeconds": 0.3,
-                "scaleDownStabilizationSeconds": 0,
-                "maxScaleDownStep": 4,
-                "rebalance": False,
-            },
-        )
-        await wait_for(lambda: replicas(cluster) == 1, 20, message="Deployment")
+    async with operated(
+        cluster,
+        vhost,
+        gateways,
+        tmp_path,
+        {"min": 1, "max": 4},
+        {
+            "targetConnectionsPerPod": 2,
+            "intervalSeconds": 0.3,
+            "scaleDownStabilizationSeconds": 0,
+            "maxScaleDownStep": 4,
+            "rebalance": False,
+        },
+    ) as (a, b):
         await cluster.patch("apps/v1/deployments", "gw", {"spec": {"replicas": 3}})
         await cluster.pod("gw", a)
         await cluster.pod("gw", b)

@@ -18,8 +18,8 @@ import pytest
 from tests.sseclient import Stream
 from tests.support import GatewayProcess, Vhost, wait_for
 
-from .conftest import GATEWAY_RESOURCE, Cluster, running_operator, start_gateways
-from .test_e2e_scaling import open_sockets, replicas
+from .conftest import GATEWAY_RESOURCE, Cluster
+from .test_e2e_scaling import open_sockets, operated, replicas
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,15 +46,14 @@ async def test_streams_scale_the_deployment_as_sockets_do(
     tmp_path: Path,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
-    await cluster.secrets(vhost)
-    async with running_operator(cluster):
-        await cluster.gateway(
-            "gw",
-            replicas={"min": 1, "max": 4},
-            scaling={"targetConnectionsPerPod": 2, "intervalSeconds": 0.5, "rebalance": False},
-        )
-        await wait_for(lambda: replicas(cluster) == 1, 20, message="Deployment at min replicas")
+    async with operated(
+        cluster,
+        vhost,
+        gateways,
+        tmp_path,
+        {"min": 1, "max": 4},
+        {"targetConnectionsPerPod": 2, "intervalSeconds": 0.5, "rebalance": False},
+    ) as (a, b):
         await cluster.pod("gw", a)
         await cluster.pod("gw", b)
 
@@ -79,15 +78,14 @@ async def test_a_rebalance_sheds_streams(
     tmp_path: Path,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
-    await cluster.secrets(vhost, admin_token="t")
-    async with running_operator(cluster):
-        await cluster.gateway(
-            "gw",
-            replicas={"min": 2, "max": 2},
-            scaling={"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
-        )
-        await wait_for(lambda: replicas(cluster) == 2, 20, message="Deployment")
+    async with operated(
+        cluster,
+        vhost,
+        gateways,
+        tmp_path,
+        {"min": 2, "max": 2},
+        {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
+    ) as (a, b):
         # Everyone on one pod, as after a scale-out: mean 3, so 3 must go.
         async with streams(a, ["/sse", "/stream"] * 3) as opened:
             await cluster.pod("gw", a)
