@@ -101,7 +101,6 @@ class Bindings:
         wide: str | None = None,
         open_after: float = 0.5,
         wide_for: float = 5.0,
-        on_wide: Callable[[bool], None] | None = None,
     ) -> None:
         self.queue = queue
         self.exchange = exchange
@@ -109,7 +108,6 @@ class Bindings:
         self.wide = wide
         self.open_after = open_after
         self.wide_for = wide_for
-        self.on_wide = on_wide
         #: The wide binding is confirmed (and not being closed): waiters need no key.
         self.is_wide = False
         #: When it was confirmed (monotonic); the task binding it.
@@ -277,8 +275,6 @@ class Bindings:
             "opened wide (bound to every message)" if wide else "closed again (keys only)",
             len(self._to_bind),
         )
-        if self.on_wide is not None:
-            self.on_wide(wide)
 
     def _open_wide(self) -> None:
         """Bind the queue to the fanout exchange now, beside the queue of key binds."""
@@ -363,7 +359,7 @@ class Bindings:
                     return  # the connection's end is logged by the broker's loop
                 log.warning("binding routing keys to %s failed: %r", self.queue, exc)
                 if channel is not None and self._channel is channel:
-                    # aiormq closes a channel whose call timed out (the close takes a
+                    # A failed call may leave its channel closing (the close takes a
                     # round trip): the next batch goes on a new one, not into that one.
                     self._channel = None
                     closing = asyncio.ensure_future(close_channel(channel))
