@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from .policy import Backoff
+from .wire import Answer, AsyncWire, HttpxAsync, HttpxSync, SyncWire, WireError, encode, proxied
 
 
 class PublishError(Exception):
@@ -146,24 +147,24 @@ class _Base:
         ceiling = min(self._backoff.max, self._backoff.base * 2**attempt)
         return self._backoff.random() * ceiling
 
-    def _result(self, response: httpx.Response, batch: bool) -> Any:
+    def _result(self, response: Answer, batch: bool) -> Any:
         """The id (ids) of a 202; None for a retryable status; PublishError otherwise."""
-        if response.status_code == 202:
+        if response.status == 202:
             body = response.json()
             return body["ids"] if batch else body["id"]
-        if response.status_code in RETRYABLE:
+        if response.status in RETRYABLE:
             return None
         try:
             body = response.json()
             code, text = str(body.get("error", "error")), str(body.get("message", ""))
         except ValueError:
             code, text = "error", response.text[:200]
-        raise PublishError(response.status_code, code, text)
+        raise PublishError(response.status, code, text)
 
     @staticmethod
-    def _give_up(last: httpx.Response | Exception | None) -> PublishError:
-        if isinstance(last, httpx.Response):
-            return PublishError(last.status_code, "unavailable", last.text[:200])
+    def _give_up(last: Answer | Exception | None) -> PublishError:
+        if isinstance(last, Answer):
+            return PublishError(last.status, "unavailable", last.text[:200])
         return PublishError(None, "unreachable", str(last))
 
 
@@ -188,7 +189,10 @@ class Publisher(_Base):
         linger: float = 0.0,
     ) -> None:
         super().__init__(url, api_key, retries, backoff, timeout, max_batch, max_in_flight, linger)
-        self._client = client or httpx.Client(timeout=timeout)
+        # Its own HTTP unless given a client or behind a proxy (wire.py: httpx's CPU cost).
+        if client is None and proxied(self.url):
+            client = httpx.Client(timeout=timeout)
+        self._wire = SyncWire(self.url, timeout) if client is None else HttpxSync(self.url, client)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
 
@@ -276,13 +280,14 @@ class Publisher(_Base):
         return result
 
     def _send(self, body: dict[str, Any], key: str | None, *, batch: bool) -> Any:
-        last: httpx.Response | Exception | None = None
+        last: Answer | Exception | None = None
+        content, headers = encode(body), self._headers(key)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self._delay(attempt - 1))
             try:
-                response = self._client.post(self.url, json=body, headers=self._headers(key))
-            except httpx.TransportError as exc:
+                response = self._wire.post(content, headers)
+            except WireError as exc:
                 last = exc
                 continue
             result = self._result(response, batch)
@@ -292,7 +297,7 @@ class Publisher(_Base):
         raise self._give_up(last)
 
     def close(self) -> None:
-        self._client.close()
+        self._wire.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -318,7 +323,12 @@ class AsyncPublisher(_Base):
         linger: float = 0.0,
     ) -> None:
         super().__init__(url, api_key, retries, backoff, timeout, max_batch, max_in_flight, linger)
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        # Its own HTTP unless given a client or behind a proxy (wire.py: httpx's CPU cost).
+        if client is None and proxied(self.url):
+            client = httpx.AsyncClient(timeout=timeout)
+        self._wire = (
+            AsyncWire(self.url, timeout) if client is None else HttpxAsync(self.url, client)
+        )
         self._waiters: dict[_Queued, asyncio.Future[None]] = {}
         self._senders: set[asyncio.Task[None]] = set()
 
@@ -400,13 +410,14 @@ class AsyncPublisher(_Base):
         return result
 
     async def _send(self, body: dict[str, Any], key: str | None, *, batch: bool) -> Any:
-        last: httpx.Response | Exception | None = None
+        last: Answer | Exception | None = None
+        content, headers = encode(body), self._headers(key)
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self._delay(attempt - 1))
             try:
-                response = await self._client.post(self.url, json=body, headers=self._headers(key))
-            except httpx.TransportError as exc:
+                response = await self._wire.post(content, headers)
+            except WireError as exc:
                 last = exc
                 continue
             result = self._result(response, batch)
@@ -419,7 +430,7 @@ class AsyncPublisher(_Base):
         """Waits for the publishes already queued, then closes the connections."""
         if self._senders:
             await asyncio.gather(*self._senders, return_exceptions=True)
-        await self._client.aclose()
+        await self._wire.aclose()
 
     async def __aenter__(self) -> AsyncPublisher:
         return self
