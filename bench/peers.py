@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.peers           # node, clarion, sio; 3 interleaved repeats
     .venv/bin/python -m bench.peers --systems node,clarion,clarion[nobatch] --only s2
     .venv/bin/python -m bench.peers --ab 7964ef9          # clarion@REV (its pods and client) too
+    .venv/bin/python -m bench.peers --ab 7964ef9,HEAD     # two revisions (committed work only)
 
 Every system runs 2 pods (S3: one fresh pod) and a backend process of its own, so
 the publishing side's CPU is counted beside the pods' and the broker's apart:
@@ -444,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=1000)
     p.add_argument("--idle", type=int, default=2000)
     p.add_argument("--pad", type=int, default=200)
-    p.add_argument("--ab", default=None, help="also clarion@REV: its pods and its client")
+    p.add_argument(
+        "--ab", default=None, help="also clarion@REV (comma-separated: several): pods and client"
+    )
     p.add_argument("--tag", default="peers")
     p.add_argument("--loadgen", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="py-spy clarion's pod 0 and backend")
@@ -489,15 +492,23 @@ def main(argv: list[str] | None = None) -> int:
 
     lg = LoadGen(args.loadgen)
     peers = Peers(args, lg, log_dir, emit)
-    if args.ab:
+    for rev in args.ab.split(",") if args.ab else []:
         from .__main__ import _snapshot
 
-        into = log_dir / "ab"
+        into = log_dir / f"ab-{rev}"
         into.mkdir()
-        _snapshot(args.ab, into)
-        label = f"clarion@{args.ab}"
+        commit = _snapshot(rev, into)
+        # Its client too (the backend imports clarion_client from PYTHONPATH first).
+        archive = subprocess.run(
+            ["git", "archive", commit, "clients/python/src"], cwd=REPO, capture_output=True
+        ).stdout
+        if archive:
+            subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+        label = f"clarion@{rev}"
         systems.append(label)
-        peers.envs[label] = {"PYTHONPATH": str(into / "service")}
+        client = into / "clients" / "python" / "src"
+        paths = [into / "service", *([client] if client.is_dir() else [])]
+        peers.envs[label] = {"PYTHONPATH": os.pathsep.join(map(str, paths))}
     only = set(args.only.split(","))
     print(
         f"peers {run_id}: load {os.getloadavg()[0]:.2f}, systems {systems}, logs {log_dir}",
