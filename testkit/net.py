@@ -39,6 +39,11 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def cut(self) -> None:
+        """End every connection through the proxy now (both sides see it close)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

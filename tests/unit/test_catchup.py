@@ -113,6 +113,22 @@ async def test_a_pod_behind_its_queue_reads_from_its_last_consumed_message() -> 
     assert history.reads[0][0] == last - MARGIN_MS
 
 
+@pytest.mark.parametrize("late", [0.0, 0.25, 5.0, 30.0])
+async def test_it_reaches_back_as_late_as_a_message_may_arrive(late: float) -> None:
+    """A message accepted ``late`` s before the last one consumed may reach the broker after it."""
+    c = CatchUp(late=late)
+    c.lost()
+    assert c.lost_at is not None
+    last = c.lost_at - 100
+    c.consumed(last)
+    straggler = last - int(late * 1000)
+    history = History([env(straggler - MARGIN_MS - 1), env(straggler), env(last)], slack_ms=50)
+    listener = Listener()
+    await c.run(history, listener)
+    assert history.reads[0][0] == straggler - MARGIN_MS
+    assert listener.delivered == [(straggler, True), (last, True)]
+
+
 async def test_a_last_message_after_the_loss_does_not_move_the_start_later() -> None:
     c = CatchUp()
     c.lost()

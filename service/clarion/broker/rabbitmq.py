@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
@@ -35,7 +35,7 @@ from .acks import AckBatcher
 from .base import At, Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Position
 from .catchup import CatchUp
 from .channels import close_channel
-from .codec import Marker, envelope_to_message, message_to_envelope
+from .codec import Marker, envelope_properties, message_to_envelope
 from .routing import Bindings, routing_key
 
 log = logging.getLogger("clarion.broker")
@@ -91,6 +91,8 @@ class RabbitBroker(Broker):
         self._pub_exchange: AbstractExchange | None = None
         #: The default exchange on the same channel: straight to one pod's queue.
         self._pub_default: AbstractExchange | None = None
+        #: The channel of both (publisher confirms on).
+        self._pub_channel: AbstractChannel | None = None
         self._consuming = False
         self._up = asyncio.Event()
         #: When the pod lost a working connection (monotonic), until it has one again.
@@ -104,7 +106,9 @@ class RabbitBroker(Broker):
         self._stopping = False
         self._first_attempt = asyncio.Event()
         self._acks = AckBatcher()
-        self._catch_up = CatchUp(options.catch_up_timeout, options.catch_up_give_up)
+        self._catch_up = CatchUp(
+            options.catch_up_timeout, options.catch_up_give_up, late=options.publish_timeout
+        )
         #: ``--routing direct``: the routing keys of this pod's queue (routing.py).
         self._bindings = (
             Bindings(
@@ -296,6 +300,7 @@ class RabbitBroker(Broker):
         # pod's sockets miss meanwhile, the catch-up below brings.
         self._pub_exchange = exchange
         self._pub_default = pub.default_exchange
+        self._pub_channel = pub
         self._up.set()
         sub = await conn.channel(publisher_confirms=False)
         await sub.set_qos(prefetch_count=o.prefetch)
@@ -383,7 +388,8 @@ class RabbitBroker(Broker):
         pending = list(envelopes)
         while True:
             exchange = await self._exchange(deadline)
-            conn = self._conn
+            conn, channel = self._conn, self._pub_channel
+            assert channel is not None
             # The same keys in both modes: the fanout exchange ignores them (routing.py).
             keys = [routing_key(e.target) for e in pending]
             if to_pod is not None:
@@ -393,15 +399,10 @@ class RabbitBroker(Broker):
             # A confirm slow to come may mean this node is frozen: ask it.
             probe = loop.call_later(self.options.probe_after, self._probe_soon, conn)
             try:
+                timeout = max(0.05, deadline - loop.time())
                 results = await asyncio.gather(
                     *(
-                        exchange.publish(
-                            envelope_to_message(e),
-                            routing_key=key,
-                            # Routed nowhere (not even to the history): refused, not dropped.
-                            mandatory=True,
-                            timeout=max(0.05, deadline - loop.time()),
-                        )
+                        _publish(channel, exchange.name, e, key, timeout)
                         for e, key in zip(pending, keys, strict=True)
                     ),
                     return_exceptions=True,
@@ -528,6 +529,28 @@ class RabbitBroker(Broker):
             if exchange is not None and self._conn is not None and not self._conn.is_closed:
                 return exchange
         raise BrokerUnavailable("not connected to the broker")
+
+
+async def _publish(
+    channel: AbstractChannel, exchange: str, env: Envelope, key: str, timeout: float
+) -> aiormq.abc.ConfirmationFrameType | None:
+    """One publish, awaiting its confirm: what aio-pika's ``Exchange.publish`` does, without
+    a ``Message`` per envelope and without waiting for the frame's write (the confirm
+    comes after it anyway)."""
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = await channel.get_underlay_channel()
+    assert isinstance(underlay, aiormq.Channel)  # its basic_publish takes wait=
+    return await underlay.basic_publish(
+        env.body,
+        exchange=exchange,
+        routing_key=key,
+        properties=envelope_properties(env),
+        # Routed nowhere (not even to the history): refused, not dropped.
+        mandatory=True,
+        timeout=timeout,
+        wait=False,
+    )
 
 
 def _failed(result: object) -> bool:
