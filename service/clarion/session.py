@@ -40,7 +40,7 @@ from .protocol import (
 from .proxy import Denied, Unavailable
 from .ratelimit import RateLimiter
 from .replays import EXPIRED, UNAVAILABLE, Replay
-from .transport import transport_for
+from .transport import release_handshake, transport_for
 from .writer import SocketWriter
 
 log = logging.getLogger("clarion.session")
@@ -131,12 +131,26 @@ async def by_proxy(
 
 async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     """Accept (or refuse) one socket, then run its protocol until it closes."""
+    accepted = await accept(gw, scope, receive, send)
+    if accepted is not None:
+        session, since = accepted
+        await session.run(receive, since)
+
+
+async def accept(
+    gw: Gateway, scope: Scope, receive: Receive, send: Send
+) -> tuple[Session, str | None] | None:
+    """The session of an admitted socket and its ``since``, or None when it was refused.
+
+    A coroutine of its own, so that what only the handshake needs (the headers, the
+    query, the connect message) is gone when the socket settles down for hours.
+    """
     s = gw.settings
     headers = Headers(scope=scope)
     query = QueryParams(scope.get("query_string", b""))
     first = await receive()
     if first["type"] != "websocket.connect":
-        return
+        return None
     ident = await admit(gw, headers, query)
     if isinstance(ident, Disconnect):
         # Accept, then close with a code and reason the client can read: a
@@ -144,12 +158,13 @@ async def websocket_session(gw: Gateway, scope: Scope, receive: Receive, send: S
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": ident.code, "reason": ident.reason})
         gw.metrics.closed.labels(reason=ident.label).inc()
-        return
+        return None
     await send({"type": "websocket.accept"})
+    release_handshake(send)
     transport = transport_for(send, gw.metrics.writes, raw_frames=not s.compression)
     writer = SocketWriter(transport, gw.metrics, s.send_buffer_messages, s.send_buffer_bytes)
     conn = Connection(gw.hub.new_id(), ident.user, writer)
-    await Session(gw, conn, ident).run(receive, query.get("since"))
+    return Session(gw, conn, ident), query.get("since")
 
 
 class Session:

@@ -250,19 +250,126 @@ def _uvicorn_protocol_class() -> type | None:
 _UVICORN = _uvicorn_protocol_class()
 
 
+class _Waiters:
+    """Futures of the coroutines waiting on an object, made only while one waits."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    async def _wait(self) -> None:
+        """Until woken. A waiter cancelled after it was woken passes the wake on."""
+        fut = asyncio.get_running_loop().create_future()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+        waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._wake(1)
+            fut.cancel()
+            raise
+        finally:
+            waiters.remove(fut)
+            if not waiters and self._waiters is waiters:
+                self._waiters = None
+
+    def _wake(self, count: int | None = None) -> None:
+        """Wake ``count`` waiters, the longest waiting first (None: all)."""
+        for fut in self._waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+                if count is not None:
+                    count -= 1
+                    if not count:
+                        return
+
+
+class Inbox(_Waiters):
+    """uvicorn's receive queue with ``asyncio.Queue``'s behaviour for what uvicorn asks of
+    it (``put_nowait``, ``get``, ``empty``), without its three deques and its Event (about
+    3 KiB per socket, held for the socket's life): a list made on the first message, and
+    a future only while a reader waits."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: list[Any] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = [item]
+        else:
+            self._items.append(item)
+        self._wake(1)
+
+    async def get(self) -> Any:
+        while not self._items:
+            await self._wait()
+        return self._items.pop(0)
+
+
+class Writable(_Waiters):
+    """uvicorn's ``writable`` flag with ``asyncio.Event``'s behaviour, without its deque
+    (760 B per socket): a waiter is made only while the transport is paused."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._wake()
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if not self._set:
+            await self._wait()
+        return True  # set: without suspending, which ``step`` relies on
+
+
 def websocket_protocol() -> type | str:
     """The ``ws`` implementation Clarion runs uvicorn with (server.py)."""
     if _UVICORN is None:  # pragma: no cover
         return "websockets-sansio"
 
     class ClarionWebSocketProtocol(_UVICORN):  # type: ignore[valid-type,misc]
-        """uvicorn's websockets-sansio protocol, answering handshakes it cannot parse.
+        """uvicorn's websockets-sansio protocol, lighter, answering handshakes it cannot
+        parse.
 
-        websockets refuses a request line or header over its limits (414, 431)
-        by queueing the response and no event, and uvicorn writes only after
-        events: the client waited on an open socket until it gave up. Here the
-        queued answer is written and the socket closed at once.
+        Lighter: an idle socket is held for hours, so what it keeps is paid per socket
+        (docs/performance.md, "Memory per idle socket"). Its receive queue and its
+        writable flag are ``Inbox`` and ``Writable``; ``release_handshake`` drops what
+        only the handshake needed.
+
+        Handshakes: websockets refuses a request line or header over its limits (414,
+        431) by queueing the response and no event, and uvicorn writes only after
+        events: the client waited on an open socket until it gave up. Here the queued
+        answer is written and the socket closed at once.
         """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.queue = Inbox()
+            self.writable = Writable()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -275,7 +382,30 @@ def websocket_protocol() -> type | str:
                 self.close_sent = True
                 self.transport.close()
 
+        def release_handshake(self) -> None:
+            """Drop what only the handshake needed, once the socket is accepted: the
+            parsed request and the response (uvicorn reads them only until the accept)
+            and the request headers in the ASGI scope (the app read them at admission;
+            a browser's, cookies and all, are often over a kilobyte)."""
+            if not self.handshake_complete:
+                return
+            request = getattr(self, "request", None)  # uvicorn sets it untyped
+            self.request = self.response = None
+            if request is not None:
+                # websockets' parser keeps the request in its generator's frame.
+                request.headers.clear()
+            self.scope["headers"] = []
+
     return ClarionWebSocketProtocol
+
+
+def release_handshake(send: Send) -> None:
+    """After the accept: the server may drop what only the handshake needed (the request
+    headers in the scope among them: read them before). Only Clarion's uvicorn protocol
+    does; elsewhere nothing happens."""
+    release = getattr(getattr(send, "__self__", None), "release_handshake", None)
+    if release is not None:
+        release()
 
 
 def transport_for(send: Send, counts: WriteCounts, *, raw_frames: bool = True) -> Transport:
