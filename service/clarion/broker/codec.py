@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aio_pika
+from pamqp.commands import Basic
 
 from ..message import COMMANDS, Envelope, Target, id_timestamp_ms
 
@@ -23,7 +24,7 @@ class Marker(Exception):
     """Raised for a marker message: not a message for sockets."""
 
 
-def envelope_to_message(env: Envelope) -> aio_pika.Message:
+def _headers(env: Envelope) -> dict[str, Any]:
     headers: dict[str, Any] = {HDR_KIND: env.target.kind}
     if env.target.name is not None:
         headers[HDR_NAME] = env.target.name
@@ -31,15 +32,31 @@ def envelope_to_message(env: Envelope) -> aio_pika.Message:
         headers[HDR_COMMAND] = env.command
     if env.key is not None:
         headers[HDR_KEY] = env.key
-    return aio_pika.Message(
-        env.body,
-        message_id=env.id,
+    return headers
+
+
+def envelope_properties(env: Envelope) -> Basic.Properties:
+    """The AMQP properties of an envelope, for ``basic_publish`` (the publish path builds
+    no aio-pika ``Message``: envelope_to_message's fields, without its checks)."""
+    return Basic.Properties(
         content_type="application/json",
         # Transient in the pod queues: confirms stay fast (docs/performance.md).
         # Durability lives in the history stream, from which a pod catches up
         # after every reconnect (catchup.py).
+        delivery_mode=1,
+        headers=_headers(env),
+        message_id=env.id,
+    )
+
+
+def envelope_to_message(env: Envelope) -> aio_pika.Message:
+    """The same message as an aio-pika ``Message`` (tests and the bench publish these)."""
+    return aio_pika.Message(
+        env.body,
+        message_id=env.id,
+        content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-        headers=headers,
+        headers=_headers(env),
     )
 
 
