@@ -178,6 +178,19 @@ class Session:
     #: What carries it, as the proxies are told (a stream: ``sse``, ``http_stream``).
     transport = "websocket"
 
+    # One per socket, for its whole life: no instance dict (a stream's subclass has one).
+    __slots__ = (
+        "_expiry",
+        "_ns_limiters",
+        "_renewal",
+        "conn",
+        "granted",
+        "gw",
+        "ident",
+        "limiter",
+        "namespaces",
+    )
+
     def __init__(self, gw: Gateway, conn: Connection, ident: Identity) -> None:
         self.gw = gw
         self.conn = conn

@@ -258,23 +258,20 @@ class _Waiters:
     def __init__(self) -> None:
         self._waiters: list[asyncio.Future[None]] | None = None
 
-    async def _wait(self) -> None:
-        """Until woken. A waiter cancelled after it was woken passes the wake on."""
+    def _waiter(self) -> asyncio.Future[None]:
+        """A future for one more waiter, woken by ``_wake``; ``_forget`` it after."""
         fut = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [fut]
+        else:
+            self._waiters.append(fut)
+        return fut
+
+    def _forget(self, fut: asyncio.Future[None]) -> None:
         waiters = self._waiters
-        if waiters is None:
-            waiters = self._waiters = []
-        waiters.append(fut)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self._wake(1)
-            fut.cancel()
-            raise
-        finally:
+        if waiters is not None:
             waiters.remove(fut)
-            if not waiters and self._waiters is waiters:
+            if not waiters:
                 self._waiters = None
 
     def _wake(self, count: int | None = None) -> None:
@@ -314,8 +311,19 @@ class Inbox(_Waiters):
         self._wake(1)
 
     async def get(self) -> Any:
+        # Awaits the future itself (no helper coroutine): this frame is held by every
+        # idle socket.
         while not self._items:
-            await self._wait()
+            fut = self._waiter()
+            try:
+                await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._wake(1)  # cancelled after it was woken: the next reader's
+                fut.cancel()
+                raise
+            finally:
+                self._forget(fut)
         return self._items.pop(0)
 
 
@@ -341,9 +349,14 @@ class Writable(_Waiters):
         self._set = False
 
     async def wait(self) -> bool:
-        if not self._set:
-            await self._wait()
-        return True  # set: without suspending, which ``step`` relies on
+        if self._set:
+            return True  # without suspending, which ``step`` relies on
+        fut = self._waiter()
+        try:
+            await fut
+        finally:
+            self._forget(fut)
+        return True
 
 
 def websocket_protocol() -> type | str:
