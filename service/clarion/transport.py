@@ -324,7 +324,11 @@ class Inbox(_Waiters):
                 raise
             finally:
                 self._forget(fut)
-        return self._items.pop(0)
+        items = self._items
+        item = items.pop(0)
+        if not items:
+            self._items = None  # most sockets get a message now and then: no list between
+        return item
 
 
 class Writable(_Waiters):
