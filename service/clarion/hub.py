@@ -197,24 +197,28 @@ class Hub:
                 self.on_route(Target("user", conn.user), True)
         users.add(conn)
         conn._on_close = self._closed_by_server
-        conn.writer.on_dirty = self._mark_dirty
+        conn.writer.dirty = self._dirty
         self.metrics.connections.set(len(self.connections))
         self.metrics.opened.inc()
         if self.watch is not None:
             self.watch(conn, None, True)
 
-    def _mark_dirty(self, writer: SocketWriter) -> None:
-        self._dirty.append(writer)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-
     def _flush(self) -> None:
         # Runs once per event-loop iteration in which messages were delivered:
-        # every socket gets all of that iteration's frames in one write.
+        # every socket gets all of that iteration's frames in one write. The list
+        # is the writers' own (SocketWriter.dirty): emptied, never replaced.
         self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
+        dirty = self._dirty
+        n = 0
         for writer in dirty:
-            writer.flush()
+            try:
+                n += writer.flush()
+            except Exception:  # pragma: no cover - a transport that failed; the others go on
+                log.exception("flush failed")
+                writer.closed = True
+        dirty.clear()
+        # Live frames written directly: counted once here, not per socket (metrics.Deliveries).
+        self.metrics.deliveries.count += n
 
     def _closed_by_server(self, conn: Connection) -> None:
         # A socket we closed (slow, drained, shed, expired) stops counting now,
@@ -301,9 +305,16 @@ class Hub:
         body = env.body
         out = Outgoing(body.decode(), len(body), Kind.LIVE, env.id, env.ts, text_frame(body))
         n = 0
+        live = ConnectionState.LIVE
         for conn in targets:
-            if conn.deliver(out):
+            # Connection.deliver's common case inline: no replay to dedupe against.
+            if conn._replayed is None and conn.state is live:
+                if conn.writer.push(out):
+                    n += 1
+            elif conn.deliver(out):
                 n += 1
+        if self._dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         if n:
             # Once per message and pod, not per socket (metrics.Deliveries).
             self.metrics.deliveries.live(out.ts)

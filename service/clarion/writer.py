@@ -31,13 +31,14 @@ class SocketWriter:
     __slots__ = (
         "_buf",
         "_buf_bytes",
+        "_direct",
         "_gathered",
         "_task",
         "closed",
+        "dirty",
         "max_bytes",
         "max_messages",
         "metrics",
-        "on_dirty",
         "on_overflow",
         "transport",
     )
@@ -61,9 +62,11 @@ class SocketWriter:
         self._task: asyncio.Task[None] | None = None
         #: Pre-built frames waiting for the hub's end-of-iteration flush.
         self._gathered: list[Outgoing] | None = None
-        #: How the hub is told to flush this writer at the end of the iteration
-        #: (None: flush at once).
-        self.on_dirty: Callable[[SocketWriter], None] | None = None
+        #: The last flush wrote directly (push then leaves the check to the flush).
+        self._direct = False
+        #: The hub's list of writers to flush at the end of the iteration (None:
+        #: flush at once); the hub schedules that flush after each message.
+        self.dirty: list[SocketWriter] | None = None
         #: Called with the number of messages lost when the buffer overflows.
         self.on_overflow: Callable[[int], None] | None = None
 
@@ -72,43 +75,61 @@ class SocketWriter:
         return len(self._buf) if self._buf else 0
 
     def push(self, out: Outgoing) -> bool:
-        """Queue a frame without waiting; False if closed or overflowed."""
-        if out.frame is not None and self._task is None and not self.closed:
-            if self.transport.can_write_frames():
-                gathered = self._gathered
-                if gathered is None:
-                    self._gathered = [out]
-                    if self.on_dirty is None:
-                        self.flush()
-                    else:
-                        self.on_dirty(self)
-                else:
-                    gathered.append(out)
-                return True
+        """Queue a live message without waiting; False if closed or overflowed.
+
+        A pre-built frame is gathered for the hub's end-of-iteration flush when the
+        transport can take one. The flush checks the transport (it may have changed
+        state meanwhile: then the ordinary path, in order), so a socket whose last
+        flush wrote directly is not checked here again, nor is a frame that joins
+        others of the same iteration.
+        """
+        gathered = self._gathered
+        if gathered is not None:
+            gathered.append(out)
+            return True
+        if (
+            out.frame is not None
+            and self._task is None
+            and not self.closed
+            and (self._direct or self.transport.can_write_frames())
+        ):
+            self._gathered = [out]
+            dirty = self.dirty
+            if dirty is None:
+                self.metrics.deliveries.count += self.flush()
+            else:
+                dirty.append(self)
+            return True
         return self.send(out)
 
-    def flush(self) -> None:
-        """Write the gathered pre-built frames, joined into one write."""
+    def flush(self) -> int:
+        """Write the gathered pre-built frames joined into one write; how many went out
+        that way (the caller counts them as delivered: the hub once per iteration).
+        0 when they went the ordinary way (counted as they are sent) or nowhere."""
         gathered, self._gathered = self._gathered, None
         if not gathered or self.closed:
-            return
-        if self._task is None and self.transport.can_write_frames():
+            return 0
+        transport = self.transport
+        if self._task is None and transport.can_write_frames():
             n = len(gathered)
-            self.transport.write_frames(self.transport.frame_bytes(gathered), n)
-            # Only live messages are pushed (pre-built frames); their latency is the hub's.
-            self.metrics.deliveries.count += n
-            return
+            transport.write_frames(transport.frame_bytes(gathered), n)
+            self._direct = True
+            return n
         # The socket changed state since: the ordinary path, in order.
+        self._direct = False
         for out in gathered:
             if not self.send(out):
-                return
+                break
+        return 0
 
     def send(self, out: Outgoing) -> bool:
         """Send through the transport, or buffer behind a send in flight."""
         if self.closed:
             return False
         if self._gathered:
-            self.flush()  # frames gathered earlier go first
+            # Frames gathered earlier go first (only live messages are gathered;
+            # their latency is the hub's).
+            self.metrics.deliveries.count += self.flush()
             if self.closed:
                 return False
         if self._task is None:
