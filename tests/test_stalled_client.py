@@ -22,6 +22,14 @@ from .support import InProcessPod, wait_for_sync
 
 pytestmark = pytest.mark.timeout(40)
 
+#: Linux's TCP_CLOSE: the state of a socket that took a reset.
+TCP_CLOSE = 7
+
+
+def tcp_state(s: socket.socket) -> int:
+    """The kernel's state of a TCP socket (the first byte of its ``struct tcp_info``)."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
 
 @pytest.fixture
 def pod() -> Iterator[InProcessPod]:
@@ -53,7 +61,9 @@ def test_a_client_that_never_reads_again_is_reset(pod: InProcessPod) -> None:
     assert not pod.gateway.hub.connections, "the stalled socket was never cut off"
     assert pod.metric("clarion_connections_closed_total", {"reason": "slow_client"}) == 1
     closed_at = time.monotonic()
-    time.sleep(7)  # longer than the server waits for its close frame to go out
+    # Reading now would make room for the close frame: wait, without reading, until the
+    # kernel has taken the server's reset (the socket is closed, its unread data kept).
+    wait_for_sync(lambda: tcp_state(s) == TCP_CLOSE, 15, 0.1, message="the server's reset")
     s.settimeout(10)
     with pytest.raises(ConnectionResetError):
         while s.recv(1 << 20):  # whatever was delivered before, then the reset
