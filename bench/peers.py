@@ -25,7 +25,9 @@ the publishing side's CPU is counted beside the pods' and the broker's apart:
 Scenarios per system and repeat (systems interleaved within each repeat):
 
 - ``S1``: ``--broadcasts`` (500) broadcasts to ``--sockets`` (400) sockets, one
-  after the other (Clarion's backend awaits each 202; the emitters do not wait).
+  after the other (Clarion's backend awaits each 202; the emitters do not wait;
+  ``--s1-concurrency N``: the Python backends keep N in flight, as Node's emitter
+  keeps all of them).
   Deliveries/s from the first publish to the last receive; CPU per delivery.
 - ``S2``: targeted messages, ``--rate`` (500)/s for ``--duration`` (4) s to random
   users, open loop (a message's ``"t"`` is when it was due). CPU per message, p99.
@@ -235,7 +237,12 @@ class Peers:
                     )
 
                 if "s1" in only:
-                    burst = {"cmd": "burst", "count": a.broadcasts, "pad": a.pad}
+                    burst = {
+                        "cmd": "burst",
+                        "count": a.broadcasts,
+                        "pad": a.pad,
+                        "concurrency": a.s1_concurrency,
+                    }
                     measure("S1", burst, res["ok"])
                 if "s2" in only:
                     measure(
@@ -440,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--sockets", type=int, default=400)
     p.add_argument("--broadcasts", type=int, default=500)
+    p.add_argument(
+        "--s1-concurrency",
+        type=int,
+        default=1,
+        help="S1: broadcasts the python backends keep in flight (1: each awaited before the next)",
+    )
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--burst", type=int, default=1000)
