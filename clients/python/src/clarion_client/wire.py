@@ -13,8 +13,8 @@ through httpx exactly as before.
 Every wire answers ``Answer`` (status and body) or raises ``WireError``: no answer (the
 connection failed, timed out or broke off), which the publishers retry as they retry
 ``httpx.TransportError``. ``websockets.streams.StreamReader`` is not in websockets'
-documented API: the distribution's own tests (tests/test_wire.py) run this module
-against a scripted server with whatever websockets is installed.
+documented API: the versions are capped in pyproject.toml, and the distribution's own
+tests (tests/test_wire.py) run this module against a scripted server.
 """
 
 from __future__ import annotations
