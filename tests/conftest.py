@@ -16,9 +16,12 @@ ROUTINGS: tuple[str, ...] = option("routing").choices or ()
 DEFAULT_ROUTING = str(Settings.__dataclass_fields__["routing"].default)
 
 #: Fixtures that reach a RabbitMQ node (the shared one or one of a test's own): a test
-#: using any of them, directly or through another fixture, is marked ``broker``.
+#: using any of them, directly or through another fixture, is marked ``broker``. So is one
+#: that builds the container images (``images``, tests/images): it needs podman, a service
+#: outside Python as RabbitMQ is, and minutes on a fresh machine. ``-m "not broker"`` is
+#: the run that needs neither.
 BROKER_FIXTURES = frozenset(
-    {"rabbit_mgmt", "private_broker", "module_private_broker", "ha_cluster"}
+    {"rabbit_mgmt", "private_broker", "module_private_broker", "ha_cluster", "images"}
 )
 
 
