@@ -19,7 +19,7 @@ import secrets
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import kmock
 import pytest
 
 from clarion import names
-from tests.support import MGMT_URL, GatewayProcess, Vhost, free_port, wait_for
+from tests.support import MGMT_URL, GatewayProcess, PodFactory, Vhost, free_port, wait_for
 
 NS = "clarion-test"
 GATEWAY_RESOURCE = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
@@ -427,30 +427,22 @@ async def running_operator(
     assert not undocumented, f"calls missing from docs/operator.md's RBAC list: {undocumented}"
 
 
-@pytest.fixture
-def gateways(vhost: Vhost) -> Iterator[list[GatewayProcess]]:
-    """Gateway processes of a test (``start_gateways``), killed before its vhost goes."""
-    procs: list[GatewayProcess] = []
-    yield procs
-    for p in procs:
-        p.kill()
-
-
 #: Pod name -> the internal api port its process serves /metrics and /admin/shed on.
 API_PORTS: dict[str, int] = {}
 
 
 async def start_gateways(
-    procs: list[GatewayProcess], vhost: Vhost, tmp_path: Path, *pod_names: str
+    pod_factory: PodFactory, vhost: Vhost, *pod_names: str
 ) -> list[GatewayProcess]:
-    """Real ``clarion serve`` processes, one per pod name, each on its own 127.0.0.x,
-    with an internal api port as the operator's pods have (``--api-port``)."""
-    for name in pod_names:
+    """Real ``clarion serve`` processes from the test's ``pod_factory``, one per pod name,
+    each on its own 127.0.0.x, with an internal api port as the operator's pods have
+    (``--api-port``). Started off the event loop: KMock serves the operator on it."""
+    made: list[GatewayProcess] = []
+    for i, name in enumerate(pod_names):
         API_PORTS[name] = free_port()
-    new = [
-        GatewayProcess(
-            name,
-            host=f"127.0.0.{10 + i}",
+        made += pod_factory(
+            names=[name],
+            hosts=[f"127.0.0.{10 + i}"],
             amqp_url=vhost.amqp_url,
             args=[
                 "--auth",
@@ -468,15 +460,9 @@ async def start_gateways(
                 "--pod-queue-type",
                 "classic",
             ],
-            log_dir=tmp_path,
+            start=False,
         )
-        for i, name in enumerate(pod_names)
-    ]
-    for p in new:
-        p.start()
-        procs.append(p)
-    await asyncio.gather(*(asyncio.to_thread(p.wait_ready, 30) for p in new))
-    return new
+    return await asyncio.to_thread(pod_factory.start, made, 30)
 
 
 async def queue_names(vhost: Vhost) -> set[str]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from clarion import names
-from tests.support import MGMT_AUTH, MGMT_URL, GatewayProcess, Vhost, wait_for
+from tests.support import MGMT_AUTH, MGMT_URL, PodFactory, Vhost, wait_for
 
 from .conftest import (
     GATEWAY_RESOURCE,
@@ -40,11 +39,10 @@ def declare(vhost: Vhost, queue: str) -> None:
 async def test_deleting_a_pod_deletes_its_queue_and_no_other(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    a, b = await start_gateways(pod_factory, vhost, "gw-a", "gw-b")
     qa, qb = names.queue_name(a.pod_name), names.queue_name(b.pod_name)
     await wait_for(lambda: queue_names(vhost), 10, message="pod queues")
     assert {qa, qb} <= await queue_names(vhost)
@@ -81,11 +79,10 @@ async def test_deleting_a_pod_deletes_its_queue_and_no_other(
 async def test_orphan_queue_is_swept_after_the_grace(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
-    (a,) = await start_gateways(gateways, vhost, tmp_path, "gw-a")
+    (a,) = await start_gateways(pod_factory, vhost, "gw-a")
     ghost = names.queue_name("gw-ghost-0")
     await asyncio.to_thread(declare, vhost, ghost)
     await asyncio.to_thread(declare, vhost, "other-app.jobs")

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.support import GatewayProcess, Vhost, wait_for
+from tests.support import GatewayProcess, PodFactory, Vhost, wait_for
 
 from .conftest import GATEWAY_RESOURCE, Cluster, record, running_operator, start_gateways
 
@@ -42,14 +41,13 @@ def replicas(cluster: Cluster) -> int | None:
 async def operated(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     bounds: dict[str, int],
     scaling: dict[str, Any],
 ) -> AsyncIterator[tuple[GatewayProcess, GatewayProcess]]:
     """Two real gateways (gw-a, gw-b) and the operator running gateway "gw" with these
     replica bounds and scaling, its Deployment at the minimum."""
-    a, b = await start_gateways(gateways, vhost, tmp_path, "gw-a", "gw-b")
+    a, b = await start_gateways(pod_factory, vhost, "gw-a", "gw-b")
     await cluster.secrets(vhost)
     async with running_operator(cluster):
         await cluster.gateway("gw", replicas=bounds, scaling=scaling)
@@ -62,15 +60,13 @@ async def operated(
 async def test_sockets_scale_the_deployment_up_and_back_down(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
     async with operated(
         cluster,
         vhost,
-        gateways,
-        tmp_path,
+        pod_factory,
         {"min": 1, "max": 4},
         {
             "targetConnectionsPerPod": 2,
@@ -116,15 +112,13 @@ async def test_sockets_scale_the_deployment_up_and_back_down(
 async def test_unbalanced_pods_are_asked_to_shed(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
     async with operated(
         cluster,
         vhost,
-        gateways,
-        tmp_path,
+        pod_factory,
         {"min": 2, "max": 2},
         {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
     ) as (a, b):
@@ -148,15 +142,13 @@ async def test_unbalanced_pods_are_asked_to_shed(
 async def test_unreadable_metrics_never_scale_down(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
     async with operated(
         cluster,
         vhost,
-        gateways,
-        tmp_path,
+        pod_factory,
         {"min": 1, "max": 4},
         {
             "targetConnectionsPerPod": 2,

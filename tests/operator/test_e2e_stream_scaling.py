@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.sseclient import Stream
-from tests.support import GatewayProcess, Vhost, wait_for
+from tests.support import GatewayProcess, PodFactory, Vhost, wait_for
 
 from .conftest import GATEWAY_RESOURCE, Cluster
 from .test_e2e_scaling import open_sockets, operated, replicas
@@ -42,15 +41,13 @@ async def streams(proc: GatewayProcess, paths: list[str]) -> AsyncIterator[list[
 async def test_streams_scale_the_deployment_as_sockets_do(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
     async with operated(
         cluster,
         vhost,
-        gateways,
-        tmp_path,
+        pod_factory,
         {"min": 1, "max": 4},
         {"targetConnectionsPerPod": 2, "intervalSeconds": 0.5, "rebalance": False},
     ) as (a, b):
@@ -74,15 +71,13 @@ async def test_streams_scale_the_deployment_as_sockets_do(
 async def test_a_rebalance_sheds_streams(
     cluster: Cluster,
     vhost: Vhost,
-    gateways: list[GatewayProcess],
-    tmp_path: Path,
+    pod_factory: PodFactory,
     metrics_port: int,
 ) -> None:
     async with operated(
         cluster,
         vhost,
-        gateways,
-        tmp_path,
+        pod_factory,
         {"min": 2, "max": 2},
         {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
     ) as (a, b):
