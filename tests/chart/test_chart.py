@@ -124,6 +124,27 @@ def test_kubernetes_validate_is_strict() -> None:
         kubernetes_validate(broken)
 
 
+def test_checksum_annotations_are_strings_even_when_all_digits() -> None:
+    """A checksum is 16 hex digits; about one in 1,850 has no letter, and unquoted YAML
+    reads it as a number, which the API server refuses as an annotation (a random broker
+    password failed kubernetes-validate so). These credentials give all-digit checksums:
+    the broker's (clarion:pw37) and the gateway's (its credentials with admin token t4074)."""
+    docs = render(
+        [
+            "rabbitmq.password=pw37",
+            "rabbitmq.erlangCookie=c",
+            "auth.apiKey.value=a",
+            "auth.jwtSecret.value=j",
+            "auth.adminToken.value=t4074",
+        ]
+    )
+    broker = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    gateway = one(docs, "WebSocketGateway")["spec"]["podAnnotations"]
+    sums = {k: v["checksum/credentials"] for k, v in (("broker", broker), ("gateway", gateway))}
+    assert len(sums) == 2, sums
+    assert all(isinstance(v, str) and v.isdigit() for v in sums.values()), sums
+
+
 @pytest.mark.parametrize("name", [n for n in COMBOS if n != "dev"])
 def test_policies_hold(name: str) -> None:
     """Limits, probes, non-root, read-only root filesystem, no wildcard RBAC."""
