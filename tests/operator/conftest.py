@@ -19,7 +19,7 @@ import secrets
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -483,3 +483,38 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("operator reaction times")
         for what, seconds in TIMINGS:
             terminalreporter.write_line(f"{what}: {seconds:.2f} s")
+
+
+def replicas(cluster: Cluster) -> int | None:
+    """The replicas of gateway "gw"'s Deployment, None before the operator made it."""
+    dep = cluster.get("apps/v1/deployments", "gw")
+    return None if dep is None else dep["spec"].get("replicas")
+
+
+#: ``operate(bounds, scaling)``: see the ``operate`` fixture.
+Operate = Callable[
+    [dict[str, int], dict[str, Any]],
+    contextlib.AbstractAsyncContextManager[tuple[GatewayProcess, GatewayProcess]],
+]
+
+
+@pytest.fixture
+def operate(cluster: Cluster, vhost: Vhost, pod_factory: PodFactory, metrics_port: int) -> Operate:
+    """``async with operate(bounds, scaling) as (a, b)``: two real gateways (gw-a, gw-b) and
+    the operator running gateway "gw" with these replica bounds and scaling, its
+    Deployment at the minimum."""
+
+    @contextlib.asynccontextmanager
+    async def operated(
+        bounds: dict[str, int], scaling: dict[str, Any]
+    ) -> AsyncIterator[tuple[GatewayProcess, GatewayProcess]]:
+        a, b = await start_gateways(pod_factory, vhost, "gw-a", "gw-b")
+        await cluster.secrets(vhost)
+        async with running_operator(cluster):
+            await cluster.gateway("gw", replicas=bounds, scaling=scaling)
+            await wait_for(
+                lambda: replicas(cluster) == bounds["min"], 20, message="Deployment at min replicas"
+            )
+            yield a, b
+
+    return operated

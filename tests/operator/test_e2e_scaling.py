@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.support import GatewayProcess, PodFactory, Vhost, wait_for
+from tests.support import GatewayProcess, wait_for
 
-from .conftest import GATEWAY_RESOURCE, Cluster, record, running_operator, start_gateways
+from .conftest import GATEWAY_RESOURCE, Cluster, Operate, record, replicas
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,41 +31,10 @@ async def open_sockets(
     return socks
 
 
-def replicas(cluster: Cluster) -> int | None:
-    dep = cluster.get("apps/v1/deployments", "gw")
-    return None if dep is None else dep["spec"].get("replicas")
-
-
-@contextlib.asynccontextmanager
-async def operated(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    bounds: dict[str, int],
-    scaling: dict[str, Any],
-) -> AsyncIterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two real gateways (gw-a, gw-b) and the operator running gateway "gw" with these
-    replica bounds and scaling, its Deployment at the minimum."""
-    a, b = await start_gateways(pod_factory, vhost, "gw-a", "gw-b")
-    await cluster.secrets(vhost)
-    async with running_operator(cluster):
-        await cluster.gateway("gw", replicas=bounds, scaling=scaling)
-        await wait_for(
-            lambda: replicas(cluster) == bounds["min"], 20, message="Deployment at min replicas"
-        )
-        yield a, b
-
-
 async def test_sockets_scale_the_deployment_up_and_back_down(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    metrics_port: int,
+    cluster: Cluster, operate: Operate
 ) -> None:
-    async with operated(
-        cluster,
-        vhost,
-        pod_factory,
+    async with operate(
         {"min": 1, "max": 4},
         {
             "targetConnectionsPerPod": 2,
@@ -109,16 +77,8 @@ async def test_sockets_scale_the_deployment_up_and_back_down(
         assert trail == [1, 2, 3, 2, 1]
 
 
-async def test_unbalanced_pods_are_asked_to_shed(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    metrics_port: int,
-) -> None:
-    async with operated(
-        cluster,
-        vhost,
-        pod_factory,
+async def test_unbalanced_pods_are_asked_to_shed(cluster: Cluster, operate: Operate) -> None:
+    async with operate(
         {"min": 2, "max": 2},
         {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
     ) as (a, b):
@@ -139,16 +99,8 @@ async def test_unbalanced_pods_are_asked_to_shed(
             assert closed_1012() == 3
 
 
-async def test_unreadable_metrics_never_scale_down(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    metrics_port: int,
-) -> None:
-    async with operated(
-        cluster,
-        vhost,
-        pod_factory,
+async def test_unreadable_metrics_never_scale_down(cluster: Cluster, operate: Operate) -> None:
+    async with operate(
         {"min": 1, "max": 4},
         {
             "targetConnectionsPerPod": 2,

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from tests.sseclient import Stream
-from tests.support import GatewayProcess, PodFactory, Vhost, wait_for
+from tests.support import GatewayProcess, wait_for
 
-from .conftest import GATEWAY_RESOURCE, Cluster
-from .test_e2e_scaling import open_sockets, operated, replicas
+from .conftest import GATEWAY_RESOURCE, Cluster, Operate, replicas
+from .test_e2e_scaling import open_sockets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,15 +39,9 @@ async def streams(proc: GatewayProcess, paths: list[str]) -> AsyncIterator[list[
 
 
 async def test_streams_scale_the_deployment_as_sockets_do(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    metrics_port: int,
+    cluster: Cluster, operate: Operate
 ) -> None:
-    async with operated(
-        cluster,
-        vhost,
-        pod_factory,
+    async with operate(
         {"min": 1, "max": 4},
         {"targetConnectionsPerPod": 2, "intervalSeconds": 0.5, "rebalance": False},
     ) as (a, b):
@@ -68,16 +62,8 @@ async def test_streams_scale_the_deployment_as_sockets_do(
             await wait_for(lambda: replicas(cluster) == 3, 15, message="scale up to 3")
 
 
-async def test_a_rebalance_sheds_streams(
-    cluster: Cluster,
-    vhost: Vhost,
-    pod_factory: PodFactory,
-    metrics_port: int,
-) -> None:
-    async with operated(
-        cluster,
-        vhost,
-        pod_factory,
+async def test_a_rebalance_sheds_streams(cluster: Cluster, operate: Operate) -> None:
+    async with operate(
         {"min": 2, "max": 2},
         {"targetConnectionsPerPod": 100, "intervalSeconds": 0.5, "rebalance": True},
     ) as (a, b):
