@@ -49,6 +49,7 @@ CHECKED = [
     "clarion.broker.catchup",
     "clarion.broker.acks",
     "clarion.broker.fastconsume",
+    "clarion.broker.fastpublish",
     "clarion.broker.channels",
 ]
 

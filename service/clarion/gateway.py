@@ -79,6 +79,7 @@ class Gateway:
         self.hub.on_route = self.broker.route
         self.metrics.bindings.set_function(lambda: self.broker.bindings)
         self.broker.consume_counts = self.metrics.consumes
+        self.broker.publish_counts = self.metrics.publishes
         self.metrics.routing_wide.set_function(lambda: int(self.broker.routing_wide))
         self.replays = Replays(
             self.broker.read_stream,

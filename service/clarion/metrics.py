@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import disconnects, names
-from .broker.base import ConsumeCounts
+from .broker.base import ConsumeCounts, PublishCounts
 from .transport import WriteCounts
 
 #: The answers of the publish API, pre-created at zero.
@@ -321,6 +321,17 @@ class Metrics:
                 self.consumes,
             )
         )
+        #: Broker publishes per path (broker/fastpublish.py), counted as plain ints.
+        self.publishes = PublishCounts()
+        r.register(
+            _PathCollector(
+                names.M_BROKER_PUBLISH,
+                "Messages published to the broker, by path: fast (a batch's frames in one "
+                "write, its confirms awaited together) or fallback (basic_publish per message: "
+                "the installed aiormq lacks what the fast path needs; see broker/fastpublish.py)",
+                self.publishes,
+            )
+        )
         # Pre-create the label sets the dashboard queries, so they exist at 0.
         for scope in ("connect", "subscribe"):
             for result in ("recovered", "expired", "unknown", "unavailable"):
@@ -402,7 +413,9 @@ class _PathCollector(Collector):
     """A counter by ``path`` whose values are plain ints on the hot path (``counts``' slots,
     one per path), read at scrape time; every path is there at 0 from the start."""
 
-    def __init__(self, name: str, documentation: str, counts: WriteCounts | ConsumeCounts) -> None:
+    def __init__(
+        self, name: str, documentation: str, counts: WriteCounts | ConsumeCounts | PublishCounts
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.counts = counts

@@ -87,6 +87,8 @@ M_BIND_ERRORS = "clarion_bind_errors"
 M_SOCKET_WRITES = "clarion_socket_writes"
 #: Deliveries the broker consumed, by path (fast, or fallback: aiormq's task per delivery).
 M_BROKER_CONSUME = "clarion_broker_consume"
+#: Messages the broker published, by path (fast: a batch in one write, or fallback).
+M_BROKER_PUBLISH = "clarion_broker_publish"
 M_STREAM_CONNECTIONS = "clarion_stream_connections"
 M_EMULATION_POSTS = "clarion_emulation_posts"
 #: Connect/refresh proxy calls by result and their latency; refreshes by result; refused

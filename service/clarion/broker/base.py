@@ -109,6 +109,21 @@ class ConsumeCounts:
         self.fallback = 0
 
 
+class PublishCounts:
+    """Messages published per path (fastpublish.py), read by the metrics at scrape time.
+
+    ``fast``: a batch's frames in one write, its confirms awaited together;
+    ``fallback``: aiormq's ``basic_publish`` per message, where the installed aiormq
+    lacks what the fast path relies on.
+    """
+
+    __slots__ = ("fallback", "fast")
+
+    def __init__(self) -> None:
+        self.fast = 0
+        self.fallback = 0
+
+
 #: A place in the history stream: the offset of a message (where a read continues).
 Position = int
 
@@ -140,6 +155,8 @@ class Broker(abc.ABC):
     #: Where the broker counts its deliveries by consume path (None: not counted). The pod
     #: sets it to its metrics' counts; a broker with no consume paths leaves it alone.
     consume_counts: ConsumeCounts | None = None
+    #: The same for its publishes by path (None: not counted).
+    publish_counts: PublishCounts | None = None
 
     @abc.abstractmethod
     async def start(self, listener: BrokerListener) -> None:

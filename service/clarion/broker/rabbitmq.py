@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import random
 import time
@@ -30,7 +31,7 @@ from pamqp.header import ContentHeader
 
 from ..message import Envelope, Target
 from ..names import history_queue, queue_name, routed_exchange
-from . import fastconsume, history, topology
+from . import fastconsume, fastpublish, history, topology
 from .acks import AckBatcher
 from .base import At, Broker, BrokerListener, BrokerOptions, BrokerUnavailable, Position
 from .catchup import CatchUp
@@ -93,6 +94,8 @@ class RabbitBroker(Broker):
         self._pub_default: AbstractExchange | None = None
         #: The channel of both (publisher confirms on).
         self._pub_channel: AbstractChannel | None = None
+        #: aiormq's channel under it, last checked for fastpublish.py, and the answer.
+        self._pub_checked: tuple[aiormq.abc.AbstractChannel | None, bool] = (None, False)
         self._consuming = False
         self._up = asyncio.Event()
         #: When the pod lost a working connection (monotonic), until it has one again.
@@ -400,13 +403,7 @@ class RabbitBroker(Broker):
             probe = loop.call_later(self.options.probe_after, self._probe_soon, conn)
             try:
                 timeout = max(0.05, deadline - loop.time())
-                results = await asyncio.gather(
-                    *(
-                        _publish(channel, exchange.name, e, key, timeout)
-                        for e, key in zip(pending, keys, strict=True)
-                    ),
-                    return_exceptions=True,
-                )
+                results = await self._publish_once(channel, exchange.name, pending, keys, timeout)
             finally:
                 probe.cancel()
             failed = [(e, r) for e, r in zip(pending, results, strict=True) if _failed(r)]
@@ -422,6 +419,53 @@ class RabbitBroker(Broker):
             log.info("publish: %d not confirmed (%r), sending again", len(retry), failed[0][1])
             pending = retry
             await asyncio.sleep(0.05)
+
+    async def _publish_once(
+        self,
+        channel: AbstractChannel,
+        exchange: str,
+        envelopes: list[Envelope],
+        keys: list[str],
+        timeout: float,
+    ) -> Sequence[object]:
+        """Each envelope's confirm (or error): the batch in one write through fastpublish.py,
+        or, where the installed aiormq lacks what that needs, ``_publish`` for each."""
+        if channel.is_closed:  # as _publish refuses each (not a path to count)
+            closed = aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            return [closed] * len(envelopes)
+        counts = self.publish_counts
+        underlay = await channel.get_underlay_channel()
+        if self._fast_publish(underlay):
+            assert isinstance(underlay, aiormq.Channel)
+            if counts is not None:
+                counts.fast += len(envelopes)
+            messages = [
+                (key, e.body, envelope_properties(e))
+                for e, key in zip(envelopes, keys, strict=True)
+            ]
+            return await fastpublish.publish(underlay, exchange, messages, timeout)
+        if counts is not None:
+            counts.fallback += len(envelopes)
+        return await asyncio.gather(
+            *(
+                _publish(channel, exchange, e, key, timeout)
+                for e, key in zip(envelopes, keys, strict=True)
+            ),
+            return_exceptions=True,
+        )
+
+    def _fast_publish(self, underlay: aiormq.abc.AbstractChannel) -> bool:
+        """Whether fastpublish.py can publish on this channel (checked once per channel)."""
+        checked, fast = self._pub_checked
+        if underlay is not checked:
+            fast = fastpublish._supported(underlay)
+            self._pub_checked = (underlay, fast)
+            if not fast:
+                log.warning(
+                    "aiormq %s: publishing without the fast path",
+                    importlib.metadata.version("aiormq"),
+                )
+        return fast
 
     async def _watch_queue(
         self, conn: AbstractConnection, lost: asyncio.Event, why: list[str]
