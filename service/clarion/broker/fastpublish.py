@@ -66,6 +66,7 @@ def _supported(channel: Any) -> bool:
         and isinstance(getattr(channel, "write_queue", None), asyncio.Queue)
         and isinstance(getattr(channel, "max_content_size", None), int)
         and callable(getattr(channel, "create_future", None))
+        and isinstance(getattr(type(channel), "lock", None), property)
         and callable(getattr(type(channel), "_on_confirm_frame", None))
         and callable(getattr(type(channel), "_on_return_frame", None))
     )
