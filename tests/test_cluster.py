@@ -51,10 +51,12 @@ def _port_free(host: str, port: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, vhost: Vhost, pods: list[GatewayProcess]) -> None:
+    def __init__(self, vhost: Vhost, pods: list[GatewayProcess], b_user: str) -> None:
         self.vhost = vhost
         self.pods = pods
         self.a, self.b, self.c = pods
+        #: Pod b's RabbitMQ user: its own name, the broker being shared with other runs.
+        self.b_user = b_user
 
     def publish(self, pod: GatewayProcess, body: dict[str, object]) -> str:
         r = httpx.post(f"{pod.http_url}/api/publish", json=body, timeout=10)
@@ -69,11 +71,14 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(module_vhost: Vhost, module_pod_factory: PodFactory, routing: str) -> Iterator[Cluster]:
-    # Pod b connects as its own RabbitMQ user, so the blip test can keep it out.
+    # Pod b connects as its own RabbitMQ user, so the blip test can keep it out. Users are
+    # the broker's, not the vhost's: a name of this run's own (another run on the shared
+    # broker deleting "its" user would cut this pod b off).
+    b_user = f"clarion-test-podb-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10) as mgmt:
-        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        mgmt.put(f"/api/users/{b_user}", json={"password": "podb", "tags": ""})
         mgmt.put(
-            f"/api/permissions/{module_vhost.quoted}/clarion-test-podb",
+            f"/api/permissions/{module_vhost.quoted}/{b_user}",
             json={"configure": ".*", "write": ".*", "read": ".*"},
         ).raise_for_status()
     args = ["--auth", "none", "--allow-client-publish"]
@@ -87,12 +92,12 @@ def cluster(module_vhost: Vhost, module_pod_factory: PodFactory, routing: str) -
         routing=routing,
         start=False,
     )
-    pods[1].amqp_url = module_vhost.amqp_url.replace("guest:guest@", "clarion-test-podb:podb@")
+    pods[1].amqp_url = module_vhost.amqp_url.replace("guest:guest@", f"{b_user}:podb@")
     try:
         with module_pod_factory.start(pods):
-            yield Cluster(module_vhost, pods)
+            yield Cluster(module_vhost, pods, b_user)
     finally:
-        httpx.delete(f"{MGMT_URL}/api/users/clarion-test-podb", auth=MGMT_AUTH, timeout=10)
+        httpx.delete(f"{MGMT_URL}/api/users/{b_user}", auth=MGMT_AUTH, timeout=10)
 
 
 async def _sentinel(cluster: Cluster, clients: list[Client]) -> None:
@@ -250,9 +255,9 @@ async def test_broker_blip_pod_delivers_what_its_queue_buffered(cluster: Cluster
     mgmt = httpx.Client(base_url=MGMT_URL, auth=MGMT_AUTH, timeout=10)
     try:
         # Keep pod b out: change its password, then force-close its connection.
-        mgmt.put("/api/users/clarion-test-podb", json={"password": "locked", "tags": ""})
+        mgmt.put(f"/api/users/{cluster.b_user}", json={"password": "locked", "tags": ""})
         conns = await wait_for(
-            lambda: [c for c in cluster.vhost.connections() if c["user"] == "clarion-test-podb"],
+            lambda: [c for c in cluster.vhost.connections() if c["user"] == cluster.b_user],
             15,
             0.5,
             "pod b's AMQP connection in the management API",
@@ -266,13 +271,13 @@ async def test_broker_blip_pod_delivers_what_its_queue_buffered(cluster: Cluster
         ]
         assert not b.ready()  # still out while we published
         assert not listener.closed  # the socket stayed open through the outage
-        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        mgmt.put(f"/api/users/{cluster.b_user}", json={"password": "podb", "tags": ""})
         await wait_for(b.ready, 20, 0.2, "pod b ready again")
         await wait_for(lambda: len(listener.messages) >= 10, 15, message="buffered messages")
         assert [m["id"] for m in listener.messages] == ids
         assert b.metric("clarion_broker_connected") == 1
     finally:
-        mgmt.put("/api/users/clarion-test-podb", json={"password": "podb", "tags": ""})
+        mgmt.put(f"/api/users/{cluster.b_user}", json={"password": "podb", "tags": ""})
         mgmt.close()
         await listener.close()
 

@@ -25,18 +25,28 @@ from .wsclient import Client
 pytestmark = pytest.mark.timeout(90)
 
 NOW_MS = int(time.time() * 1000)
+A_YEAR_AHEAD = new_message_id(NOW_MS + 365 * 86_400_000)
+AN_HOUR_AHEAD = new_message_id(NOW_MS + 3_600_000)
+VERSION_4 = str(uuid.uuid4())
+A_MONTH_AGO = new_message_id(NOW_MS - 30 * 86_400_000)
+JUST_NOW = new_message_id()
+#: Test ids for the values made at import: the same in every process that collects them
+#: (each xdist worker collects the suite and must find the same tests).
+MADE_NOW = {
+    A_YEAR_AHEAD: "a-year-ahead",
+    AN_HOUR_AHEAD: "an-hour-ahead",
+    VERSION_4: "version-4",
+    A_MONTH_AGO: "a-month-ago",
+    JUST_NOW: "just-now",
+}
 #: Well-formed (36 characters, hex, version 7) but naming no message that can exist.
-OUT_OF_RANGE = [
-    "ffffffff-ffff-7fff-bfff-ffffffffffff",  # year 10889
-    new_message_id(NOW_MS + 365 * 86_400_000),  # a year ahead
-    new_message_id(NOW_MS + 3_600_000),  # an hour ahead
-]
+OUT_OF_RANGE = ["ffffffff-ffff-7fff-bfff-ffffffffffff", A_YEAR_AHEAD, AN_HOUR_AHEAD]
 #: Not a message id at all.
 MALFORMED = [
     "",
     "x",
     "not-a-message-id-not-a-message-id-xx",
-    str(uuid.uuid4()),  # version 4
+    VERSION_4,
     "FFFFFFFF-FFFF-7FFF-BFFF-FFFFFFFFFFFFX",
     "zzzzzzzz-zzzz-7zzz-bzzz-zzzzzzzzzzzz",
     "0" * 36,
@@ -45,9 +55,13 @@ MALFORMED = [
 PLAUSIBLE = [
     # (…-7000-8000-000000000000 would be a position: tests/test_position.py)
     "00000000-0000-7000-8000-000000000001",
-    new_message_id(NOW_MS - 30 * 86_400_000),
-    new_message_id(),
+    A_MONTH_AGO,
+    JUST_NOW,
 ]
+
+
+def case_id(since: object) -> str | None:
+    return MADE_NOW.get(since) if isinstance(since, str) else None
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +81,7 @@ async def settle(pod: GatewayProcess, expected: int) -> None:
     await wait_for(lambda: connections(pod) == expected, 5, message=f"{expected} connections")
 
 
-@pytest.mark.parametrize("since", OUT_OF_RANGE + MALFORMED + PLAUSIBLE)
+@pytest.mark.parametrize("since", OUT_OF_RANGE + MALFORMED + PLAUSIBLE, ids=case_id)
 async def test_since_on_connect_gets_a_welcome_and_leaves_nothing_behind(
     pod: GatewayProcess, since: str
 ) -> None:
@@ -85,7 +99,7 @@ async def test_since_on_connect_gets_a_welcome_and_leaves_nothing_behind(
 
 
 @pytest.mark.parametrize(
-    "since", [*OUT_OF_RANGE, *MALFORMED, *PLAUSIBLE, 0, 1.5, True, [], {}, None]
+    "since", [*OUT_OF_RANGE, *MALFORMED, *PLAUSIBLE, 0, 1.5, True, [], {}, None], ids=case_id
 )
 async def test_since_on_subscribe_gets_an_answer_and_the_socket_lives(
     pod: GatewayProcess, since: Any
