@@ -110,7 +110,8 @@ async def test_unreadable_metrics_never_scale_down(cluster: Cluster, operate: Op
             "rebalance": False,
         },
     ) as (a, b):
-        await cluster.patch("apps/v1/deployments", "gw", {"spec": {"replicas": 3}})
+        # Both pods in the API and b unreadable before the replicas go up: a tick that saw
+        # only pod a (0 connections, all known) would rightly scale 3 down to 1.
         await cluster.pod("gw", a)
         await cluster.pod("gw", b)
         b.kill()  # still Ready in the API, but its /metrics cannot be read
@@ -121,6 +122,7 @@ async def test_unreadable_metrics_never_scale_down(cluster: Cluster, operate: Op
             return next((c for c in conds if c["type"] == "ScalingActive"), {})
 
         await wait_for(lambda: condition().get("reason") == "MetricsUnknown", 10, message="unknown")
+        await cluster.patch("apps/v1/deployments", "gw", {"spec": {"replicas": 3}})
         ticks = len(cluster.requests())
 
         def ticked(n: int) -> bool:
