@@ -144,12 +144,12 @@ async def test_acks_nacks_and_returns_land_on_their_own_messages(channel: aiormq
         if isinstance(r, DeliveredMessage):  # the Return is the message's own
             assert r.header.properties.message_id == props.message_id
     # What rabbitmq.py makes of them, as of aiormq's own basic_publish: a nack fails and
-    # may be sent again; a return is taken as confirmed (aio-pika opens the pod's channel
-    # without on_return_raises: aiormq resolves the confirm with the returned message).
+    # may be sent again; a return (aiormq resolves the confirm with the returned message:
+    # the pod's channel has no on_return_raises) fails and is not sent again.
     assert [(_failed(r), _may_resend(r)) for r in results[:3]] == [
         (False, False),
         (True, True),
-        (False, False),
+        (True, False),
     ]
     assert channel.confirmations == {}
     assert channel.message_id_delivery_tag == {}

@@ -411,11 +411,15 @@ class RabbitBroker(Broker):
                 return
             retry = [e for e, r in failed if _may_resend(r)]
             if len(retry) < len(failed) or loop.time() >= deadline:
-                r = failed[0][1]
-                log.info("publish refused: the broker did not confirm: %r", r)
-                raise BrokerUnavailable(f"broker did not confirm: {r!r}") from (
-                    r if isinstance(r, BaseException) else None
+                r = next((r for _, r in failed if not _may_resend(r)), failed[0][1])
+                stream = history_queue(self.options.exchange)
+                why = (
+                    f"routed nowhere: no queue took it, not even {stream}"
+                    if isinstance(r, aiormq.abc.DeliveredMessage)
+                    else f"the broker did not confirm: {r!r}"
                 )
+                log.info("publish refused: %s", why)
+                raise BrokerUnavailable(why) from (r if isinstance(r, BaseException) else None)
             log.info("publish: %d not confirmed (%r), sending again", len(retry), failed[0][1])
             pending = retry
             await asyncio.sleep(0.05)
@@ -598,8 +602,11 @@ async def _publish(
 
 
 def _failed(result: object) -> bool:
-    # A confirm is an Ack frame; a nack or a return is a failure too.
-    return isinstance(result, BaseException) or isinstance(result, aiormq.spec.Basic.Nack)
+    """A confirm is an Ack frame. A nack is a failure, and so is a returned message: the
+    pods' channel does not raise on returns (aio-pika's ``on_return_raises``), so aiormq
+    resolves the confirm with the message the broker routed nowhere; a 202 for it would
+    be a message nobody can read (tests/test_routed_nowhere.py)."""
+    return isinstance(result, BaseException | aiormq.spec.Basic.Nack | aiormq.abc.DeliveredMessage)
 
 
 def _may_resend(result: object) -> bool:
