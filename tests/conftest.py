@@ -23,6 +23,10 @@ DEFAULT_ROUTING = str(Settings.__dataclass_fields__["routing"].default)
 BROKER_FIXTURES = frozenset(
     {"rabbit_mgmt", "private_broker", "module_private_broker", "ha_cluster", "images"}
 )
+#: Fixtures that boot RabbitMQ nodes of a test's own, which the test stops, kills, freezes
+#: or restarts, and times: a test using one is marked ``own_nodes`` too. ``make test`` runs
+#: those one after the other, beside the other broker tests (scripts/test.sh).
+OWN_NODE_FIXTURES = frozenset({"private_broker", "module_private_broker", "ha_cluster"})
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +103,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if BROKER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.broker)
+        if OWN_NODE_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.own_nodes)
 
 
 @pytest.hookimpl(wrapper=True)
