@@ -120,15 +120,7 @@ class UvicornTransport(AsgiTransport):
         self._raw_frames = raw_frames
 
     def can_write_frames(self) -> bool:
-        p = self._proto
-        return (
-            self._raw_frames
-            and p.handshake_complete
-            and not p.close_sent
-            and not p.disconnected
-            and p.writable.is_set()
-            and p.conn.state is State.OPEN
-        )
+        return self._raw_frames and frames_ok_now(self._proto)
 
     def write_frames(self, data: bytes, count: int) -> None:
         self._proto.transport.write(data)
@@ -140,6 +132,30 @@ class UvicornTransport(AsgiTransport):
     def send_now(self, out: Outgoing) -> Awaitable[None] | None:
         message = {"type": "websocket.send", "text": out.text}
         return step(self._send(message), self.counts)  # type: ignore[arg-type]
+
+
+class KeptFlagTransport(UvicornTransport):
+    """On Clarion's own protocol class (``websocket_protocol``), which keeps whether
+    pre-built frames can be written (``frames_ok_now``) in this object's ``ok``, up to
+    date wherever its state changes: the fan-out then reads one attribute of this
+    object per socket, and writes to the asyncio transport, without touching the
+    protocol, its writable flag or websockets' state (three objects, cold in the cache
+    at thousands of sockets). Only without compression (raw frames)."""
+
+    __slots__ = ("_raw", "ok")
+
+    def __init__(self, send: Send, counts: WriteCounts, proto: Any) -> None:
+        super().__init__(send, counts, proto, True)
+        self._raw = proto.transport
+        self.ok = frames_ok_now(proto)
+        proto.frames_sink = self
+
+    def can_write_frames(self) -> bool:
+        return self.ok
+
+    def write_frames(self, data: bytes, count: int) -> None:
+        self._raw.write(data)
+        self.counts.frame += count
 
 
 def chunk(body: bytes) -> bytes:
@@ -363,6 +379,34 @@ class Writable(_Waiters):
         return True
 
 
+def frames_ok_now(p: Any) -> bool:
+    """Whether pre-built frames can be written to uvicorn's protocol ``p`` right now: the
+    handshake is done, no close frame was sent or received, the connection is up and its
+    transport is not paused."""
+    return bool(
+        p.handshake_complete
+        and not p.close_sent
+        and not p.disconnected
+        and p.writable.is_set()
+        and p.conn.state is State.OPEN
+    )
+
+
+#: The methods of uvicorn's protocol through which what ``frames_ok_now`` reads changes
+#: (called from outside it: by the event loop, the transport, the app, the server or a
+#: timer). Clarion's protocol tells its ``KeptFlagTransport`` after each;
+#: tests/test_fast_path.py fails if uvicorn's class gains a method not reviewed for this.
+KEPT_BY = (
+    "data_received",
+    "send",
+    "connection_lost",
+    "pause_writing",
+    "resume_writing",
+    "shutdown",
+    "keepalive_timeout",
+)
+
+
 def websocket_protocol() -> type | str:
     """The ``ws`` implementation Clarion runs uvicorn with (server.py)."""
     if _UVICORN is None:  # pragma: no cover
@@ -377,6 +421,10 @@ def websocket_protocol() -> type | str:
         writable flag are ``Inbox`` and ``Writable``; ``release_handshake`` drops what
         only the handshake needed.
 
+        Cheaper to write to: it tells the socket's ``KeptFlagTransport`` whether
+        pre-built frames can be written wherever that can change (``KEPT_BY``), so the
+        fan-out reads one flag per socket instead of the protocol's state.
+
         Handshakes: websockets refuses a request line or header over its limits (414,
         431) by queueing the response and no event, and uvicorn writes only after
         events: the client waited on an open socket until it gave up. Here the queued
@@ -387,17 +435,63 @@ def websocket_protocol() -> type | str:
             super().__init__(*args, **kwargs)
             self.queue = Inbox()
             self.writable = Writable()
+            #: The fast transport of this socket (``KeptFlagTransport``), told whether
+            #: pre-built frames can be written (``frames_ok_now``) after every method
+            #: through which that can change (``KEPT_BY``): the fan-out reads one
+            #: attribute of it per socket.
+            self.frames_sink: KeptFlagTransport | None = None
+
+        def _update(self) -> None:
+            sink = self.frames_sink
+            if sink is not None:
+                sink.ok = frames_ok_now(self)
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if (
-                not self.handshake_initiated
-                and self.conn.handshake_exc is not None
-                and not self.transport.is_closing()
-            ):
-                self.transport.write(b"".join(self.conn.data_to_send()))
-                self.close_sent = True
-                self.transport.close()
+            try:
+                super().data_received(data)
+                if (
+                    not self.handshake_initiated
+                    and self.conn.handshake_exc is not None
+                    and not self.transport.is_closing()
+                ):
+                    self.transport.write(b"".join(self.conn.data_to_send()))
+                    self.close_sent = True
+                    self.transport.close()
+            finally:
+                self._update()
+
+        async def send(self, message: Any) -> None:
+            try:
+                await super().send(message)
+            finally:
+                self._update()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                self._update()
+                self.frames_sink = None  # no cycle left to the garbage collector
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._update()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._update()
+
+        def shutdown(self) -> None:
+            try:
+                super().shutdown()
+            finally:
+                self._update()
+
+        def keepalive_timeout(self) -> None:
+            try:
+                super().keepalive_timeout()
+            finally:
+                self._update()
 
         def release_handshake(self) -> None:
             """Drop what only the handshake needed, once the socket is accepted: the
@@ -429,5 +523,7 @@ def transport_for(send: Send, counts: WriteCounts, *, raw_frames: bool = True) -
     """The fastest transport that fits the server behind ``send``."""
     proto = getattr(send, "__self__", None)
     if _UVICORN is not None and isinstance(proto, _UVICORN):
+        if raw_frames and hasattr(proto, "frames_sink"):
+            return KeptFlagTransport(send, counts, proto)
         return UvicornTransport(send, counts, proto, raw_frames)
     return AsgiTransport(send, counts)

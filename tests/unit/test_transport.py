@@ -16,16 +16,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import uvicorn
 import websockets
+from uvicorn.server import ServerState
 from websockets.asyncio.client import ClientConnection, connect
 
 from clarion.frames import control, text_frame
 from clarion.transport import (
     AsgiTransport,
+    KeptFlagTransport,
     UvicornTransport,
     WriteCounts,
+    frames_ok_now,
     step,
     transport_for,
+    websocket_protocol,
 )
 
 from .servers import Connection, Server, serving
@@ -54,6 +59,115 @@ async def test_uvicorn_gets_the_fast_transport_and_it_can_write_frames(server: S
         t = transport_for(conn.send, WriteCounts())
         assert isinstance(t, UvicornTransport)
         assert t.can_write_frames()
+
+
+def agrees(t: Any, proto: Any) -> bool:
+    """What the fan-out reads (the kept flag) is what the protocol's state says now."""
+    kept = t.can_write_frames()
+    assert kept is frames_ok_now(proto), (kept, frames_ok_now(proto))
+    return bool(kept)
+
+
+async def test_the_kept_flag_follows_pause_resume_and_a_server_close(server: Server) -> None:
+    client, conn = await open_socket(server)
+    t = transport_for(conn.send, WriteCounts())
+    proto = conn.send.__self__  # type: ignore[attr-defined]
+    assert isinstance(t, KeptFlagTransport) and proto.frames_sink is t
+    assert agrees(t, proto)
+    proto.pause_writing()  # as the asyncio transport calls them
+    assert not agrees(t, proto)
+    proto.resume_writing()
+    assert agrees(t, proto)
+    await t.close(4000, "bye")
+    assert not agrees(t, proto)
+    await client.close()
+    async with asyncio.timeout(10):
+        while proto.frames_sink is not None:  # let go on connection_lost
+            await asyncio.sleep(0.01)
+    assert not t.can_write_frames()
+
+
+@pytest.mark.parametrize("how", ["client close", "connection lost", "shutdown", "keepalive"])
+async def test_the_kept_flag_is_cleared_when_the_socket_stops_taking_frames(
+    server: Server, how: str
+) -> None:
+    client, conn = await open_socket(server)
+    t = transport_for(conn.send, WriteCounts())
+    proto = conn.send.__self__  # type: ignore[attr-defined]
+    assert agrees(t, proto)
+    if how == "client close":
+        await client.close()
+    elif how == "connection lost":
+        client.transport.abort()
+    elif how == "shutdown":
+        proto.shutdown()  # uvicorn stopping: a 1012 close frame
+    else:
+        proto.keepalive_timeout()  # no pong in time: a 1011 close frame
+    async with asyncio.timeout(10):
+        while frames_ok_now(proto):
+            await asyncio.sleep(0.01)
+    assert not agrees(t, proto)
+    await client.close()
+
+
+class _Transport:
+    """An asyncio transport that keeps what is written and never loses the connection."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def test_a_close_frame_from_the_client_clears_the_kept_flag_before_the_connection_ends() -> (
+    None
+):
+    # Between the client's close frame and connection_lost only websockets' state says the
+    # socket takes no more frames (uvicorn sets no flag of its own for it).
+    sends: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        sends.put_nowait(send)
+        await receive()
+
+    config = uvicorn.Config(app, ws=websocket_protocol(), lifespan="off", log_level="warning")
+    config.load()
+    proto = websocket_protocol()(config=config, server_state=ServerState(), app_state={})  # type: ignore[operator]
+    wire = _Transport()
+    proto.connection_made(wire)
+    proto.data_received(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    send = await asyncio.wait_for(sends.get(), 10)
+    t = transport_for(send, WriteCounts())
+    assert agrees(t, proto)
+    # A masked close frame, code 1000, as a client sends it.
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
+    proto.data_received(b"\x88\x82" + mask + payload)
+    assert wire.closing and not proto.disconnected and not proto.close_sent
+    assert not agrees(t, proto)
+    proto.connection_lost(None)
+    assert not agrees(t, proto) and proto.frames_sink is None
+    await asyncio.sleep(0)
 
 
 async def test_prebuilt_frames_arrive_whole_and_in_order(server: Server) -> None:
