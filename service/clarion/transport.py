@@ -148,7 +148,8 @@ class KeptFlagTransport(UvicornTransport):
         super().__init__(send, counts, proto, True)
         self._raw = proto.transport
         self.ok = frames_ok_now(proto)
-        proto.frames_sink = self
+        if not proto.disconnected:  # else nothing would let go of it (connection_lost)
+            proto.frames_sink = self
 
     def can_write_frames(self) -> bool:
         return self.ok

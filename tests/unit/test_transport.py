@@ -224,6 +224,7 @@ async def test_a_send_after_the_client_left_raises(server: Server) -> None:
             await asyncio.sleep(0.01)
     t = transport_for(conn.send, WriteCounts())
     assert not t.can_write_frames()
+    assert conn.send.__self__.frames_sink is None  # type: ignore[attr-defined]  # no cycle
     with pytest.raises(Exception):  # noqa: B017 - whichever the server raises: not silence
         result = t.send_now(control("late"))
         if result is not None:
