@@ -31,6 +31,7 @@ from .helpers import (
     find,
     helm_template_cmd,
     kubernetes_validate,
+    load_doc,
     one,
     policy_violations,
     render,
@@ -510,7 +511,7 @@ def test_dashboard_uid_is_per_release() -> None:
 
     def dashboard(extra: list[str]) -> dict[str, Any]:
         proc = run(helm_template_cmd(extra=["--show-only", "templates/dashboard.yaml", *extra]))
-        return dict(json.loads(yaml.safe_load(proc.stdout)["data"]["clarion.json"]))
+        return dict(json.loads(load_doc(proc.stdout)["data"]["clarion.json"]))
 
     first = dashboard([])
     other_ns = dashboard(["--namespace", "other"])
@@ -519,7 +520,7 @@ def test_dashboard_uid_is_per_release() -> None:
     uids = {
         first["uid"],
         other_ns["uid"],
-        json.loads(yaml.safe_load(other_name)["data"]["clarion.json"])["uid"],
+        json.loads(load_doc(other_name)["data"]["clarion.json"])["uid"],
     }
     assert len(uids) == 3 and all(len(u) <= 40 for u in uids)
     assert first["title"] == f"Clarion ({NAMESPACE}/{RELEASE})"
@@ -545,7 +546,7 @@ def render_notes(tmp_path: Path, sets: list[str], values: list[Path]) -> str:
         cmd += ["--values", str(v)]
     for s in sets:
         cmd += ["--set", s]
-    return str(yaml.safe_load(run(cmd).stdout)["data"]["notes"])
+    return str(load_doc(run(cmd).stdout)["data"]["notes"])
 
 
 def test_notes_print_the_two_window_demo(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from .helpers import (
     find,
     helm_template_cmd,
     kubernetes_validate,
+    load_docs,
     one,
     render,
     run,
@@ -69,7 +70,7 @@ def test_two_cluster_wide_releases_cannot_both_act() -> None:
     first = one(render(), "ClusterKopfPeering")["metadata"]["name"]
     cmd = helm_template_cmd()
     cmd[2] = "other"  # the release name
-    other_docs = [d for d in yaml.safe_load_all(run(cmd).stdout) if d]
+    other_docs = load_docs(run(cmd).stdout)
     second = one(other_docs, "ClusterKopfPeering")["metadata"]["name"]
     assert first == second == "clarion"
     args = one(other_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]

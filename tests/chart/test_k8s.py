@@ -363,7 +363,7 @@ def test_tiltfile_renders_the_chart_without_its_hooks() -> None:
     cmd = _tilt_chart_command(tree)
     assert cmd[:2] == ["helm", "template"] and "--no-hooks" in cmd
     assert any(ast.unparse(c.args[0]) == "CHART_CMD" for c in _calls(tree, "local"))
-    docs = [d for d in yaml.safe_load_all(run([tool("helm"), *cmd[1:]], cwd=REPO).stdout) if d]
+    docs = load_docs(run([tool("helm"), *cmd[1:]], cwd=REPO).stdout)
     assert docs and not [
         d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})
     ]

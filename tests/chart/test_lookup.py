@@ -9,12 +9,11 @@ import os
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.operator import conftest as harness
 from tests.operator.conftest import NS, Cluster
 
-from .helpers import CHART, RELEASE, find, one, run, tool
+from .helpers import CHART, RELEASE, find, load_docs, one, run, tool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +39,7 @@ async def render_live(
     proc = await asyncio.to_thread(run, cmd, None, check)
     if not check:
         return proc
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return load_docs(proc.stdout)
 
 
 async def peering(

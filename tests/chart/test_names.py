@@ -37,6 +37,8 @@ from .helpers import (
     Doc,
     crd_schema,
     kubernetes_validate,
+    load_doc,
+    load_docs,
     run,
     tool,
 )
@@ -80,8 +82,7 @@ def render(release: str, sets: list[str]) -> list[Doc]:
     cmd += ["--kube-version", KUBE_VERSION]
     for s in sets:
         cmd += ["--set", s]
-    # libyaml: the dashboard's JSON makes the pure-Python loader the slow part.
-    return [d for d in yaml.load_all(run(cmd).stdout, Loader=yaml.CSafeLoader) if d]
+    return load_docs(run(cmd).stdout)
 
 
 def label_maps(obj: Any, key: str = "") -> Iterator[dict[str, str]]:
@@ -192,6 +193,7 @@ def gateway_name_bound() -> int:
     return int(bound.get("name", {}).get("maxLength", 253))
 
 
+@pytest.mark.slow  # about 90 renders
 def test_every_release_name_renders_names_that_fit() -> None:
     """Release names of every length 1-53 and every shape: names, labels, uniqueness."""
     cases = [(release_name(n, "plain"), EVERYTHING) for n in range(1, RELEASE_MAX + 1)]
@@ -259,6 +261,7 @@ def legal_combinations() -> list[list[str]]:
     return combos
 
 
+@pytest.mark.slow  # 64 renders and kubernetes-validate
 def test_every_legal_combination_validates_with_the_shortest_and_longest_names() -> None:
     """All 32 combinations x release names of 1 and 53: names checked, and every manifest
     through `kubernetes-validate --strict` (one call for all of them: it is the slow part)."""
@@ -270,12 +273,12 @@ def test_every_legal_combination_validates_with_the_shortest_and_longest_names()
     problems = [p for docs in rendered for d in docs for p in name_problems(d)]
     assert problems == [], "\n".join(problems[:20])
     builtin = {
-        yaml.safe_dump(d, sort_keys=True)
+        yaml.dump(d, Dumper=yaml.CSafeDumper, sort_keys=True)
         for docs in rendered
         for d in docs
         if d["kind"] not in CUSTOM_KINDS and d["kind"] != "ConfigMap"
     }
     # ConfigMaps differ only in their data; one of each name is enough.
     maps = {d["metadata"]["name"]: d for docs in rendered for d in docs if d["kind"] == "ConfigMap"}
-    docs = [yaml.safe_load(t) for t in sorted(builtin)] + list(maps.values())
+    docs = [load_doc(t) for t in sorted(builtin)] + list(maps.values())
     kubernetes_validate(docs)
