@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from clarion.broker import BrokerOptions
 from testkit.websocket import OP_CLOSE, mask_frame, upgrade_request
 
 from .private_broker import PrivateBroker
@@ -210,8 +211,17 @@ async def test_broker_outage_loses_nothing_accepted(
             )
             assert await _metric(pod, "clarion_broker_connected") == 0
         t_unready = time.monotonic() - t_down
-        # Stay down long enough for a good number of publishes to be refused.
-        await wait_for(lambda: len(publisher.between(t_down, time.monotonic())) >= 25, 20)
+        # Stay down long enough for a good number of publishes to be refused. For
+        # failover_window after losing the broker a publish waits up to publish_timeout
+        # for a new connection before its 503 (one at a time: the publisher is
+        # sequential); after it, refusals come at once. 20 s was that sum exactly: a
+        # publish begun just before the window closed left no time for the rest.
+        refusing = BrokerOptions.failover_window + BrokerOptions.publish_timeout + 10
+        await wait_for(
+            lambda: len(publisher.between(t_down, time.monotonic())) >= 25,
+            refusing,
+            message="25 publishes answered while the broker is down",
+        )
         for pod in outage_pods:
             assert await _ready_status(http, pod) == 503
         down_closed = [n for n, s in sockets.items() if s.closed]
