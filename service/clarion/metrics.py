@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import disconnects, names
-from .broker.base import ConsumeCounts, PublishCounts
+from .broker.base import PathCounts
 from .transport import WriteCounts
 
 #: The answers of the publish API, pre-created at zero.
@@ -311,7 +311,7 @@ class Metrics:
             )
         )
         #: Broker deliveries per consume path (broker/fastconsume.py), counted as plain ints.
-        self.consumes = ConsumeCounts()
+        self.consumes = PathCounts()
         r.register(
             _PathCollector(
                 names.M_BROKER_CONSUME,
@@ -322,7 +322,7 @@ class Metrics:
             )
         )
         #: Broker publishes per path (broker/fastpublish.py), counted as plain ints.
-        self.publishes = PublishCounts()
+        self.publishes = PathCounts()
         r.register(
             _PathCollector(
                 names.M_BROKER_PUBLISH,
@@ -413,9 +413,7 @@ class _PathCollector(Collector):
     """A counter by ``path`` whose values are plain ints on the hot path (``counts``' slots,
     one per path), read at scrape time; every path is there at 0 from the start."""
 
-    def __init__(
-        self, name: str, documentation: str, counts: WriteCounts | ConsumeCounts | PublishCounts
-    ) -> None:
+    def __init__(self, name: str, documentation: str, counts: WriteCounts | PathCounts) -> None:
         self.name = name
         self.documentation = documentation
         self.counts = counts

@@ -94,27 +94,14 @@ class BrokerOptions:
     queue_check_interval: float = 5.0
 
 
-class ConsumeCounts:
-    """Deliveries consumed per path (fastconsume.py), read by the metrics at scrape time.
+class PathCounts:
+    """Messages per path of one of the broker's fast paths, read by the metrics at scrape
+    time (plain ints on the hot path).
 
-    ``fast``: handed over in aiormq's channel reader (no object or task per
-    delivery); ``fallback``: through aiormq's own task per delivery, where the
-    installed aiormq lacks what the fast path replaces.
-    """
-
-    __slots__ = ("fallback", "fast")
-
-    def __init__(self) -> None:
-        self.fast = 0
-        self.fallback = 0
-
-
-class PublishCounts:
-    """Messages published per path (fastpublish.py), read by the metrics at scrape time.
-
-    ``fast``: a batch's frames in one write, its confirms awaited together;
-    ``fallback``: aiormq's ``basic_publish`` per message, where the installed aiormq
-    lacks what the fast path relies on.
+    ``fast``: the fast path (fastconsume.py: a delivery handed over in aiormq's channel
+    reader, no object or task per delivery; fastpublish.py: a batch's frames in one write,
+    its confirms awaited together); ``fallback``: aiormq's own per-message way, where the
+    installed aiormq lacks what the fast path relies on.
     """
 
     __slots__ = ("fallback", "fast")
@@ -154,9 +141,9 @@ class Broker(abc.ABC):
     pod_name: str
     #: Where the broker counts its deliveries by consume path (None: not counted). The pod
     #: sets it to its metrics' counts; a broker with no consume paths leaves it alone.
-    consume_counts: ConsumeCounts | None = None
+    consume_counts: PathCounts | None = None
     #: The same for its publishes by path (None: not counted).
-    publish_counts: PublishCounts | None = None
+    publish_counts: PathCounts | None = None
 
     @abc.abstractmethod
     async def start(self, listener: BrokerListener) -> None:

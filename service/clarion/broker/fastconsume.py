@@ -35,7 +35,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from .base import ConsumeCounts
+from .base import PathCounts
 
 log = logging.getLogger("clarion.broker")
 
@@ -69,12 +69,12 @@ async def consume(
     queue: str,
     on_delivery: OnDelivery,
     arguments: dict[str, Any] | None = None,
-    counts: ConsumeCounts | None = None,
+    counts: PathCounts | None = None,
 ) -> str:
     """Consume ``queue`` (acks by the caller; ``arguments`` as basic.consume takes them,
     e.g. a stream's ``x-stream-offset``); returns the consumer tag. Each delivery is
     counted in ``counts`` by the path it took."""
-    tally = ConsumeCounts() if counts is None else counts
+    tally = PathCounts() if counts is None else counts
 
     async def slow(message: DeliveredMessage) -> None:
         assert isinstance(message.delivery, Basic.Deliver)
@@ -92,7 +92,7 @@ async def consume(
     return ok.consumer_tag
 
 
-def _install(channel: Any, on_delivery: OnDelivery, tally: ConsumeCounts) -> None:
+def _install(channel: Any, on_delivery: OnDelivery, tally: PathCounts) -> None:
     get_frame = channel._get_frame
     original = channel._on_deliver_frame
 

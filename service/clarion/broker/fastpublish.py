@@ -117,7 +117,9 @@ async def publish(
             for i in sending:
                 results[i] = exc
             return results
-        await _wait_all(loop, futures, deadline)
+        # One waiter and one timer for the whole batch; what is not done by then is a
+        # TimeoutError below.
+        await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
     except BaseException:
         for f in futures:
             f.cancel()
@@ -187,34 +189,3 @@ async def _send(
                 for f in futures:
                     f.cancel()
                 ids.clear()
-
-
-async def _wait_all(
-    loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[Any]], deadline: float
-) -> None:
-    """Until every future is done or ``deadline``: one waiter and one timer for all."""
-    pending = 0
-    waiter = loop.create_future()
-
-    def one_done(_: object) -> None:
-        nonlocal pending
-        pending -= 1
-        if pending == 0 and not waiter.done():
-            waiter.set_result(None)
-
-    for f in futures:
-        if not f.done():
-            pending += 1
-            f.add_done_callback(one_done)
-    if pending == 0:
-        return
-
-    def time_up() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_at(deadline, time_up)
-    try:
-        await waiter
-    finally:
-        timer.cancel()

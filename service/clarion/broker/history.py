@@ -23,7 +23,7 @@ from pamqp.header import ContentHeader
 
 from ..message import Envelope, new_message_id
 from . import fastconsume
-from .base import At, ConsumeCounts, Position
+from .base import At, PathCounts, Position
 from .channels import close_channel
 from .codec import Marker, marker_message, message_to_envelope
 from .routing import MARKER_KEY
@@ -61,7 +61,7 @@ async def read_stream(
     timeout: float,
     publish_timeout: float,
     until: Position | None = None,
-    counts: ConsumeCounts | None = None,
+    counts: PathCounts | None = None,
 ) -> Position | None:
     """Hand every message of ``stream`` from ``start`` on to ``each``, with its offset;
     ``start`` is an offset or a time (read from just before it).
