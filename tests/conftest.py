@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Generator, Iterator
 
 import httpx
@@ -101,13 +102,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("routing", modes, ids=modes, scope="module")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if BROKER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.broker)
         if OWN_NODE_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.own_nodes)
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the hand-out order
+        slow_files_first(items)
+
+
+def slow_files_first(items: list[pytest.Item]) -> None:
+    """The order ``-n 4 --dist loadfile`` hands files out in: files with a ``slow`` test
+    first, then the others, the files with more tests first in each. xdist's own order
+    (the number of tests alone, turned off in pyproject.toml) started the few long tests of
+    tests/test_client_dist.py and tests/chart/test_names.py last, and the run ended with
+    one worker on them while the others had finished."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    count = Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.path not in slow, -count[item.path]))
 
 
 @pytest.hookimpl(wrapper=True)
