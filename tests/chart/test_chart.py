@@ -125,6 +125,17 @@ def test_kubernetes_validate_is_strict() -> None:
         kubernetes_validate(broken)
 
 
+def test_kubernetes_validate_refuses_a_kind_it_has_no_schema_for() -> None:
+    """A built-in-looking kind without a schema would not be checked at all: it fails, as
+    the command's WARN did; and a custom kind is left to the CRD tests."""
+    docs = combo("default")
+    stranger = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    with pytest.raises(AssertionError, match="WARN widget/w"):
+        kubernetes_validate([*docs, stranger])
+    custom = {"apiVersion": "clarion.dev/v1alpha1", "kind": "WebSocketGateway"}
+    assert "websocketgateway" not in kubernetes_validate([*docs, custom])
+
+
 def test_checksum_annotations_are_strings_even_when_all_digits() -> None:
     """A checksum is 16 hex digits; about one in 1,850 has no letter, and unquoted YAML
     reads it as a number, which the API server refuses as an annotation (a random broker
